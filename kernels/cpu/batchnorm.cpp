@@ -1,0 +1,244 @@
+// Batch normalisation on CPU (see batchnorm.h).
+//
+// Every kernel is a loop over channels (split over threads); inside a channel it walks the
+// N contiguous runs of `spatial` elements. Statistics are exact two-pass sums in double
+// (mean, then the sum of squared deviations), so float inputs with a large mean lose no
+// precision. Each elementwise pass is y = (x - center) * scale + shift with per-channel
+// constants; subtracting the mean first keeps float outputs accurate when |mean| >> std.
+#include "kernels/cpu/batchnorm.h"
+
+#include <cmath>
+
+#include "engine/error.h"
+#include "kernels/cpu/parallel.h"
+
+namespace sela::cpu {
+namespace {
+
+// Elements per thread below which the channel loop is not split.
+constexpr std::int64_t kBatchNormGrain = 1 << 15;
+
+void check_sizes(const char* op, std::int64_t batch, std::int64_t channels, std::int64_t spatial) {
+  SELA_CHECK(batch >= 0 && channels >= 0 && spatial >= 0, op,
+             "sizes must be >= 0, got (N, C, spatial) = (" << batch << ", " << channels << ", "
+                                                           << spatial << ")");
+}
+
+// Runs body(c) for every channel, channels split over threads.
+template <typename Body>
+void for_each_channel(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                      const Body& body) {
+  const std::int64_t per_channel = batch * spatial;
+  const std::int64_t channel_grain = kBatchNormGrain / (per_channel + 1) + 1;
+  parallel_for(0, channels, channel_grain, [&](std::int64_t c_begin, std::int64_t c_end) {
+    for (std::int64_t c = c_begin; c < c_end; ++c) body(c);
+  });
+}
+
+// Independent accumulator lanes that let the compiler vectorise a double sum without
+// reassociating it; combined in a fixed order.
+constexpr int kLanes = 8;
+
+double combine_lanes(double* lanes) {
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  return lanes[0];
+}
+
+// sum over i of a[i] in double.
+template <typename T>
+void accumulate(std::int64_t n, const T* a, double* lanes) {
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(a[i + l]);
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += static_cast<double>(a[i]);
+}
+
+// sum over i of (a[i] - center)^2 in double.
+template <typename T>
+void accumulate_squared_deviation(std::int64_t n, const T* a, double center, double* lanes) {
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const double d = static_cast<double>(a[i + l]) - center;
+      lanes[l] += d * d;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double d = static_cast<double>(a[i]) - center;
+    lanes[l] += d * d;
+  }
+}
+
+// sum over i of g[i] and of g[i] * (a[i] - center), in double.
+template <typename T>
+void accumulate_grad(std::int64_t n, const T* g, const T* a, double center, double* g_lanes,
+                     double* ga_lanes) {
+  std::int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const double gi = static_cast<double>(g[i + l]);
+      g_lanes[l] += gi;
+      ga_lanes[l] += gi * (static_cast<double>(a[i + l]) - center);
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double gi = static_cast<double>(g[i]);
+    g_lanes[l] += gi;
+    ga_lanes[l] += gi * (static_cast<double>(a[i]) - center);
+  }
+}
+
+// out[n, c, :] = (in[n, c, :] - center) * scale + shift for every n of channel c.
+template <typename T>
+void affine_channel(std::int64_t batch, std::int64_t channels, std::int64_t spatial, std::int64_t c,
+                    const T* in, T center, T scale, T shift, T* out) {
+  for (std::int64_t n = 0; n < batch; ++n) {
+    const std::int64_t offset = (n * channels + c) * spatial;
+    const T* src = in + offset;  // (spatial)
+    T* dst = out + offset;       // (spatial)
+    for (std::int64_t i = 0; i < spatial; ++i) dst[i] = (src[i] - center) * scale + shift;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void batch_norm_forward_train(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                              const T* x, const T* gamma, const T* beta, T eps, T momentum,
+                              T* running_mean, T* running_var, T* y, T* save_mean, T* save_invstd) {
+  const char* op = "batch_norm_forward_train";
+  check_sizes(op, batch, channels, spatial);
+  const std::int64_t count = batch * spatial;  // values per channel
+  if (channels == 0) return;
+  SELA_CHECK(count > 1, op,
+             "expected more than 1 value per channel when training, got input (N, C, spatial) = ("
+                 << batch << ", " << channels << ", " << spatial << ")");
+  SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
+  SELA_CHECK((running_mean == nullptr) == (running_var == nullptr), op,
+             "running_mean and running_var must both be given or both be nullptr");
+
+  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
+    double lanes[kLanes] = {};
+    for (std::int64_t n = 0; n < batch; ++n)
+      accumulate(spatial, x + (n * channels + c) * spatial, lanes);
+    const double mean = combine_lanes(lanes) / static_cast<double>(count);
+
+    double sq_lanes[kLanes] = {};
+    for (std::int64_t n = 0; n < batch; ++n)
+      accumulate_squared_deviation(spatial, x + (n * channels + c) * spatial, mean, sq_lanes);
+    const double squared_deviation = combine_lanes(sq_lanes);
+    const double var_biased = squared_deviation / static_cast<double>(count);
+    const double var_unbiased = squared_deviation / static_cast<double>(count - 1);
+    const double invstd = 1.0 / std::sqrt(var_biased + static_cast<double>(eps));
+
+    save_mean[c] = static_cast<T>(mean);
+    save_invstd[c] = static_cast<T>(invstd);
+    if (running_mean != nullptr) {
+      running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * static_cast<T>(mean);
+      running_var[c] = (T(1) - momentum) * running_var[c] + momentum * static_cast<T>(var_unbiased);
+    }
+    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+    const double b = beta != nullptr ? static_cast<double>(beta[c]) : 0.0;
+    const double scale = g * invstd;
+    affine_channel(batch, channels, spatial, c, x, static_cast<T>(mean), static_cast<T>(scale),
+                   static_cast<T>(b), y);
+  });
+}
+
+template <typename T>
+void batch_norm_forward_eval(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                             const T* x, const T* gamma, const T* beta, const T* running_mean,
+                             const T* running_var, T eps, T* y) {
+  const char* op = "batch_norm_forward_eval";
+  check_sizes(op, batch, channels, spatial);
+  SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
+  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
+    const double invstd =
+        1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+    const double b = beta != nullptr ? static_cast<double>(beta[c]) : 0.0;
+    affine_channel(batch, channels, spatial, c, x, running_mean[c], static_cast<T>(g * invstd),
+                   static_cast<T>(b), y);
+  });
+}
+
+// With xhat = (x - mean) * invstd, y = gamma * xhat + beta and M = N * spatial values per
+// channel, the gradient through the batch statistics is
+//   grad_x = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+//   grad_gamma = sum(dy * xhat),  grad_beta = sum(dy).
+template <typename T>
+void batch_norm_backward_train(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                               const T* x, const T* grad_y, const T* gamma, const T* save_mean,
+                               const T* save_invstd, T* grad_x, T* grad_gamma, T* grad_beta) {
+  const char* op = "batch_norm_backward_train";
+  check_sizes(op, batch, channels, spatial);
+  const std::int64_t count = batch * spatial;
+  if (channels == 0) return;
+  SELA_CHECK(count > 0, op,
+             "no values per channel: (N, C, spatial) = (" << batch << ", " << channels << ", "
+                                                          << spatial << ")");
+
+  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
+    const double mean = static_cast<double>(save_mean[c]);
+    const double invstd = static_cast<double>(save_invstd[c]);
+    double g_lanes[kLanes] = {}, gx_lanes[kLanes] = {};
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const std::int64_t offset = (n * channels + c) * spatial;
+      accumulate_grad(spatial, grad_y + offset, x + offset, mean, g_lanes, gx_lanes);
+    }
+    const double sum_dy = combine_lanes(g_lanes);
+    const double sum_dy_xhat = combine_lanes(gx_lanes) * invstd;
+    if (grad_gamma != nullptr) grad_gamma[c] = static_cast<T>(sum_dy_xhat);
+    if (grad_beta != nullptr) grad_beta[c] = static_cast<T>(sum_dy);
+
+    // grad_x = dy * k + (x - mean) * a + b, with the per-channel constants below.
+    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+    const double k = g * invstd;
+    const double mean_dy = sum_dy / static_cast<double>(count);
+    const double mean_dy_xhat = sum_dy_xhat / static_cast<double>(count);
+    const double a = -k * invstd * mean_dy_xhat;  // coefficient of (x - mean), via xhat
+    const double b = -k * mean_dy;
+    const T k_t = static_cast<T>(k), a_t = static_cast<T>(a), b_t = static_cast<T>(b);
+    const T mean_t = save_mean[c];
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const std::int64_t offset = (n * channels + c) * spatial;
+      const T* dy = grad_y + offset;  // (spatial)
+      const T* xs = x + offset;       // (spatial)
+      T* dx = grad_x + offset;        // (spatial)
+      for (std::int64_t i = 0; i < spatial; ++i) dx[i] = dy[i] * k_t + (xs[i] - mean_t) * a_t + b_t;
+    }
+  });
+}
+
+template <typename T>
+void batch_norm_backward_eval(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                              const T* grad_y, const T* gamma, const T* running_var, T eps,
+                              T* grad_x) {
+  const char* op = "batch_norm_backward_eval";
+  check_sizes(op, batch, channels, spatial);
+  SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
+  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
+    const double invstd =
+        1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+    affine_channel(batch, channels, spatial, c, grad_y, T(0), static_cast<T>(g * invstd), T(0),
+                   grad_x);
+  });
+}
+
+#define SELA_INSTANTIATE_BATCHNORM(T)                                                             \
+  template void batch_norm_forward_train<T>(std::int64_t, std::int64_t, std::int64_t, const T*,   \
+                                            const T*, const T*, T, T, T*, T*, T*, T*, T*);        \
+  template void batch_norm_forward_eval<T>(std::int64_t, std::int64_t, std::int64_t, const T*,    \
+                                           const T*, const T*, const T*, const T*, T, T*);        \
+  template void batch_norm_backward_train<T>(std::int64_t, std::int64_t, std::int64_t, const T*,  \
+                                             const T*, const T*, const T*, const T*, T*, T*, T*); \
+  template void batch_norm_backward_eval<T>(std::int64_t, std::int64_t, std::int64_t, const T*,   \
+                                            const T*, const T*, T, T*);
+
+SELA_INSTANTIATE_BATCHNORM(float)
+SELA_INSTANTIATE_BATCHNORM(double)
+#undef SELA_INSTANTIATE_BATCHNORM
+
+}  // namespace sela::cpu
