@@ -1,0 +1,130 @@
+// Implementation of engine/autograd.h.
+#include "engine/autograd.h"
+
+#include <unordered_map>
+
+#include "engine/ops.h"
+
+namespace sela {
+namespace {
+thread_local bool t_grad_mode = true;
+}  // namespace
+
+bool grad_mode_enabled() { return t_grad_mode; }
+NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
+NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!t_grad_mode) return false;
+  for (const Tensor* t : inputs) {
+    if (t != nullptr && t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+void attach_node(const Tensor& output, std::shared_ptr<Node> node,
+                 std::initializer_list<const Tensor*> inputs) {
+  for (const Tensor* t : inputs) {
+    node->inputs.push_back(t != nullptr && t->defined() && t->requires_grad() ? t->impl_ptr()
+                                                                             : nullptr);
+  }
+  output.impl_ptr()->grad_fn = std::move(node);
+  output.impl_ptr()->requires_grad = true;
+}
+
+namespace {
+
+// Adds `grad` into a leaf's accumulated gradient. A gradient tensor that nobody else holds
+// is adopted as is; one that may alias another tensor is copied first.
+void accumulate_leaf(TensorImpl& leaf, Tensor grad) {
+  if (!leaf.grad) {
+    bool exclusive = grad.impl_ptr().use_count() == 1 && grad.impl_ptr()->storage.use_count() == 1;
+    leaf.grad = exclusive ? grad.detach().impl_ptr() : grad.clone().impl_ptr();
+    return;
+  }
+  Tensor existing(leaf.grad);
+  add_into(existing, grad);
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_root) {
+  SELA_CHECK(root.requires_grad(), "backward",
+             "the tensor does not require grad (no parameter or input with requires_grad "
+             "took part, or it was computed under NoGradGuard)");
+  Tensor seed = grad_root;
+  if (!seed.defined()) {
+    SELA_CHECK(root.numel() == 1, "backward",
+               "backward() without a gradient needs a scalar, got " << root.describe());
+    seed = Tensor::full(root.shape(), 1.0, root.dtype());
+  }
+  SELA_CHECK(seed.shape() == root.shape(), "backward",
+             "gradient " << seed.describe() << " does not match " << root.describe());
+  NoGradGuard no_grad;  // backward computations are not recorded
+
+  if (!root.grad_fn()) {  // a leaf: its gradient is the seed
+    accumulate_leaf(*root.impl_ptr(), seed.clone());
+    return;
+  }
+  // Count, for every node, how many edges from other nodes point at it.
+  std::unordered_map<Node*, int> dependencies;
+  std::vector<Node*> stack{root.grad_fn().get()};
+  dependencies[root.grad_fn().get()] = 0;
+  while (!stack.empty()) {
+    Node* node = stack.back();
+    stack.pop_back();
+    for (const auto& input : node->inputs) {
+      if (!input || !input->grad_fn) continue;
+      Node* next = input->grad_fn.get();
+      if (dependencies.count(next) == 0) {
+        dependencies[next] = 0;
+        stack.push_back(next);
+      }
+      dependencies[next]++;
+    }
+  }
+  std::unordered_map<Node*, Tensor> pending;  // summed gradient of each node's output
+  pending[root.grad_fn().get()] = seed;
+  std::vector<Node*> ready{root.grad_fn().get()};
+  while (!ready.empty()) {
+    Node* node = ready.back();
+    ready.pop_back();
+    // A node all of whose consumers sent no gradient still releases its inputs.
+    std::vector<Tensor> grads(node->inputs.size());
+    auto own = pending.find(node);
+    if (own != pending.end()) {
+      Tensor grad_output = own->second;
+      pending.erase(own);
+      grads = node->backward(grad_output);
+      SELA_CHECK(grads.size() == node->inputs.size(), "backward",
+                 node->name() << " returned " << grads.size() << " gradients for "
+                              << node->inputs.size() << " inputs");
+    }
+    for (std::size_t i = 0; i < grads.size(); ++i) {
+      const auto& input = node->inputs[i];
+      if (!input) continue;
+      if (grads[i].defined()) {
+        SELA_CHECK(grads[i].shape() == input->shape, "backward",
+                   node->name() << " produced gradient " << grads[i].describe()
+                                << " for input " << i << " of shape "
+                                << shape_str(input->shape));
+      }
+      if (!input->grad_fn) {
+        if (grads[i].defined()) accumulate_leaf(*input, grads[i]);
+        continue;
+      }
+      Node* next = input->grad_fn.get();
+      if (grads[i].defined()) {
+        auto it = pending.find(next);
+        if (it == pending.end()) {
+          pending.emplace(next, grads[i]);
+        } else {
+          it->second = add(it->second, grads[i]);
+        }
+      }
+      if (--dependencies[next] == 0) ready.push_back(next);
+    }
+  }
+}
+
+}  // namespace sela

@@ -1,0 +1,175 @@
+// Implementation of engine/nn.h. Layers hold uninitialised-but-finite defaults (zeros and
+// ones); the models in models/ apply the reference initialisation.
+#include "engine/nn.h"
+
+#include "engine/ops.h"
+
+namespace sela {
+
+Tensor Module::forward(const Tensor&) {
+  SELA_FAIL(type_name(), "has no single-tensor forward(); use its own forward method");
+}
+
+void Module::train(bool training) {
+  training_ = training;
+  for (auto& child : children_) child.second->train(training);
+}
+
+void Module::collect(const std::string& prefix, bool parameters, NamedTensors* out) const {
+  for (const auto& entry : parameters ? parameters_ : buffers_) {
+    out->emplace_back(prefix + entry.first, entry.second);
+  }
+  for (const auto& child : children_) {
+    child.second->collect(child.first.empty() ? prefix : prefix + child.first + ".", parameters,
+                          out);
+  }
+}
+
+void Module::collect_modules(
+    const std::string& prefix,
+    std::vector<std::pair<std::string, std::shared_ptr<Module>>>* out) const {
+  for (const auto& child : children_) {
+    std::string name = child.first.empty() ? prefix : prefix + child.first;
+    out->emplace_back(name, child.second);
+    child.second->collect_modules(name.empty() ? name : name + ".", out);
+  }
+}
+
+NamedTensors Module::named_parameters() const {
+  NamedTensors out;
+  collect("", true, &out);
+  return out;
+}
+
+NamedTensors Module::named_buffers() const {
+  NamedTensors out;
+  collect("", false, &out);
+  return out;
+}
+
+NamedTensors Module::state_dict() const {
+  NamedTensors out = named_parameters();
+  NamedTensors buffers = named_buffers();
+  out.insert(out.end(), buffers.begin(), buffers.end());
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& entry : named_parameters()) out.push_back(entry.second);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_modules() const {
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> out;
+  collect_modules("", &out);
+  return out;
+}
+
+std::int64_t Module::parameter_count() const {
+  std::int64_t count = 0;
+  for (auto& entry : named_parameters()) count += entry.second.numel();
+  return count;
+}
+
+void Module::to(DType dtype) {
+  SELA_CHECK(dtype == DType::f32 || dtype == DType::f64, type_name(),
+             "modules compute in float32 or float64, not " << dtype_name(dtype));
+  for (auto& entry : state_dict()) {
+    if (is_floating(entry.second.dtype())) entry.second.convert_(dtype);
+  }
+}
+
+void Module::zero_grad() const {
+  for (auto& entry : named_parameters()) entry.second.zero_grad();
+}
+
+Tensor Module::register_parameter(const std::string& name, Tensor value) {
+  value.set_requires_grad(true);
+  parameters_.emplace_back(name, value);
+  return value;
+}
+
+Tensor Module::register_buffer(const std::string& name, Tensor value) {
+  buffers_.emplace_back(name, value);
+  return value;
+}
+
+Conv2d::Conv2d(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel,
+               std::int64_t stride, std::int64_t padding, bool with_bias)
+    : stride(stride), padding(padding) {
+  SELA_CHECK(in_channels > 0 && out_channels > 0 && kernel > 0, "Conv2d",
+             "channels and kernel must be positive, got in " << in_channels << ", out "
+                                                             << out_channels << ", kernel "
+                                                             << kernel);
+  weight = register_parameter("weight",
+                              Tensor::zeros({out_channels, in_channels, kernel, kernel}));
+  if (with_bias) bias = register_parameter("bias", Tensor::zeros({out_channels}));
+}
+
+Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight, bias, stride, padding); }
+
+BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum, bool affine)
+    : eps(eps), momentum(momentum) {
+  if (affine) {
+    weight = register_parameter("weight", Tensor::full({channels}, 1.0));
+    bias = register_parameter("bias", Tensor::zeros({channels}));
+  }
+  running_mean = register_buffer("running_mean", Tensor::zeros({channels}));
+  running_var = register_buffer("running_var", Tensor::full({channels}, 1.0));
+  num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i64));
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  if (is_training()) {
+    *num_batches_tracked.data<std::int64_t>() += 1;
+  }
+  return batch_norm2d(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+}
+
+Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool with_bias) {
+  SELA_CHECK(in_features > 0 && out_features > 0, "Linear",
+             "features must be positive, got in " << in_features << ", out " << out_features);
+  weight = register_parameter("weight", Tensor::zeros({out_features, in_features}));
+  if (with_bias) bias = register_parameter("bias", Tensor::zeros({out_features}));
+}
+
+Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+
+Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel, stride, padding); }
+
+Tensor Dropout::forward(const Tensor& x) {
+  if (!is_training() || p == 0.0) return x;
+  std::uint64_t offset = calls++ << 40;
+  return dropout(x, p, true, seed, offset);
+}
+
+Tensor Flatten::forward(const Tensor& x) { return flatten(x); }
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (auto& layer : layers_) h = layer->forward(h);
+  return h;
+}
+
+MultiHead::MultiHead(std::int64_t in_features,
+                     const std::vector<std::int64_t>& clusters_per_head) {
+  SELA_CHECK(!clusters_per_head.empty(), "MultiHead", "needs at least one head");
+  for (std::size_t t = 0; t < clusters_per_head.size(); ++t) {
+    SELA_CHECK(clusters_per_head[t] >= 1, "MultiHead",
+               "head " << t << " has " << clusters_per_head[t] << " clusters; need >= 1");
+    heads_.push_back(register_module("top_layer" + std::to_string(t),
+                                     std::make_shared<Linear>(in_features, clusters_per_head[t])));
+  }
+}
+
+std::vector<Tensor> MultiHead::forward_heads(const Tensor& features) {
+  std::vector<Tensor> out;
+  out.reserve(heads_.size());
+  for (auto& head : heads_) out.push_back(head->forward(features));
+  return out;
+}
+
+}  // namespace sela

@@ -1,0 +1,162 @@
+// Neural-network modules with PyTorch-style parameter names.
+//
+// A Module owns named parameters (leaf tensors that require grad), named buffers (state
+// that is saved but not trained, e.g. BatchNorm running statistics) and named child
+// modules. Names compose with dots exactly as in PyTorch (`features.0.weight`,
+// `top_layer3.bias`), so a state dict written here loads into the PyTorch twin and back.
+// A child registered with an empty name adds no prefix (used by MultiHead, whose heads sit
+// at the top level of the model as in the reference code).
+//
+// forward() maps one tensor to one tensor; multi-output modules (MultiHead, the SeLa models)
+// offer their own forward returning several.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace sela {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual const char* type_name() const = 0;
+  virtual Tensor forward(const Tensor& x);
+
+  void train(bool training = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  NamedTensors named_parameters() const;  // recursive, registration order
+  NamedTensors named_buffers() const;
+  NamedTensors state_dict() const;  // parameters then buffers
+  std::vector<Tensor> parameters() const;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_modules() const;
+  std::int64_t parameter_count() const;
+  // Converts every floating parameter and buffer in place (float32 <-> float64).
+  void to(DType dtype);
+  void zero_grad() const;
+
+ protected:
+  Tensor register_parameter(const std::string& name, Tensor value);
+  Tensor register_buffer(const std::string& name, Tensor value);
+  template <typename M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> child) {
+    children_.emplace_back(name, child);
+    return child;
+  }
+
+ private:
+  void collect(const std::string& prefix, bool parameters, NamedTensors* out) const;
+  void collect_modules(const std::string& prefix,
+                       std::vector<std::pair<std::string, std::shared_ptr<Module>>>* out) const;
+
+  NamedTensors parameters_;
+  NamedTensors buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+class Conv2d : public Module {
+ public:
+  Conv2d(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel,
+         std::int64_t stride = 1, std::int64_t padding = 0, bool bias = true);
+  const char* type_name() const override { return "Conv2d"; }
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight;  // (out, in, k, k)
+  Tensor bias;    // (out) or undefined
+  std::int64_t stride, padding;
+};
+
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(std::int64_t channels, double eps = 1e-5, double momentum = 0.1,
+                       bool affine = true);
+  const char* type_name() const override { return "BatchNorm2d"; }
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight, bias;                // (C) or undefined without affine
+  Tensor running_mean, running_var;   // (C)
+  Tensor num_batches_tracked;         // () int64, as PyTorch keeps it
+  double eps, momentum;
+};
+
+class Linear : public Module {
+ public:
+  Linear(std::int64_t in_features, std::int64_t out_features, bool bias = true);
+  const char* type_name() const override { return "Linear"; }
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight;  // (out, in)
+  Tensor bias;    // (out) or undefined
+};
+
+class ReLU : public Module {
+ public:
+  const char* type_name() const override { return "ReLU"; }
+  Tensor forward(const Tensor& x) override;
+};
+
+class MaxPool2d : public Module {
+ public:
+  MaxPool2d(std::int64_t kernel, std::int64_t stride, std::int64_t padding = 0)
+      : kernel(kernel), stride(stride), padding(padding) {}
+  const char* type_name() const override { return "MaxPool2d"; }
+  Tensor forward(const Tensor& x) override;
+  std::int64_t kernel, stride, padding;
+};
+
+// Inverted dropout. The mask of call number `calls` uses counters starting at
+// calls * 2^40, so masks never repeat within a run; `calls` is trainer state (checkpointed).
+class Dropout : public Module {
+ public:
+  explicit Dropout(double p = 0.5, std::uint64_t seed = 0) : p(p), seed(seed) {}
+  const char* type_name() const override { return "Dropout"; }
+  Tensor forward(const Tensor& x) override;
+  double p;
+  std::uint64_t seed;
+  std::uint64_t calls = 0;
+};
+
+class Flatten : public Module {
+ public:
+  const char* type_name() const override { return "Flatten"; }
+  Tensor forward(const Tensor& x) override;
+};
+
+// Children named "0", "1", ... applied in order.
+class Sequential : public Module {
+ public:
+  const char* type_name() const override { return "Sequential"; }
+  Tensor forward(const Tensor& x) override;
+  template <typename M>
+  std::shared_ptr<M> add(std::shared_ptr<M> layer) {
+    layers_.push_back(layer);
+    return register_module(std::to_string(layers_.size() - 1), layer);
+  }
+  const std::vector<std::shared_ptr<Module>>& layers() const { return layers_; }
+
+ private:
+  std::vector<std::shared_ptr<Module>> layers_;
+};
+
+// T linear heads on one feature vector, head t named `top_layer<t>` with its own K_t.
+class MultiHead : public Module {
+ public:
+  MultiHead(std::int64_t in_features, const std::vector<std::int64_t>& clusters_per_head);
+  const char* type_name() const override { return "MultiHead"; }
+  std::vector<Tensor> forward_heads(const Tensor& features);  // T tensors (N, K_t)
+  const std::vector<std::shared_ptr<Linear>>& heads() const { return heads_; }
+
+ private:
+  std::vector<std::shared_ptr<Linear>> heads_;
+};
+
+}  // namespace sela

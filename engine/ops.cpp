@@ -1,0 +1,720 @@
+// Implementation of engine/ops.h: checks, kernel calls, and one Node per differentiable op.
+//
+// Pattern of every op:
+//   1. validate inputs (errors name the op and the shapes),
+//   2. allocate the output and run the forward kernel for float or double,
+//   3. if needs_grad(inputs): make a <Op>Backward node whose fields are the saved tensors
+//      and sizes, and attach it to the output.
+// Backward functions return fresh tensors and never modify saved ones.
+#include "engine/ops.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "engine/autograd.h"
+#include "kernels/cpu/batchnorm.h"
+#include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/dropout.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/reduce.h"
+#include "kernels/cpu/softmax.h"
+
+namespace sela {
+namespace {
+
+// Calls fn(T{}) with T = float or double according to dtype.
+template <typename Fn>
+void dispatch_floating(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::f32) {
+    fn(float{});
+  } else if (dtype == DType::f64) {
+    fn(double{});
+  } else {
+    SELA_FAIL(op, "needs float32 or float64 tensors, got " << dtype_name(dtype));
+  }
+}
+
+Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+
+void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  SELA_CHECK(a.shape() == b.shape(), op,
+             "shapes differ: " << shape_str(a.shape()) << " vs " << shape_str(b.shape()));
+}
+
+void check_binary(const char* op, const Tensor& a, const Tensor& b) {
+  check_cpu_floating(op, a, "first operand");
+  check_cpu_floating(op, b, "second operand");
+  check_same_dtype(op, a, b);
+  check_same_shape(op, a, b);
+}
+
+// --- elementwise ---------------------------------------------------------------------------
+
+struct AddBackward : Node {
+  const char* name() const override { return "add"; }
+  std::vector<Tensor> backward(const Tensor& grad) override { return {grad, grad}; }
+};
+
+struct MulBackward : Node {
+  Tensor a, b;  // both operands
+  const char* name() const override { return "mul"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    return {inputs[0] ? mul(grad, b) : Tensor(), inputs[1] ? mul(grad, a) : Tensor()};
+  }
+};
+
+struct ScaleBackward : Node {
+  double factor = 1;
+  const char* name() const override { return "scale"; }
+  std::vector<Tensor> backward(const Tensor& grad) override { return {scale(grad, factor)}; }
+};
+
+struct ReluBackward : Node {
+  Tensor output;  // relu(x): the mask is output > 0
+  const char* name() const override { return "relu"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_x = empty_like(grad);
+    dispatch_floating(grad.dtype(), "relu_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::relu_backward<T>(grad.numel(), output.data<T>(), grad.data<T>(), grad_x.data<T>());
+    });
+    return {grad_x};
+  }
+};
+
+// --- shape ---------------------------------------------------------------------------------
+
+struct ReshapeBackward : Node {
+  Shape input_shape;
+  const char* name() const override { return "reshape"; }
+  std::vector<Tensor> backward(const Tensor& grad) override { return {grad.view(input_shape)}; }
+};
+
+// --- reductions ----------------------------------------------------------------------------
+
+struct SumBackward : Node {
+  Shape input_shape;
+  double factor = 1;  // 1 for sum, 1/numel for mean
+  const char* name() const override { return "sum"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    return {Tensor::full(input_shape, grad.item() * factor, grad.dtype())};
+  }
+};
+
+// --- linear algebra ------------------------------------------------------------------------
+
+// C (m, n) = op(A) op(B) for contiguous row-major operands.
+template <typename T>
+void matmul_kernel(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n,
+                   std::int64_t k, const T* a, const T* b, T* c) {
+  cpu::gemm<T>(transpose_a, transpose_b, m, n, k, T(1), a, transpose_a ? m : k, b,
+               transpose_b ? k : n, T(0), c, n);
+}
+
+struct MatmulBackward : Node {
+  Tensor a, b;  // a (m, k), b (k, n)
+  const char* name() const override { return "matmul"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    std::int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+    Tensor grad_a, grad_b;
+    dispatch_floating(grad.dtype(), "matmul_backward", [&](auto tag) {
+      using T = decltype(tag);
+      if (inputs[0]) {  // dA (m, k) = dC (m, n) B^T
+        grad_a = empty_like(a);
+        matmul_kernel<T>(false, true, m, k, n, grad.data<T>(), b.data<T>(), grad_a.data<T>());
+      }
+      if (inputs[1]) {  // dB (k, n) = A^T dC
+        grad_b = empty_like(b);
+        matmul_kernel<T>(true, false, k, n, m, a.data<T>(), grad.data<T>(), grad_b.data<T>());
+      }
+    });
+    return {grad_a, grad_b};
+  }
+};
+
+struct LinearBackward : Node {
+  Tensor x, weight;  // x (N, in), weight (out, in)
+  bool has_bias = false;
+  const char* name() const override { return "linear"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {  // grad (N, out)
+    std::int64_t batch = x.size(0), in = x.size(1), out = weight.size(0);
+    Tensor grad_x, grad_w, grad_b;
+    dispatch_floating(grad.dtype(), "linear_backward", [&](auto tag) {
+      using T = decltype(tag);
+      if (inputs[0]) {  // dx (N, in) = dy (N, out) W (out, in)
+        grad_x = empty_like(x);
+        matmul_kernel<T>(false, false, batch, in, out, grad.data<T>(), weight.data<T>(),
+                         grad_x.data<T>());
+      }
+      if (inputs[1]) {  // dW (out, in) = dy^T x
+        grad_w = empty_like(weight);
+        matmul_kernel<T>(true, false, out, in, batch, grad.data<T>(), x.data<T>(),
+                         grad_w.data<T>());
+      }
+      if (has_bias && inputs[2]) {  // db (out) = column sums of dy
+        grad_b = Tensor::empty({out}, grad.dtype());
+        cpu::sum_rows<T>(batch, out, grad.data<T>(), grad_b.data<T>());
+      }
+    });
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+// --- convolution, pooling, normalisation, dropout ------------------------------------------
+
+cpu::Conv2dShape conv_shape(const Tensor& x, const Tensor& weight, std::int64_t stride,
+                            std::int64_t padding) {
+  cpu::Conv2dShape s;
+  s.batch = x.size(0);
+  s.in_channels = x.size(1);
+  s.in_height = x.size(2);
+  s.in_width = x.size(3);
+  s.out_channels = weight.size(0);
+  s.kernel_h = weight.size(2);
+  s.kernel_w = weight.size(3);
+  s.stride_h = s.stride_w = stride;
+  s.pad_h = s.pad_w = padding;
+  return s;
+}
+
+struct Conv2dBackward : Node {
+  Tensor x, weight;  // x (N, C, H, W), weight (O, C, kh, kw)
+  cpu::Conv2dShape shape;
+  bool has_bias = false;
+  const char* name() const override { return "conv2d"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {  // grad (N, O, OH, OW)
+    Tensor grad_x, grad_w, grad_b;
+    dispatch_floating(grad.dtype(), "conv2d_backward", [&](auto tag) {
+      using T = decltype(tag);
+      if (inputs[0]) {
+        grad_x = empty_like(x);
+        cpu::conv2d_backward_input<T>(shape, grad.data<T>(), weight.data<T>(),
+                                      grad_x.data<T>());
+      }
+      bool want_w = inputs[1] != nullptr, want_b = has_bias && inputs[2] != nullptr;
+      if (want_w || want_b) {
+        Tensor w_buffer = empty_like(weight);  // the kernel computes both together
+        if (want_b) grad_b = Tensor::empty({shape.out_channels}, grad.dtype());
+        cpu::conv2d_backward_weight<T>(shape, x.data<T>(), grad.data<T>(), w_buffer.data<T>(),
+                                       want_b ? grad_b.data<T>() : nullptr);
+        if (want_w) grad_w = w_buffer;
+      }
+    });
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+cpu::Pool2dShape pool_shape(const Tensor& x, std::int64_t kernel, std::int64_t stride,
+                            std::int64_t padding) {
+  cpu::Pool2dShape s;
+  s.batch = x.size(0);
+  s.channels = x.size(1);
+  s.in_height = x.size(2);
+  s.in_width = x.size(3);
+  s.kernel_h = s.kernel_w = kernel;
+  s.stride_h = s.stride_w = stride;
+  s.pad_h = s.pad_w = padding;
+  return s;
+}
+
+struct MaxPool2dBackward : Node {
+  Tensor argmax;  // (N, C, OH, OW) int32 position inside the input plane
+  cpu::Pool2dShape shape;
+  Shape input_shape;
+  const char* name() const override { return "max_pool2d"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_x = Tensor::empty(input_shape, grad.dtype());
+    dispatch_floating(grad.dtype(), "max_pool2d_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::max_pool2d_backward<T>(shape, grad.data<T>(), argmax.data<std::int32_t>(),
+                                  grad_x.data<T>());
+    });
+    return {grad_x};
+  }
+};
+
+struct BatchNormTrainBackward : Node {
+  Tensor x, gamma, save_mean, save_invstd;  // x (N, C, H, W); the rest (C)
+  const char* name() const override { return "batch_norm2d"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
+    Tensor grad_x = empty_like(x);
+    Tensor grad_gamma, grad_beta;
+    if (inputs[1]) grad_gamma = Tensor::empty({channels}, x.dtype());
+    if (inputs[2]) grad_beta = Tensor::empty({channels}, x.dtype());
+    dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::batch_norm_backward_train<T>(
+          batch, channels, spatial, x.data<T>(), grad.data<T>(),
+          gamma.defined() ? gamma.data<T>() : nullptr, save_mean.data<T>(),
+          save_invstd.data<T>(), grad_x.data<T>(),
+          grad_gamma.defined() ? grad_gamma.data<T>() : nullptr,
+          grad_beta.defined() ? grad_beta.data<T>() : nullptr);
+    });
+    return {grad_x, grad_gamma, grad_beta};
+  }
+};
+
+struct BatchNormEvalBackward : Node {
+  Tensor x, gamma, running_mean, running_var;
+  double eps = 1e-5;
+  const char* name() const override { return "batch_norm2d(eval)"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
+    Tensor grad_x, grad_gamma, grad_beta;
+    dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
+      using T = decltype(tag);
+      if (inputs[0]) {
+        grad_x = empty_like(x);
+        cpu::batch_norm_backward_eval<T>(batch, channels, spatial, grad.data<T>(),
+                                         gamma.defined() ? gamma.data<T>() : nullptr,
+                                         running_var.data<T>(), static_cast<T>(eps),
+                                         grad_x.data<T>());
+      }
+      if (inputs[1] || inputs[2]) {  // dgamma = Σ dy x̂, dbeta = Σ dy over (N, H, W)
+        std::vector<double> dg(channels, 0.0), db(channels, 0.0);
+        const T* gy = grad.data<T>();
+        const T* xs = x.data<T>();
+        const T* mu = running_mean.data<T>();
+        const T* var = running_var.data<T>();
+        for (std::int64_t n = 0; n < batch; ++n) {
+          for (std::int64_t c = 0; c < channels; ++c) {
+            double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+            const T* g = gy + (n * channels + c) * spatial;
+            const T* v = xs + (n * channels + c) * spatial;
+            for (std::int64_t i = 0; i < spatial; ++i) {
+              db[c] += g[i];
+              dg[c] += g[i] * (v[i] - mu[c]) * invstd;
+            }
+          }
+        }
+        if (inputs[1]) grad_gamma = Tensor::from_vector(std::vector<T>(dg.begin(), dg.end()), {channels});
+        if (inputs[2]) grad_beta = Tensor::from_vector(std::vector<T>(db.begin(), db.end()), {channels});
+      }
+    });
+    return {grad_x, grad_gamma, grad_beta};
+  }
+};
+
+struct DropoutBackward : Node {
+  Tensor mask;  // uint8, 1 where kept
+  double p = 0;
+  const char* name() const override { return "dropout"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_x = empty_like(grad);
+    dispatch_floating(grad.dtype(), "dropout_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropout_backward<T>(grad.numel(), grad.data<T>(), mask.data<std::uint8_t>(),
+                               static_cast<T>(p), grad_x.data<T>());
+    });
+    return {grad_x};
+  }
+};
+
+// --- losses --------------------------------------------------------------------------------
+
+struct LogSoftmaxBackward : Node {
+  Tensor output;  // log-probabilities (N, K)
+  const char* name() const override { return "log_softmax"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_x = empty_like(grad);
+    dispatch_floating(grad.dtype(), "log_softmax_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::log_softmax_backward<T>(output.size(0), output.size(1), output.data<T>(),
+                                   grad.data<T>(), grad_x.data<T>());
+    });
+    return {grad_x};
+  }
+};
+
+struct CrossEntropyBackward : Node {
+  Tensor log_probs, targets;  // (N, K) float, (N) int64
+  const char* name() const override { return "cross_entropy"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_logits = empty_like(log_probs);
+    dispatch_floating(grad.dtype(), "cross_entropy_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::cross_entropy_backward<T>(log_probs.size(0), log_probs.size(1), log_probs.data<T>(),
+                                     targets.data<std::int64_t>(),
+                                     static_cast<T>(grad.item()), grad_logits.data<T>());
+    });
+    return {grad_logits, Tensor()};
+  }
+};
+
+}  // namespace
+
+// ================================ elementwise =============================================
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_binary("add", a, b);
+  Tensor out = empty_like(a);
+  dispatch_floating(a.dtype(), "add", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::add<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&a, &b})) attach_node(out, std::make_shared<AddBackward>(), {&a, &b});
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_binary("mul", a, b);
+  Tensor out = empty_like(a);
+  dispatch_floating(a.dtype(), "mul", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::mul<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&a, &b})) {
+    auto node = std::make_shared<MulBackward>();
+    node->a = a.detach();
+    node->b = b.detach();
+    attach_node(out, node, {&a, &b});
+  }
+  return out;
+}
+
+Tensor scale(const Tensor& a, double factor) {
+  check_cpu_floating("scale", a, "input");
+  Tensor out = empty_like(a);
+  dispatch_floating(a.dtype(), "scale", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::scale<T>(a.numel(), static_cast<T>(factor), a.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&a})) {
+    auto node = std::make_shared<ScaleBackward>();
+    node->factor = factor;
+    attach_node(out, node, {&a});
+  }
+  return out;
+}
+
+void add_into(Tensor& destination, const Tensor& source) {
+  check_binary("add_into", destination, source);
+  dispatch_floating(destination.dtype(), "add_into", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::axpy<T>(destination.numel(), T(1), source.data<T>(), destination.data<T>());
+  });
+}
+
+Tensor relu(const Tensor& x) {
+  check_cpu_floating("relu", x, "input");
+  Tensor out = empty_like(x);
+  dispatch_floating(x.dtype(), "relu", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::relu_forward<T>(x.numel(), x.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<ReluBackward>();
+    node->output = out.detach();
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+
+// ================================ shape ===================================================
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  Tensor out = x.view(shape);
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<ReshapeBackward>();
+    node->input_shape = x.shape();
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+
+Tensor flatten(const Tensor& x) {
+  SELA_CHECK(x.dim() >= 1, "flatten", "needs at least one dimension, got " << x.describe());
+  return reshape(x, {x.size(0), -1});
+}
+
+// ================================ reductions ==============================================
+
+namespace {
+Tensor sum_impl(const Tensor& x, double factor, const char* op) {
+  check_cpu_floating(op, x, "input");
+  Tensor out = Tensor::empty({}, x.dtype());
+  dispatch_floating(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    *out.data<T>() = static_cast<T>(cpu::sum<T>(x.numel(), x.data<T>()) * factor);
+  });
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<SumBackward>();
+    node->input_shape = x.shape();
+    node->factor = factor;
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+}  // namespace
+
+Tensor sum(const Tensor& x) { return sum_impl(x, 1.0, "sum"); }
+
+Tensor mean(const Tensor& x) {
+  SELA_CHECK(x.numel() > 0, "mean", "mean of an empty tensor " << x.describe());
+  return sum_impl(x, 1.0 / static_cast<double>(x.numel()), "mean");
+}
+
+Tensor argmax(const Tensor& x) {
+  check_cpu_floating("argmax", x, "input");
+  SELA_CHECK(x.dim() == 2 && x.size(1) > 0, "argmax",
+             "expects a (N, K) tensor with K > 0, got " << x.describe());
+  Tensor out = Tensor::empty({x.size(0)}, DType::i64);
+  dispatch_floating(x.dtype(), "argmax", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::argmax_rows<T>(x.size(0), x.size(1), x.data<T>(), out.data<std::int64_t>());
+  });
+  return out;
+}
+
+// ================================ linear algebra ==========================================
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  check_cpu_floating("matmul", a, "first operand");
+  check_cpu_floating("matmul", b, "second operand");
+  check_same_dtype("matmul", a, b);
+  SELA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "matmul",
+             "cannot multiply " << shape_str(a.shape()) << " by " << shape_str(b.shape()));
+  std::int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  Tensor out = Tensor::empty({m, n}, a.dtype());
+  dispatch_floating(a.dtype(), "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    matmul_kernel<T>(false, false, m, n, k, a.data<T>(), b.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&a, &b})) {
+    auto node = std::make_shared<MatmulBackward>();
+    node->a = a.detach();
+    node->b = b.detach();
+    attach_node(out, node, {&a, &b});
+  }
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_cpu_floating("linear", x, "input");
+  check_cpu_floating("linear", weight, "weight");
+  check_same_dtype("linear", x, weight);
+  SELA_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "linear",
+             "input " << shape_str(x.shape()) << " does not match weight "
+                      << shape_str(weight.shape()) << " (expected input (N, "
+                      << (weight.dim() == 2 ? weight.size(1) : -1) << "))");
+  std::int64_t batch = x.size(0), in = x.size(1), out_features = weight.size(0);
+  if (bias.defined()) {
+    check_same_dtype("linear", x, bias);
+    check_shape("linear", bias, {out_features}, "bias");
+  }
+  Tensor out = Tensor::empty({batch, out_features}, x.dtype());
+  dispatch_floating(x.dtype(), "linear", [&](auto tag) {
+    using T = decltype(tag);
+    matmul_kernel<T>(false, true, batch, out_features, in, x.data<T>(), weight.data<T>(),
+                     out.data<T>());
+    if (bias.defined()) cpu::add_row_bias<T>(batch, out_features, bias.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    auto node = std::make_shared<LinearBackward>();
+    node->x = x.detach();
+    node->weight = weight.detach();
+    node->has_bias = bias.defined();
+    attach_node(out, node, {&x, &weight, &bias});
+  }
+  return out;
+}
+
+// ================================ layers ==================================================
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::int64_t stride,
+              std::int64_t padding) {
+  check_cpu_floating("conv2d", x, "input");
+  check_cpu_floating("conv2d", weight, "weight");
+  check_same_dtype("conv2d", x, weight);
+  SELA_CHECK(x.dim() == 4 && weight.dim() == 4 && x.size(1) == weight.size(1), "conv2d",
+             "input " << shape_str(x.shape()) << " (N, C, H, W) does not match weight "
+                      << shape_str(weight.shape()) << " (O, C, kh, kw)");
+  SELA_CHECK(stride >= 1 && padding >= 0, "conv2d",
+             "stride must be >= 1 and padding >= 0, got " << stride << ", " << padding);
+  cpu::Conv2dShape s = conv_shape(x, weight, stride, padding);
+  SELA_CHECK(x.size(2) + 2 * padding >= s.kernel_h && x.size(3) + 2 * padding >= s.kernel_w,
+             "conv2d",
+             "kernel " << s.kernel_h << "x" << s.kernel_w << " larger than the padded input "
+                       << shape_str(x.shape()));
+  if (bias.defined()) {
+    check_same_dtype("conv2d", x, bias);
+    check_shape("conv2d", bias, {s.out_channels}, "bias");
+  }
+  Tensor out = Tensor::empty({s.batch, s.out_channels, s.out_height(), s.out_width()}, x.dtype());
+  dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::conv2d_forward<T>(s, x.data<T>(), weight.data<T>(),
+                           bias.defined() ? bias.data<T>() : nullptr, out.data<T>());
+  });
+  if (needs_grad({&x, &weight, &bias})) {
+    auto node = std::make_shared<Conv2dBackward>();
+    node->x = x.detach();
+    node->weight = weight.detach();
+    node->shape = s;
+    node->has_bias = bias.defined();
+    attach_node(out, node, {&x, &weight, &bias});
+  }
+  return out;
+}
+
+Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
+                  std::int64_t padding) {
+  check_cpu_floating("max_pool2d", x, "input");
+  SELA_CHECK(x.dim() == 4, "max_pool2d", "expects (N, C, H, W), got " << x.describe());
+  SELA_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel, "max_pool2d",
+             "invalid kernel " << kernel << ", stride " << stride << ", padding " << padding
+                               << " (padding must be at most half the kernel)");
+  SELA_CHECK(x.size(2) + 2 * padding >= kernel && x.size(3) + 2 * padding >= kernel,
+             "max_pool2d", "kernel " << kernel << " larger than the input " << x.describe());
+  cpu::Pool2dShape s = pool_shape(x, kernel, stride, padding);
+  Shape out_shape{s.batch, s.channels, s.out_height(), s.out_width()};
+  Tensor out = Tensor::empty(out_shape, x.dtype());
+  Tensor indices = Tensor::empty(out_shape, DType::i32);
+  dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::max_pool2d_forward<T>(s, x.data<T>(), out.data<T>(), indices.data<std::int32_t>());
+  });
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<MaxPool2dBackward>();
+    node->argmax = indices;
+    node->shape = s;
+    node->input_shape = x.shape();
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                    const Tensor& running_mean, const Tensor& running_var, bool training,
+                    double momentum, double eps) {
+  check_cpu_floating("batch_norm2d", x, "input");
+  SELA_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm2d",
+             "expects (N, C, H, W) or (N, C), got " << x.describe());
+  std::int64_t batch = x.size(0), channels = x.size(1);
+  std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
+  for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var}) {
+    if (!t->defined()) continue;
+    check_same_dtype("batch_norm2d", x, *t);
+    check_shape("batch_norm2d", *t, {channels}, "parameter or running statistic");
+  }
+  SELA_CHECK(gamma.defined() == beta.defined(), "batch_norm2d",
+             "weight and bias must both be given or both be absent");
+  Tensor out = empty_like(x);
+  if (training) {
+    SELA_CHECK(batch * spatial > 1, "batch_norm2d",
+               "training needs more than one value per channel, got input " << x.describe()
+                                                                           << " (use a batch > 1)");
+    Tensor save_mean = Tensor::empty({channels}, x.dtype());
+    Tensor save_invstd = Tensor::empty({channels}, x.dtype());
+    dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::batch_norm_forward_train<T>(
+          batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
+          beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
+          static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
+          running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
+          save_mean.data<T>(), save_invstd.data<T>());
+    });
+    if (needs_grad({&x, &gamma, &beta})) {
+      auto node = std::make_shared<BatchNormTrainBackward>();
+      node->x = x.detach();
+      node->gamma = gamma.defined() ? gamma.detach() : Tensor();
+      node->save_mean = save_mean;
+      node->save_invstd = save_invstd;
+      attach_node(out, node, {&x, &gamma, &beta});
+    }
+    return out;
+  }
+  SELA_CHECK(running_mean.defined() && running_var.defined(), "batch_norm2d",
+             "eval mode needs running statistics");
+  dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::batch_norm_forward_eval<T>(batch, channels, spatial, x.data<T>(),
+                                    gamma.defined() ? gamma.data<T>() : nullptr,
+                                    beta.defined() ? beta.data<T>() : nullptr,
+                                    running_mean.data<T>(), running_var.data<T>(),
+                                    static_cast<T>(eps), out.data<T>());
+  });
+  if (needs_grad({&x, &gamma, &beta})) {
+    auto node = std::make_shared<BatchNormEvalBackward>();
+    node->x = x.detach();
+    node->gamma = gamma.defined() ? gamma.detach() : Tensor();
+    node->running_mean = running_mean.clone();
+    node->running_var = running_var.clone();
+    node->eps = eps;
+    attach_node(out, node, {&x, &gamma, &beta});
+  }
+  return out;
+}
+
+Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
+               std::uint64_t offset) {
+  check_cpu_floating("dropout", x, "input");
+  SELA_CHECK(p >= 0.0 && p < 1.0, "dropout", "probability must be in [0, 1), got " << p);
+  if (!training || p == 0.0) return x;
+  Tensor out = empty_like(x);
+  Tensor mask = Tensor::empty(x.shape(), DType::u8);
+  dispatch_floating(x.dtype(), "dropout", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::dropout_forward<T>(x.numel(), x.data<T>(), static_cast<T>(p), seed, offset,
+                            out.data<T>(), mask.data<std::uint8_t>());
+  });
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<DropoutBackward>();
+    node->mask = mask;
+    node->p = p;
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+
+// ================================ losses ==================================================
+
+Tensor log_softmax(const Tensor& x) {
+  check_cpu_floating("log_softmax", x, "input");
+  SELA_CHECK(x.dim() == 2 && x.size(1) > 0, "log_softmax",
+             "expects (N, K) with K > 0, got " << x.describe());
+  Tensor out = empty_like(x);
+  dispatch_floating(x.dtype(), "log_softmax", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::log_softmax_forward<T>(x.size(0), x.size(1), x.data<T>(), out.data<T>());
+  });
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<LogSoftmaxBackward>();
+    node->output = out.detach();
+    attach_node(out, node, {&x});
+  }
+  return out;
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets) {
+  check_cpu_floating("cross_entropy", logits, "logits");
+  SELA_CHECK(logits.dim() == 2 && logits.size(0) > 0 && logits.size(1) > 0, "cross_entropy",
+             "logits must be (N, K) with N, K > 0, got " << logits.describe());
+  SELA_CHECK(targets.defined() && targets.dtype() == DType::i64 && targets.dim() == 1 &&
+                 targets.size(0) == logits.size(0),
+             "cross_entropy",
+             "targets must be int64 of shape (" << logits.size(0) << ",), got "
+                                                << targets.describe());
+  Tensor log_probs = empty_like(logits);
+  Tensor loss = Tensor::empty({}, logits.dtype());
+  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    *loss.data<T>() = cpu::cross_entropy_forward<T>(logits.size(0), logits.size(1),
+                                                    logits.data<T>(),
+                                                    targets.data<std::int64_t>(),
+                                                    log_probs.data<T>());
+  });
+  if (needs_grad({&logits})) {
+    auto node = std::make_shared<CrossEntropyBackward>();
+    node->log_probs = log_probs;
+    node->targets = targets.detach();
+    attach_node(loss, node, {&logits, &targets});
+  }
+  return loss;
+}
+
+}  // namespace sela

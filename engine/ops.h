@@ -1,0 +1,60 @@
+// Differentiable tensor operations: the engine's public op set.
+//
+// Each op checks its inputs (device, dtype, shapes — errors name the op and the shapes),
+// allocates its output, calls the CPU kernel family in kernels/cpu/, and, when an input
+// requires a gradient, records a Node whose fields are the saved tensors its backward needs
+// (see the *Backward structs in ops.cpp). Floating ops run in float32 or float64 (float64
+// exists for finite-difference gradient checks). Layouts are contiguous NCHW / row-major.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace sela {
+
+// --- elementwise -------------------------------------------------------------------------
+Tensor add(const Tensor& a, const Tensor& b);  // same shape and dtype
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, double factor);
+Tensor relu(const Tensor& x);
+void add_into(Tensor& destination, const Tensor& source);  // destination += source; no autograd
+
+// --- shape ---------------------------------------------------------------------------------
+Tensor reshape(const Tensor& x, const Shape& shape);  // -1 allowed once
+Tensor flatten(const Tensor& x);                       // (N, ...) -> (N, rest)
+
+// --- reductions ----------------------------------------------------------------------------
+Tensor sum(const Tensor& x);   // all elements -> shape ()
+Tensor mean(const Tensor& x);  // all elements -> shape ()
+Tensor argmax(const Tensor& x);  // (N, K) -> (N) int64, first maximum; not differentiable
+
+// --- linear algebra ------------------------------------------------------------------------
+Tensor matmul(const Tensor& a, const Tensor& b);  // (m, k) x (k, n) -> (m, n)
+// x (N, in), weight (out, in) as in PyTorch, bias (out) or undefined -> (N, out)
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// --- convolutional network layers ----------------------------------------------------------
+// x (N, C, H, W), weight (O, C, kh, kw), bias (O) or undefined -> (N, O, OH, OW)
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::int64_t stride,
+              std::int64_t padding);
+Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
+                  std::int64_t padding = 0);
+// x (N, C, H, W); gamma/beta (C) or undefined (affine off); running stats (C) or undefined.
+// training: batch statistics, running stats updated in place (momentum as PyTorch).
+// eval: running statistics (must be defined).
+Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                    const Tensor& running_mean, const Tensor& running_var, bool training,
+                    double momentum, double eps);
+// Inverted dropout with a counter-based mask: element i is dropped according to
+// (seed, offset + i) only. Identity when !training or p == 0.
+Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
+               std::uint64_t offset);
+
+// --- losses --------------------------------------------------------------------------------
+Tensor log_softmax(const Tensor& x);  // (N, K), along K
+// logits (N, K), targets (N) int64 in [0, K) -> mean cross-entropy, shape ()
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets);
+
+}  // namespace sela
