@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""PyTorch twin of `sela bench train-step`: the same model, data shapes, loss and SGD.
+
+Run with Debian's python3-torch (CPU):  /usr/bin/python3 tools/bench/torch_train_step.py
+  --arch alexnet-32 --batch 128 --heads 10 --clusters 128 --threads 2 --json
+On a GPU machine: --device cuda (eager fp32; TF32 for convolutions on, for matmul off, as
+PyTorch's defaults). Prints per-step times, then the median; with --json one JSON object
+on the last line with the same keys as the C++ benchmark.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sela_torch import SelaNet, sela_loss  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="alexnet-32")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--heads", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="0 = all hardware threads")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
+    torch.manual_seed(a.seed)
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model = SelaNet(a.arch, a.width_mult, 3, [a.clusters] * a.heads).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(a.batch, 3, model.input_size, model.input_size, device=device)
+    ys = [torch.randint(0, a.clusters, (a.batch,), device=device) for _ in range(a.heads)]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = sela_loss(model(x), ys)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(a.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(a.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        loss_value = loss.item()  # synchronises
+        times.append(time.perf_counter() - t0)
+        if not a.json:
+            print("  step %d: %.1f ms, loss %.4f" % (i, times[-1] * 1e3, loss_value))
+    step_s = statistics.median(times)
+    result = {
+        "arch": a.arch, "width_mult": a.width_mult, "batch": a.batch, "heads": a.heads,
+        "clusters": a.clusters, "device": a.device, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "steps": a.steps, "step_ms": step_s * 1e3,
+        "images_per_s": a.batch / step_s, "final_loss": loss_value,
+    }
+    if device.type == "cuda":
+        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print("pytorch %s: median step %.1f ms -> %.1f images/s" %
+          (torch.__version__, step_s * 1e3, a.batch / step_s))
+    if a.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
