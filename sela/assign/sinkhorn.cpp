@@ -1,0 +1,568 @@
+// Implementation of sela/assign/sinkhorn.h: the float64 reference, and the solver that
+// drives the CPU kernels of sinkhorn_cpu.h (buffers, memory plan, iteration loop, result).
+//
+// The solver's loop has the reference's structure, one pass per iteration:
+//   reference:  r_t = f(c_{t-1}), c_t = g(r_t), check c_{t-1} vs c_t when t % m == 0
+//   here:       r_1 from the column sums of A (c_0 = 1/N); pass t computes c_t = g(r_t)
+//               and the column sums that give r_{t+1}; the same check inside the pass.
+// When it stops it returns (r_t, c_t) — the pair the reference returns — and the labels
+// argmax_k A_ik r_t,k. c_0 = 1/N is taken in the reference's row scaling, so both
+// produce the same sequence up to the storage's rounding.
+#include "sela/assign/sinkhorn.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <sstream>
+
+#include "engine/error.h"
+#include "kernels/cpu/parallel.h"
+#include "sela/assign/sinkhorn_cpu.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <unistd.h>
+
+namespace sela::assign {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::ostream& log_stream(const SinkhornOptions& options) {
+  return options.log != nullptr ? *options.log : std::cerr;
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  std::ostringstream out;
+  out.setf(std::ios::fixed);
+  out.precision(1);
+  if (bytes >= (1ull << 30)) {
+    out << static_cast<double>(bytes) / static_cast<double>(1ull << 30) << " GiB";
+  } else if (bytes >= (1ull << 20)) {
+    out << static_cast<double>(bytes) / static_cast<double>(1ull << 20) << " MiB";
+  } else {
+    out << bytes << " B";
+  }
+  return out.str();
+}
+
+// Memory the system says a new allocation can take (MemAvailable), or "unlimited".
+std::uint64_t available_host_bytes() {
+#if defined(__linux__)
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  std::uint64_t value = 0;
+  std::string unit;
+  while (meminfo >> key >> value >> unit) {
+    if (key == "MemAvailable:") return value * 1024ull;
+  }
+#endif
+  long pages = sysconf(_SC_AVPHYS_PAGES);
+  long page_size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0) {
+    return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size);
+  }
+  return std::numeric_limits<std::uint64_t>::max();
+}
+
+void check_options(const SinkhornOptions& options, const char* op) {
+  SELA_CHECK(std::isfinite(options.lambda) && options.lambda > 0.0, op,
+             "lambda must be positive and finite, got " << options.lambda);
+  SELA_CHECK(std::isfinite(options.tol) && options.tol >= 0.0, op,
+             "tol must be >= 0, got " << options.tol);
+  SELA_CHECK(options.check_every >= 1, op, "check_every must be >= 1, got " << options.check_every);
+  SELA_CHECK(options.max_iters >= 1, op, "max_iters must be >= 1, got " << options.max_iters);
+}
+
+void check_problem(std::int64_t n, std::int64_t k, const std::string& head, const char* op) {
+  SELA_CHECK(n >= 1 && k >= 1, op,
+             "head '" << head << "': needs at least one sample and one cluster, got N=" << n << ", K=" << k);
+}
+
+// Fills the label statistics of a result from its labels.
+void count_clusters(SinkhornResult* result) {
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(result->k), 0);
+  for (std::int64_t label : result->labels) ++counts[static_cast<std::size_t>(label)];
+  result->cluster_min = *std::min_element(counts.begin(), counts.end());
+  result->cluster_max = *std::max_element(counts.begin(), counts.end());
+  result->clusters_empty = std::count(counts.begin(), counts.end(), std::int64_t{0});
+}
+
+// Composes the warning of a solve that did not converge or could not reach every cluster,
+// writes it to the log stream and keeps it in the result.
+void finish_warnings(const SinkhornOptions& options, SinkhornResult* result) {
+  std::ostringstream warning;
+  if (!result->converged) {
+    warning << "sinkhorn head '" << result->head << "': reached the iteration cap ("
+            << options.max_iters << ") before the stopping rule: sum|c/c_new - 1| = "
+            << result->stop_error << " (tol " << options.tol << "), row marginal error "
+            << result->row_marginal_error << ", column marginal error "
+            << result->col_marginal_error << "; labels are those of the last iteration";
+  }
+  if (result->floor_mass > kSinkhornFloorMassWarning) {
+    if (!warning.str().empty()) warning << "; ";
+    warning << "sinkhorn head '" << result->head << "': up to " << 100.0 * result->floor_mass
+            << "% of a sample's plan rests on entries of A below the range of storage " << result->storage
+            << " (stored at its floor), so the solution is limited by the storage; use storage f32 (or bf16"
+            << " instead of f16) or a smaller lambda for these logits";
+  }
+  result->warning = warning.str();
+  if (!result->warning.empty()) log_stream(options) << "warning: " << result->warning << "\n";
+}
+
+void log_summary(const SinkhornOptions& options, const SinkhornResult& result) {
+  if (options.verbose < 1) return;
+  log_stream(options) << "sinkhorn head '" << result.head << "': N=" << result.n << " K=" << result.k
+                      << " lambda=" << result.lambda << " storage=" << result.storage << ": "
+                      << result.iterations << " iterations, stop error " << result.stop_error
+                      << ", marginal errors row " << result.row_marginal_error << " column "
+                      << result.col_marginal_error << ", clusters min/max/empty "
+                      << result.cluster_min << "/" << result.cluster_max << "/"
+                      << result.clusters_empty << ", " << result.total_seconds << " s\n";
+}
+
+// A zero-initialised-on-demand block of host memory aligned to 2 MiB, so that Linux can
+// back it with transparent huge pages (fewer TLB misses when streaming gigabytes).
+class HostBlock {
+ public:
+  HostBlock() = default;
+  ~HostBlock() { std::free(ptr_); }
+  HostBlock(const HostBlock&) = delete;
+  HostBlock& operator=(const HostBlock&) = delete;
+
+  void ensure(std::uint64_t bytes, const std::string& what) {
+    if (bytes <= bytes_) return;
+    std::free(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    constexpr std::uint64_t kAlign = 2ull << 20;
+    std::uint64_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+    ptr_ = std::aligned_alloc(static_cast<std::size_t>(kAlign), static_cast<std::size_t>(rounded));
+    if (ptr_ == nullptr) {
+      SELA_FAIL_HINT("sinkhorn", "could not allocate " << format_bytes(rounded) << " for " << what,
+                     "free memory, use 16-bit storage (--storage f16), or solve fewer samples at once");
+    }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(ptr_, static_cast<std::size_t>(rounded), MADV_HUGEPAGE);  // a hint; failure is harmless
+#endif
+    bytes_ = rounded;
+  }
+  void* get() const { return ptr_; }
+  std::uint64_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+// ---- storage names ----------------------------------------------------------------------
+
+const char* storage_name(SinkhornStorage storage) {
+  switch (storage) {
+    case SinkhornStorage::f32: return "f32";
+    case SinkhornStorage::f16: return "f16";
+    case SinkhornStorage::bf16: return "bf16";
+  }
+  return "?";
+}
+
+SinkhornStorage parse_storage(const std::string& name) {
+  if (name == "f32") return SinkhornStorage::f32;
+  if (name == "f16") return SinkhornStorage::f16;
+  if (name == "bf16") return SinkhornStorage::bf16;
+  SELA_FAIL_HINT("sinkhorn", "unknown storage '" << name << "'", "use f32, f16 or bf16");
+}
+
+std::size_t storage_element_bytes(SinkhornStorage storage) {
+  return storage == SinkhornStorage::f32 ? 4 : 2;
+}
+
+std::string SinkhornMemoryPlan::describe() const {
+  std::ostringstream out;
+  out << "N=" << n << " x K=" << k << " (row stride " << row_stride << "), storage "
+      << storage_name(storage) << ": A " << format_bytes(matrix_bytes) << " + vectors "
+      << format_bytes(vector_bytes) << " + workspace " << format_bytes(workspace_bytes) << " = "
+      << format_bytes(total_bytes) << " in " << where << " (limit " << format_bytes(limit_bytes)
+      << ")";
+  return out.str();
+}
+
+// ---- the float64 reference ----------------------------------------------------------------
+
+SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int64_t k,
+                                  const SinkhornOptions& options, const std::string& head) {
+  const char* op = "sinkhorn_reference";
+  check_options(options, op);
+  check_problem(n, k, head, op);
+  SELA_CHECK(logits != nullptr, op, "logits pointer is null");
+  SELA_CHECK(static_cast<double>(n) * static_cast<double>(k) * 8.0 <
+                 static_cast<double>(available_host_bytes()),
+             op, "head '" << head << "': N x K = " << n << " x " << k
+                          << " float64 values do not fit in the memory available");
+  const auto start = Clock::now();
+  const std::size_t rows = static_cast<std::size_t>(n), cols = static_cast<std::size_t>(k);
+
+  // Softmax in float64, then the power λ: A_ik = p_ik^λ (the reference's PS **= lamb).
+  std::vector<double> a(rows * cols);  // (N, K)
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* z = logits + i * cols;
+    double row_max = -std::numeric_limits<double>::infinity();
+    for (std::size_t j = 0; j < cols; ++j) {
+      if (!std::isfinite(z[j])) {
+        SELA_FAIL_HINT(op, "head '" << head << "': logits row " << i << " holds " << z[j]
+                                    << " (column " << j << ")",
+                       "the network produced NaN/Inf; check the learning rate and the inputs");
+      }
+      row_max = std::max(row_max, static_cast<double>(z[j]));
+    }
+    double total = 0.0;
+    for (std::size_t j = 0; j < cols; ++j) {
+      a[i * cols + j] = std::exp(static_cast<double>(z[j]) - row_max);
+      total += a[i * cols + j];
+    }
+    for (std::size_t j = 0; j < cols; ++j) a[i * cols + j] = std::pow(a[i * cols + j] / total, options.lambda);
+  }
+
+  const double inv_k = 1.0 / static_cast<double>(k), inv_n = 1.0 / static_cast<double>(n);
+  std::vector<double> r(cols, inv_k), c(rows, inv_n), c_new(rows), column(cols);
+  SinkhornResult result;
+  double error = std::numeric_limits<double>::infinity();
+  std::int64_t counter = 0;
+  while (error > options.tol && counter < options.max_iters) {
+    // r = (1/K) / (Aᵀ c)
+    std::fill(column.begin(), column.end(), 0.0);
+    for (std::size_t i = 0; i < rows; ++i) {
+      for (std::size_t j = 0; j < cols; ++j) column[j] += a[i * cols + j] * c[i];
+    }
+    for (std::size_t j = 0; j < cols; ++j) {
+      if (!(column[j] > 0.0)) {
+        SELA_FAIL_HINT(op, "head '" << head << "': column " << j << " of softmax^lambda is 0 in float64",
+                       "lambda is too large for these logits");
+      }
+      r[j] = inv_k / column[j];
+    }
+    // c_new = (1/N) / (A r)
+    for (std::size_t i = 0; i < rows; ++i) {
+      double dot = 0.0;
+      for (std::size_t j = 0; j < cols; ++j) dot += a[i * cols + j] * r[j];
+      c_new[i] = inv_n / dot;
+    }
+    if (counter % options.check_every == 0) {
+      error = 0.0;
+      for (std::size_t i = 0; i < rows; ++i) {
+        double term = std::fabs(c[i] / c_new[i] - 1.0);
+        if (!std::isnan(term)) error += term;  // the reference uses nansum
+      }
+      result.stop_error = error;
+    }
+    c.swap(c_new);
+    ++counter;
+  }
+  result.converged = error <= options.tol;
+  result.iterations = counter;
+  const double iterate_done = seconds_since(start);
+
+  // Labels argmax_k A_ik r_k (c_i > 0 does not change a row's argmax) and both marginals.
+  result.labels.assign(rows, 0);
+  std::fill(column.begin(), column.end(), 0.0);
+  for (std::size_t i = 0; i < rows; ++i) {
+    double best = -1.0, dot = 0.0;
+    for (std::size_t j = 0; j < cols; ++j) {
+      double v = a[i * cols + j] * r[j];
+      dot += v;
+      column[j] += a[i * cols + j] * c[i];
+      if (v > best) {
+        best = v;
+        result.labels[i] = static_cast<std::int64_t>(j);
+      }
+    }
+    result.row_marginal_error = std::max(result.row_marginal_error, std::fabs(static_cast<double>(n) * c[i] * dot - 1.0));
+  }
+  for (std::size_t j = 0; j < cols; ++j) {
+    result.col_marginal_error = std::max(result.col_marginal_error, std::fabs(static_cast<double>(k) * r[j] * column[j] - 1.0));
+  }
+
+  result.head = head;
+  result.n = n;
+  result.k = k;
+  result.lambda = options.lambda;
+  result.storage = "reference-f64";
+  result.device = "cpu";
+  result.r = std::move(r);
+  result.c = std::move(c);
+  result.storage_scale = 1.0;
+  result.bytes_per_iteration = 2ull * rows * cols * sizeof(double);
+  count_clusters(&result);
+  result.prepare_seconds = 0.0;
+  result.iterate_seconds = iterate_done;
+  result.total_seconds = seconds_since(start);
+  result.label_seconds = result.total_seconds - iterate_done;
+  finish_warnings(options, &result);
+  log_summary(options, result);
+  return result;
+}
+
+// ---- the fast solver ------------------------------------------------------------------------
+
+struct SinkhornSolver::Buffers {
+  HostBlock matrix;                // A (N, stride) in the storage type
+  std::vector<double> c;           // (N)
+  std::vector<float> row_log_mass; // (N) log Σ_k exp(z_ik − max_k z_ik)
+  std::vector<double> r, r_next;   // (K)
+  std::vector<double> col_sums;    // (K)
+  std::vector<float> r_rel;        // (stride), padding 0
+  std::vector<double> workspace;   // per-chunk column partials (doubles for alignment)
+};
+
+SinkhornSolver::SinkhornSolver(SinkhornOptions options)
+    : options_(options), buffers_(std::make_unique<Buffers>()) {
+  check_options(options_, "sinkhorn");
+}
+
+SinkhornSolver::~SinkhornSolver() = default;
+
+void SinkhornSolver::set_options(const SinkhornOptions& options) {
+  SELA_CHECK(!head_open_, "sinkhorn",
+             "head '" << head_ << "' is being filled (" << rows_appended_ << " of " << n_
+                      << " rows): solve it before changing the options");
+  check_options(options, "sinkhorn");
+  options_ = options;
+}
+
+SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
+  SinkhornMemoryPlan plan;
+  plan.n = n;
+  plan.k = k;
+  plan.row_stride = sinkhorn_row_stride(k);
+  plan.storage = options_.storage;
+  plan.where = "host memory";
+  // Guard the products: anything beyond 2^62 bytes is absurd on any machine.
+  const double matrix = static_cast<double>(n) * static_cast<double>(plan.row_stride) *
+                        static_cast<double>(storage_element_bytes(options_.storage));
+  const double limit = 4.6e18;
+  SELA_CHECK(matrix < limit, "sinkhorn",
+             "N x K = " << n << " x " << k << " is absurd: A alone would take " << matrix << " bytes");
+  plan.matrix_bytes = static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(plan.row_stride) *
+                      storage_element_bytes(options_.storage);
+  plan.vector_bytes = static_cast<std::uint64_t>(n) * (sizeof(double) + sizeof(std::int64_t) + sizeof(float)) +
+                      static_cast<std::uint64_t>(plan.row_stride) * (4 * sizeof(double) + sizeof(float));
+  plan.workspace_bytes = sinkhorn_workspace_bytes(n, plan.row_stride);
+  plan.total_bytes = plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes;
+  plan.limit_bytes = options_.memory_limit_bytes != 0 ? options_.memory_limit_bytes : available_host_bytes();
+  return plan;
+}
+
+std::uint64_t SinkhornSolver::allocated_bytes() const {
+  const Buffers& b = *buffers_;
+  return b.matrix.bytes() + b.c.capacity() * sizeof(double) + b.row_log_mass.capacity() * sizeof(float) +
+         (b.r.capacity() + b.r_next.capacity() + b.col_sums.capacity()) * sizeof(double) +
+         b.r_rel.capacity() * sizeof(float) + b.workspace.capacity() * sizeof(double);
+}
+
+void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::string& head) {
+  const char* op = "sinkhorn";
+  check_problem(n, k, head, op);
+  if (options_.device.is_cuda()) {
+#if defined(SELA_WITH_CUDA)
+    SELA_FAIL_HINT(op, "head '" << head << "': the CUDA Sinkhorn path is not written yet",
+                   "use device cpu");
+#else
+    SELA_FAIL_HINT(op, "head '" << head << "': device " << options_.device.str()
+                                << " asked, but this build has no CUDA",
+                   "reconfigure with -DSELA_CUDA=ON on a machine with nvcc, or use device cpu");
+#endif
+  }
+  head_open_ = false;
+  SinkhornMemoryPlan memory = plan(n, k);
+  if (options_.verbose >= 1) {
+    log_stream(options_) << "sinkhorn head '" << head << "' memory plan: " << memory.describe() << "\n";
+  }
+  // Memory the solver already holds is reused, so it counts towards what is available.
+  const std::uint64_t usable = memory.limit_bytes > std::numeric_limits<std::uint64_t>::max() - allocated_bytes()
+                                   ? std::numeric_limits<std::uint64_t>::max()
+                                   : memory.limit_bytes + allocated_bytes();
+  if (memory.total_bytes > usable) {
+    SELA_FAIL_HINT(op, "head '" << head << "' does not fit: " << memory.describe(),
+                   "use 16-bit storage (f16 or bf16), fewer samples per solve, or a machine with more memory");
+  }
+  Buffers& b = *buffers_;
+  try {
+    b.matrix.ensure(memory.matrix_bytes, "A of head '" + head + "'");
+    const std::size_t rows = static_cast<std::size_t>(n), stride = static_cast<std::size_t>(memory.row_stride);
+    b.c.resize(rows);
+    b.row_log_mass.resize(rows);
+    b.r.assign(static_cast<std::size_t>(k), 0.0);
+    b.r_next.assign(static_cast<std::size_t>(k), 0.0);
+    b.col_sums.assign(static_cast<std::size_t>(k), 0.0);
+    b.r_rel.assign(stride, 0.0f);
+    b.workspace.resize((memory.workspace_bytes + sizeof(double) - 1) / sizeof(double));
+  } catch (const std::bad_alloc&) {
+    SELA_FAIL_HINT(op, "head '" << head << "': out of memory while allocating " << memory.describe(),
+                   "use 16-bit storage or fewer samples per solve");
+  }
+  head_ = head;
+  n_ = n;
+  k_ = k;
+  stride_ = memory.row_stride;
+  rows_appended_ = 0;
+  prepare_seconds_ = 0.0;
+  head_open_ = true;
+}
+
+template <typename Store>
+void SinkhornSolver::append_rows(const float* logits, std::int64_t rows) {
+  Store* a = static_cast<Store*>(buffers_->matrix.get()) + rows_appended_ * stride_;
+  std::int64_t bad = sinkhorn_store_rows<Store>(logits, rows, k_, static_cast<float>(options_.lambda), a, stride_,
+                                                buffers_->row_log_mass.data() + rows_appended_);
+  if (bad >= 0) {
+    head_open_ = false;
+    SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': logits row " << rows_appended_ + bad
+                                        << " (sample index) holds NaN or Inf",
+                   "the network produced non-finite outputs; check the learning rate and the inputs");
+  }
+}
+
+void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
+  const char* op = "sinkhorn";
+  SELA_CHECK(head_open_, op, "append_logits before begin_head (or after a failed append or a solve)");
+  SELA_CHECK(rows >= 0 && rows <= n_ - rows_appended_, op,
+             "head '" << head_ << "': appending " << rows << " rows to " << rows_appended_ << " of " << n_);
+  if (rows == 0) return;
+  SELA_CHECK(logits != nullptr, op, "logits pointer is null");
+  const auto start = Clock::now();
+  switch (options_.storage) {
+    case SinkhornStorage::f32: append_rows<float>(logits, rows); break;
+    case SinkhornStorage::f16: append_rows<Half>(logits, rows); break;
+    case SinkhornStorage::bf16: append_rows<BFloat16>(logits, rows); break;
+  }
+  rows_appended_ += rows;
+  prepare_seconds_ += seconds_since(start);
+}
+
+template <typename Store>
+void SinkhornSolver::run(SinkhornResult* result) {
+  Buffers& b = *buffers_;
+  const Store* a = static_cast<const Store*>(b.matrix.get());
+  const std::int64_t n = n_, k = k_, stride = stride_;
+  const std::size_t workspace_bytes = b.workspace.size() * sizeof(double);
+  void* workspace = b.workspace.data();
+  const double inv_k = 1.0 / static_cast<double>(k);
+
+  const auto start = Clock::now();
+  // c_0 = 1/N in the reference's row scaling: its A is softmax^λ = A / (scale e^{λ m_i})
+  // with m_i = row_log_mass_i, so the same start here is c_0,i = e^{−λ m_i} / (N scale).
+  // Then r_1 = (1/K) / (Aᵀ c_0), summed in float64 (c_0 spans down to K^-λ).
+  const double c0_factor = 1.0 / (static_cast<double>(n) * static_cast<double>(sinkhorn_storage_scale<Store>()));
+  for (std::int64_t i = 0; i < n; ++i) {
+    b.c[static_cast<std::size_t>(i)] =
+        std::exp(-options_.lambda * static_cast<double>(b.row_log_mass[static_cast<std::size_t>(i)])) * c0_factor;
+  }
+  sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes, b.col_sums.data());
+  auto update_r = [&](std::vector<double>* r, std::int64_t iteration) {
+    for (std::int64_t j = 0; j < k; ++j) {
+      const double s = b.col_sums[static_cast<std::size_t>(j)];
+      if (!(s > 0.0) || !std::isfinite(s)) {  // A >= floor > 0, so only float64 range exhaustion
+        SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': column " << j << " sum " << s << " at iteration "
+                                            << iteration << " left float64's range",
+                       "lambda is too large for these logits; use a smaller lambda");
+      }
+      (*r)[static_cast<std::size_t>(j)] = inv_k / s;
+    }
+  };
+  update_r(&b.r, 0);
+
+  double r_scale = 1.0;
+  for (std::int64_t iteration = 0;; ++iteration) {
+    // r is handed to the float32 pass as r_rel = r / r_scale with r_scale the geometric
+    // middle of r's range, so that r_rel spans at most e^±87 around 1 before it would leave
+    // float32's normal range (r can span many decades when N < K or λ is large).
+    const auto [r_min_at, r_max_at] = std::minmax_element(b.r.begin(), b.r.end());
+    const double r_min = *r_min_at, r_max = *r_max_at;
+    r_scale = std::sqrt(r_max) * std::sqrt(r_min);
+    for (std::int64_t j = 0; j < k; ++j) {
+      b.r_rel[static_cast<std::size_t>(j)] = static_cast<float>(b.r[static_cast<std::size_t>(j)] / r_scale);
+    }
+    const bool measure = iteration % options_.check_every == 0;
+    std::int64_t bad_rows = 0;
+    double change = sinkhorn_pass<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, b.c.data(),
+                                         b.col_sums.data(), measure, workspace, workspace_bytes, &bad_rows);
+    if (bad_rows > 0) {
+      SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': " << bad_rows << " rows lost all their mass at iteration "
+                                          << iteration << " (A r underflowed float32)",
+                     "use a smaller lambda or f32 storage");
+    }
+    result->iterations = iteration + 1;
+    update_r(&b.r_next, iteration + 1);
+    if (measure) {
+      result->stop_error = change;
+      if (change <= options_.tol) {
+        result->converged = true;
+        break;
+      }
+    }
+    if (result->iterations >= options_.max_iters) break;
+    b.r.swap(b.r_next);
+  }
+  // Column marginal of (c_t, r_t): K r_t,k (Aᵀ c_t)_k − 1.
+  for (std::int64_t j = 0; j < k; ++j) {
+    result->col_marginal_error = std::max(
+        result->col_marginal_error,
+        std::fabs(static_cast<double>(k) * b.r[static_cast<std::size_t>(j)] * b.col_sums[static_cast<std::size_t>(j)] - 1.0));
+  }
+  result->iterate_seconds = seconds_since(start);
+
+  const auto label_start = Clock::now();
+  result->labels.resize(static_cast<std::size_t>(n));
+  result->row_marginal_error = sinkhorn_labels<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, b.c.data(),
+                                                      result->labels.data(), &result->floor_mass);
+  result->label_seconds = seconds_since(label_start);
+  result->storage_scale = sinkhorn_storage_scale<Store>();
+  result->bytes_per_iteration = static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(stride) * sizeof(Store);
+}
+
+SinkhornResult SinkhornSolver::solve() {
+  SELA_CHECK(head_open_, "sinkhorn", "solve before begin_head (or after a failed append or a solve)");
+  SELA_CHECK(rows_appended_ == n_, "sinkhorn",
+             "head '" << head_ << "': solve with " << rows_appended_ << " of " << n_ << " rows appended");
+  head_open_ = false;
+  SinkhornResult result;
+  result.head = head_;
+  result.n = n_;
+  result.k = k_;
+  result.lambda = options_.lambda;
+  result.storage = storage_name(options_.storage);
+  result.device = "cpu";
+  switch (options_.storage) {
+    case SinkhornStorage::f32: run<float>(&result); break;
+    case SinkhornStorage::f16: run<Half>(&result); break;
+    case SinkhornStorage::bf16: run<BFloat16>(&result); break;
+  }
+  result.r = buffers_->r;
+  result.c = buffers_->c;
+  result.prepare_seconds = prepare_seconds_;
+  result.total_seconds = result.prepare_seconds + result.iterate_seconds + result.label_seconds;
+  count_clusters(&result);
+  finish_warnings(options_, &result);
+  log_summary(options_, result);
+  return result;
+}
+
+SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::int64_t k,
+                                     const std::string& head) {
+  begin_head(n, k, head);
+  append_logits(logits, n);
+  return solve();
+}
+
+}  // namespace sela::assign

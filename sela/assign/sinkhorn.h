@@ -1,0 +1,168 @@
+// SeLa label assignment: equipartitioned labels from a head's logits by Sinkhorn-Knopp.
+//
+// For one head with logits z (N, K) the self-labelling step (DESIGN.md) solves
+//     max over Q in U(r = 1/K, c = 1/N) of <Q, log p> + (1/λ) H(Q),   p = softmax(z)
+// whose solution is Q = diag(c) A diag(r) with A_ik = p_ik^λ. The labels are y_i =
+// argmax_k A_ik r_k. This header holds two solvers with the same stopping rule:
+//
+//  * sinkhorn_reference — the published algorithm, kept for tests and for the record:
+//    float64 softmax, power λ, two matrix-vector products per iteration
+//        r = (1/K) / (Aᵀ c),   c_new = (1/N) / (A r),
+//    and the check Σ_i |c_i/c_new_i − 1| <= tol every `check_every` iterations (counting
+//    from the first), exactly as the reference code's loop.
+//  * SinkhornSolver — the fast path: stores A ∝ exp(λ(z − max_k z)) once (float32 or
+//    16-bit) straight from the logits and makes one pass over it per iteration (see
+//    sinkhorn_cpu.h). Same updates, same stopping rule and the same start (c = 1/N in the
+//    reference's row scaling, from each row's log Σ_k exp(z_ik − max z_i) kept while
+//    storing A), so it follows the reference's sequence of r and c up to the storage's
+//    rounding: the iteration counts and the labels match.
+//
+// How it is used: a trainer feeds each head's logits in batches while the network runs
+// over the data (begin_head, append_logits, solve), or passes them at once (solve(logits)).
+// Heads are solved one after the other with the same solver, which keeps its buffers.
+//
+//   sela::assign::SinkhornOptions options;          // λ = 25, tol = 0.1, storage f16
+//   sela::assign::SinkhornSolver solver(options);
+//   solver.begin_head(n, k, "head0");
+//   for (batch : data) solver.append_logits(batch_logits, batch_rows);   // (rows, k) f32
+//   sela::assign::SinkhornResult result = solver.solve();
+//
+// Robustness: NaN/Inf in the logits is an Error naming the head and the first bad row;
+// reaching the iteration cap (or labels resting on entries below the storage's range) is a
+// warning written to the log stream (stderr by default) and kept in result.warning; N < K,
+// K = 1 and N = 1 are solved; before allocating, the memory plan is checked against the
+// memory available (and printed when verbose), and an absurd size is an Error.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/dtype.h"
+
+namespace sela::assign {
+
+// How the fast path stores A: float32, IEEE half (times 2^15), or bfloat16.
+enum class SinkhornStorage : std::uint8_t { f32, f16, bf16 };
+
+const char* storage_name(SinkhornStorage storage);          // "f32", "f16", "bf16"
+SinkhornStorage parse_storage(const std::string& name);     // Error on anything else
+std::size_t storage_element_bytes(SinkhornStorage storage);  // 4 or 2
+
+// floor_mass above which a result carries a warning (use f32 storage or a smaller λ).
+constexpr double kSinkhornFloorMassWarning = 1e-3;
+
+struct SinkhornOptions {
+  double lambda = 25.0;          // λ: 25 for ImageNet, 10 for CIFAR in the paper
+  double tol = 0.1;              // stop when Σ_i |c_i/c_new_i − 1| <= tol ...
+  std::int64_t check_every = 10; // ... measured at iterations 0, 10, 20, ... (0-based)
+  std::int64_t max_iters = 2000; // iteration cap: reaching it is a warning, never silent
+  SinkhornStorage storage = SinkhornStorage::f16;
+  Device device = Device::cpu();  // cuda: an Error until the CUDA half is built
+  int verbose = 0;               // 1: memory plan and a summary line per head on `log`
+  std::ostream* log = nullptr;   // warnings and verbose lines; nullptr means std::cerr
+  // Largest plan allowed, in bytes; 0 means the memory the system reports as available.
+  std::uint64_t memory_limit_bytes = 0;
+};
+
+// What one head's solve needs, computed before anything is allocated.
+struct SinkhornMemoryPlan {
+  std::int64_t n = 0, k = 0, row_stride = 0;
+  SinkhornStorage storage = SinkhornStorage::f16;
+  std::uint64_t matrix_bytes = 0;     // A: n · row_stride · element bytes
+  std::uint64_t vector_bytes = 0;     // c, labels (n each), r and column sums (k each)
+  std::uint64_t workspace_bytes = 0;  // per-thread column partials
+  std::uint64_t total_bytes = 0;
+  std::uint64_t limit_bytes = 0;      // what it was checked against
+  std::string where;                  // "host memory"
+  std::string describe() const;       // one line for logs and errors
+};
+
+struct SinkhornResult {
+  std::string head;
+  std::int64_t n = 0, k = 0;
+  double lambda = 0.0;
+  std::string storage;  // "f32" | "f16" | "bf16" | "reference-f64"
+  std::string device;   // "cpu"
+
+  std::vector<std::int64_t> labels;  // (N) y_i = argmax_k A_ik r_k
+  // The plan is P_ik = c_i A_ik r_k with, for the fast path,
+  //   A_ik = storage_scale · exp(λ(z_ik − max_k z_ik)),
+  // and for the reference A_ik = softmax(z_i)_k^λ. r is the scaling used for the last c
+  // (as in the reference code, which returns that pair): rows of P sum to 1/N exactly,
+  // columns to 1/K up to col_marginal_error. (c, r) are defined up to c·a, r/a.
+  std::vector<double> r;  // (K)
+  std::vector<double> c;  // (N)
+  double storage_scale = 1.0;
+
+  std::int64_t iterations = 0;       // passes made (the reference counts the same way)
+  bool converged = false;            // the stopping rule was met before the cap
+  double stop_error = 0.0;           // the last Σ_i |c_i/c_new_i − 1| measured
+  double row_marginal_error = 0.0;   // max_i |N Σ_k P_ik − 1|
+  double col_marginal_error = 0.0;   // max_k |K Σ_i P_ik − 1|
+  // The largest share of any row's plan mass that rests on entries of A stored at the
+  // storage's floor (sinkhorn_cpu.h), i.e. entries too small for the storage: above
+  // kSinkhornFloorMassWarning the solution is limited by the storage (a warning).
+  double floor_mass = 0.0;
+
+  std::int64_t cluster_min = 0, cluster_max = 0, clusters_empty = 0;  // label counts
+
+  double prepare_seconds = 0.0;  // logits → stored A (summed over append calls)
+  double iterate_seconds = 0.0;  // Sinkhorn-Knopp iterations
+  double label_seconds = 0.0;    // argmax and marginal errors
+  double total_seconds = 0.0;    // the three above
+  std::uint64_t bytes_per_iteration = 0;  // bytes of A read per pass
+
+  std::string warning;  // empty when the solve was clean; also written to the log stream
+};
+
+// The published float64 algorithm (softmax, power λ, two matrix-vector products per
+// iteration). Uses options.lambda, tol, check_every, max_iters, log; ignores storage.
+SinkhornResult sinkhorn_reference(const float* logits /* (n, k) */, std::int64_t n, std::int64_t k,
+                                  const SinkhornOptions& options, const std::string& head = "head0");
+
+class SinkhornSolver {
+ public:
+  explicit SinkhornSolver(SinkhornOptions options = {});
+  ~SinkhornSolver();
+  SinkhornSolver(const SinkhornSolver&) = delete;
+  SinkhornSolver& operator=(const SinkhornSolver&) = delete;
+
+  const SinkhornOptions& options() const { return options_; }
+  // Changes options between heads (an Error while a head is being filled).
+  void set_options(const SinkhornOptions& options);
+
+  // The memory a head of n samples and k clusters needs with the current options.
+  SinkhornMemoryPlan plan(std::int64_t n, std::int64_t k) const;
+
+  // Starts a head: checks the plan against the memory limit, then (re)uses the buffers,
+  // growing them only when the previous head's were smaller.
+  void begin_head(std::int64_t n, std::int64_t k, const std::string& head = "head0");
+  // Appends `rows` rows of logits (rows, k), float32, row-major, in sample order.
+  void append_logits(const float* logits, std::int64_t rows);
+  std::int64_t rows_appended() const { return rows_appended_; }
+  // Solves the current head once all n rows are appended.
+  SinkhornResult solve();
+  // begin_head + append_logits(all) + solve.
+  SinkhornResult solve(const float* logits /* (n, k) */, std::int64_t n, std::int64_t k,
+                       const std::string& head = "head0");
+
+  std::uint64_t allocated_bytes() const;  // what the solver holds now
+
+ private:
+  struct Buffers;
+  template <typename Store> void append_rows(const float* logits, std::int64_t rows);
+  template <typename Store> void run(SinkhornResult* result);
+
+  SinkhornOptions options_;
+  std::unique_ptr<Buffers> buffers_;
+  std::string head_;
+  std::int64_t n_ = 0, k_ = 0, stride_ = 0;
+  std::int64_t rows_appended_ = 0;
+  bool head_open_ = false;
+  double prepare_seconds_ = 0.0;
+};
+
+}  // namespace sela::assign

@@ -1,0 +1,191 @@
+// Implementation of sela/evaluate.h.
+#include "sela/evaluate.h"
+
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd.h"
+#include "engine/data/augment.h"
+#include "engine/data/loader.h"
+#include "engine/progress.h"
+#include "sela/assign/knn.h"
+#include "sela/assign/metrics.h"
+
+namespace sela {
+
+NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::int64_t batch_size,
+                           int workers, bool want_logits, bool want_fc7,
+                           const std::string& progress_label) {
+  NoGradGuard no_grad;
+  bool was_training = model.is_training();
+  model.eval();
+  data::AugmentConfig augment =
+      data::default_augment(dataset.info(), false, static_cast<int>(model.input_size()));
+  data::LoaderConfig config;
+  config.batch_size = batch_size;
+  config.shuffle = false;
+  config.workers = workers;
+  data::Loader loader(dataset, augment, config);
+
+  NetworkOutputs out;
+  out.n = dataset.size();
+  out.classes.assign(static_cast<std::size_t>(out.n), -1);
+  const auto& clusters = model.config().clusters;
+  if (want_logits) {
+    for (std::int64_t k : clusters) out.logits.emplace_back(static_cast<std::size_t>(out.n * k));
+  }
+  if (want_fc7) {
+    out.fc7_dim = model.feature_dim();
+    out.fc7.resize(static_cast<std::size_t>(out.n * out.fc7_dim));
+  }
+  Progress progress(progress_label, loader.batches_per_epoch(), 50);
+  loader.start_epoch(0);
+  data::Batch batch;
+  std::int64_t done = 0;
+  while (loader.next(&batch)) {
+    Tensor images = Tensor::empty({batch.size, batch.channels, batch.height, batch.width});
+    std::memcpy(images.raw_data(), batch.images.data(), images.nbytes());
+    Tensor fc7 = model.forward_fc7(images);
+    for (std::int64_t j = 0; j < batch.size; ++j) {
+      out.classes[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])] =
+          batch.classes[static_cast<std::size_t>(j)];
+    }
+    // Rows land at their dataset index (the loader keeps dataset order, but say so in code).
+    auto scatter = [&](const Tensor& rows, std::vector<float>& destination, std::int64_t width) {
+      const float* source = rows.data<float>();
+      for (std::int64_t j = 0; j < batch.size; ++j) {
+        std::int64_t index = batch.indices[static_cast<std::size_t>(j)];
+        std::memcpy(destination.data() + index * width, source + j * width,
+                    static_cast<std::size_t>(width) * sizeof(float));
+      }
+    };
+    if (want_fc7) scatter(fc7, out.fc7, out.fc7_dim);
+    if (want_logits) {
+      std::vector<Tensor> logits = model.heads->forward_heads(fc7);
+      for (std::size_t t = 0; t < logits.size(); ++t) scatter(logits[t], out.logits[t], clusters[t]);
+    }
+    done += 1;
+    progress.update(done, "");
+  }
+  out.seconds = progress.elapsed_seconds();
+  progress.finish(std::to_string(out.n) + " images");
+  model.train(was_training);
+  return out;
+}
+
+ClusteringScores score_clustering(const std::vector<std::int64_t>& predicted,
+                                  const std::vector<std::int64_t>& truth,
+                                  std::int64_t num_clusters, std::int64_t num_classes) {
+  SELA_CHECK(predicted.size() == truth.size(), "evaluate",
+             predicted.size() << " predictions for " << truth.size() << " true classes");
+  std::vector<std::int64_t> p, t;
+  for (std::size_t i = 0; i < truth.size(); ++i) {
+    if (truth[i] < 0) continue;
+    p.push_back(predicted[i]);
+    t.push_back(truth[i]);
+  }
+  SELA_CHECK(!t.empty(), "evaluate", "no sample has a true class: nothing to score against");
+  std::int64_t n = static_cast<std::int64_t>(t.size());
+  ClusteringScores scores;
+  scores.nmi = normalized_mutual_info(t.data(), p.data(), n);
+  scores.ami = adjusted_mutual_info(t.data(), p.data(), n);
+  scores.ari = adjusted_rand_index(t.data(), p.data(), n);
+  if (num_clusters == num_classes) scores.accuracy = matched_accuracy(t.data(), p.data(), n);
+  return scores;
+}
+
+EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Dataset& test,
+                    const std::vector<std::vector<std::int64_t>>& train_labels,
+                    std::int64_t batch_size, int workers) {
+  SELA_CHECK(train.labelled() && test.labelled(), "evaluate",
+             "evaluation needs true classes in both data sets (" << train.info().spec << ", "
+                                                                 << test.info().spec << ")");
+  std::int64_t classes = train.num_classes();
+  NetworkOutputs train_out = run_network(model, train, batch_size, workers, false, true, "eval: train features");
+  NetworkOutputs test_out = run_network(model, test, batch_size, workers, true, true, "eval: test split");
+
+  EvalReport report;
+  report.train_samples = train_out.n;
+  report.test_samples = test_out.n;
+  const auto& clusters = model.config().clusters;
+  for (std::size_t t = 0; t < clusters.size(); ++t) {
+    HeadReport head;
+    head.k = clusters[t];
+    std::vector<std::int64_t> predicted(static_cast<std::size_t>(test_out.n));
+    const float* logits = test_out.logits[t].data();
+    for (std::int64_t i = 0; i < test_out.n; ++i) {
+      const float* row = logits + i * head.k;
+      std::int64_t best = 0;
+      for (std::int64_t k = 1; k < head.k; ++k) {
+        if (row[k] > row[best]) best = k;
+      }
+      predicted[static_cast<std::size_t>(i)] = best;
+    }
+    head.test = score_clustering(predicted, test_out.classes, head.k, classes);
+    if (t < train_labels.size()) {
+      head.train_labels = score_clustering(train_labels[t], train_out.classes, head.k, classes);
+    }
+    report.heads.push_back(head);
+  }
+  std::vector<KnnResult> knn = weighted_knn_top1(
+      train_out.fc7.data(), train_out.classes.data(), train_out.n, test_out.fc7.data(),
+      test_out.classes.data(), test_out.n, train_out.fc7_dim, {200, 10}, 0.1, classes);
+  report.knn_top1_k200 = knn[0].top1;
+  report.knn_top1_k10 = knn[1].top1;
+  return report;
+}
+
+std::string EvalReport::to_json() const {
+  nlohmann::json j;
+  j["event"] = "eval";
+  j["train_samples"] = train_samples;
+  j["test_samples"] = test_samples;
+  j["knn_top1_k200"] = knn_top1_k200;
+  j["knn_top1_k10"] = knn_top1_k10;
+  for (std::size_t t = 0; t < heads.size(); ++t) {
+    const HeadReport& h = heads[t];
+    nlohmann::json head = {{"head", t}, {"k", h.k},
+                           {"test_nmi", h.test.nmi}, {"test_ami", h.test.ami},
+                           {"test_ari", h.test.ari}, {"train_labels_nmi", h.train_labels.nmi},
+                           {"train_labels_ami", h.train_labels.ami},
+                           {"train_labels_ari", h.train_labels.ari}};
+    if (h.test.accuracy >= 0) head["test_accuracy"] = h.test.accuracy;
+    if (h.train_labels.accuracy >= 0) head["train_labels_accuracy"] = h.train_labels.accuracy;
+    j["heads"].push_back(head);
+  }
+  return j.dump();
+}
+
+std::string EvalReport::table() const {
+  std::ostringstream out;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-6s %5s | %-26s | %-26s\n", "head", "K",
+                "test split: NMI  AMI  ARI  acc", "train labels: NMI  ARI  acc");
+  out << line;
+  for (std::size_t t = 0; t < heads.size(); ++t) {
+    const HeadReport& h = heads[t];
+    auto acc = [](double a) {
+      char b[16];
+      if (a < 0) return std::string("   -");
+      std::snprintf(b, sizeof b, "%.3f", a);
+      return std::string(b);
+    };
+    std::snprintf(line, sizeof line, "head%-2zu %5lld | %.3f %.3f %.3f %5s | %.3f %.3f %5s\n", t,
+                  static_cast<long long>(h.k), h.test.nmi, h.test.ami, h.test.ari,
+                  acc(h.test.accuracy).c_str(), h.train_labels.nmi, h.train_labels.ari,
+                  acc(h.train_labels.accuracy).c_str());
+    out << line;
+  }
+  std::snprintf(line, sizeof line,
+                "weighted kNN on fc7 (train memory %lld, test queries %lld): top-1 %.2f%% (k=200), "
+                "%.2f%% (k=10)\n",
+                static_cast<long long>(train_samples), static_cast<long long>(test_samples),
+                100 * knn_top1_k200, 100 * knn_top1_k10);
+  out << line;
+  return out.str();
+}
+
+}  // namespace sela

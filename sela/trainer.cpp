@@ -1,0 +1,458 @@
+// Implementation of sela/trainer.h. The flow of one run:
+//   open data -> build model -> labels (random equipartition, or from the checkpoint)
+//   for each epoch: for each batch: [label step if the schedule says so] -> SGD step
+//                   end of epoch: metrics line, checkpoint (atomic)
+//   final evaluation on the test split (when asked and the data has classes)
+#include "sela/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/allocator.h"
+#include "engine/data/augment.h"
+#include "engine/data/loader.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/progress.h"
+#include "engine/state_io.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
+#include "sela/assign/metrics.h"
+#include "sela/assign/sinkhorn.h"
+#include "sela/evaluate.h"
+#include "sela/run_files.h"
+
+namespace sela {
+
+using nlohmann::json;
+
+std::vector<double> label_schedule(std::int64_t steps, std::int64_t epochs, std::int64_t n,
+                                   const std::string& spacing) {
+  SELA_CHECK(spacing == "quadratic" || spacing == "linear", "sela train",
+             "--label-spacing must be quadratic or linear, got '" << spacing << "'");
+  std::vector<double> times;
+  if (steps <= 0) return times;
+  if (steps == 1) return {0.0};
+  for (std::int64_t j = 0; j < steps; ++j) {
+    double x = static_cast<double>(j) / static_cast<double>(steps - 1);
+    times.push_back((static_cast<double>(epochs) + 1.01) * static_cast<double>(n) *
+                    (spacing == "quadratic" ? x * x : x));
+  }
+  return times;
+}
+
+namespace {
+
+// The first `count` samples of another data set (for --limit-samples and quick runs).
+class PrefixDataset : public data::Dataset {
+ public:
+  PrefixDataset(const data::Dataset& base, std::int64_t count)
+      : data::Dataset(base.info(), std::vector<std::int64_t>(base.true_classes().begin(),
+                                                             base.true_classes().begin() + count)),
+        base_(base) {}
+  data::ImageView image(std::int64_t index, data::Image* scratch) const override {
+    check_index(index);
+    return base_.image(index, scratch);
+  }
+  std::string sample_name(std::int64_t index) const override { return base_.sample_name(index); }
+
+ private:
+  const data::Dataset& base_;
+};
+
+std::vector<std::int64_t> random_equipartition(std::int64_t n, std::int64_t k, std::uint64_t seed) {
+  std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) labels[static_cast<std::size_t>(i)] = i % k;
+  Rng rng(seed);
+  for (std::int64_t i = n - 1; i > 0; --i) {
+    std::swap(labels[static_cast<std::size_t>(i)],
+              labels[static_cast<std::size_t>(rng.below(static_cast<std::uint64_t>(i + 1)))]);
+  }
+  return labels;
+}
+
+std::vector<Dropout*> dropouts_of(SelaNet& model) {
+  std::vector<Dropout*> out;
+  for (auto& entry : model.named_modules()) {
+    if (auto* d = dynamic_cast<Dropout*>(entry.second.get())) out.push_back(d);
+  }
+  return out;
+}
+
+// What a checkpoint must agree on with the flags to be resumed.
+json fingerprint(const TrainConfig& config, std::int64_t n, std::int64_t in_channels) {
+  return {{"arch", config.arch}, {"width_mult", config.width_mult},
+          {"clusters", config.clusters}, {"samples", n}, {"in_channels", in_channels},
+          {"data", config.data}};
+}
+
+json config_json(const TrainConfig& c) {
+  return {{"data", c.data}, {"test_data", c.test_data}, {"arch", c.arch},
+          {"width_mult", c.width_mult}, {"clusters", c.clusters}, {"lambda", c.lambda},
+          {"label_steps", c.label_steps}, {"label_spacing", c.label_spacing},
+          {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
+          {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
+          {"dropout", c.dropout}, {"sinkhorn_storage", c.storage}, {"device", c.device},
+          {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
+          {"out", c.out}, {"limit_samples", c.limit_samples},
+          {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
+}
+
+class Run {
+ public:
+  explicit Run(const TrainConfig& config) : config_(config) {}
+  TrainSummary go();
+
+ private:
+  void open_data();
+  void build_model();
+  void start_fresh();
+  void resume_from_checkpoint();
+  void label_step(std::int64_t epoch);
+  double train_epoch(std::int64_t epoch);
+  void save_checkpoint(std::int64_t epochs_done);
+  void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
+
+  TrainConfig config_;
+  std::unique_ptr<data::Dataset> full_train_;
+  std::unique_ptr<data::Dataset> subset_;
+  const data::Dataset* train_ = nullptr;
+  std::int64_t n_ = 0;
+  std::shared_ptr<SelaNet> model_;
+  std::unique_ptr<Sgd> optimizer_;
+  std::vector<std::vector<std::int64_t>> labels_;  // (T) x (N)
+  std::vector<double> schedule_;
+  std::size_t next_label_step_ = 0;
+  double samples_seen_ = 0;
+  std::int64_t start_epoch_ = 0;
+  std::unique_ptr<assign::SinkhornSolver> solver_;
+  TrainSummary summary_;
+};
+
+void Run::open_data() {
+  full_train_ = data::open_dataset(config_.data);
+  train_ = full_train_.get();
+  if (config_.limit_samples > 0 && config_.limit_samples < full_train_->size()) {
+    subset_ = std::make_unique<PrefixDataset>(*full_train_, config_.limit_samples);
+    train_ = subset_.get();
+  }
+  n_ = train_->size();
+  for (std::int64_t k : config_.clusters) {
+    SELA_CHECK(k >= 1 && k <= n_, "sela train",
+               "--clusters " << k << " must be between 1 and the number of samples (" << n_ << ")");
+  }
+  SELA_CHECK(config_.batch_size >= 2 && config_.batch_size <= n_, "sela train",
+             "--batch-size must be in [2, " << n_ << "], got " << config_.batch_size);
+}
+
+void Run::build_model() {
+  ModelConfig mc;
+  mc.arch = config_.arch;
+  mc.width_mult = config_.width_mult;
+  mc.in_channels = train_->info().channels;
+  mc.clusters = config_.clusters;
+  mc.dropout = config_.dropout;
+  mc.seed = config_.seed;
+  model_ = make_model(mc);
+  SgdOptions options;
+  options.lr = config_.lr;
+  options.momentum = config_.momentum;
+  options.weight_decay = config_.weight_decay;
+  optimizer_ = std::make_unique<Sgd>(model_->parameters(), options);
+  assign::SinkhornOptions sk;
+  sk.lambda = config_.lambda;
+  sk.storage = assign::parse_storage(config_.storage);
+  solver_ = std::make_unique<assign::SinkhornSolver>(sk);
+}
+
+void Run::start_fresh() {
+  for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
+    labels_.push_back(random_equipartition(n_, config_.clusters[t], config_.seed * 1000 + 17 + t));
+  }
+  write_file_atomic(config_.out + "/config.json", config_json(config_).dump(2) + "\n");
+  write_file_atomic(config_.out + "/labels.csv", labels_csv(labels_));
+  std::remove((config_.out + "/metrics.jsonl").c_str());
+}
+
+void Run::save_checkpoint(std::int64_t epochs_done) {
+  NamedTensors tensors;
+  for (auto& entry : model_->state_dict()) tensors.emplace_back("model/" + entry.first, entry.second);
+  auto named = model_->named_parameters();
+  auto& buffers = optimizer_->momentum_buffers();
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    if (buffers[i].defined()) tensors.emplace_back("momentum/" + named[i].first, buffers[i]);
+  }
+  for (std::size_t t = 0; t < labels_.size(); ++t) {
+    tensors.emplace_back("labels/" + std::to_string(t), Tensor::from_vector(labels_[t], {n_}));
+  }
+  json dropout_calls = json::array();
+  for (Dropout* d : dropouts_of(*model_)) dropout_calls.push_back(d->calls);
+  json state = {{"epochs_done", epochs_done}, {"samples_seen", samples_seen_},
+                {"next_label_step", next_label_step_}, {"dropout_calls", dropout_calls},
+                {"fingerprint", fingerprint(config_, n_, model_->config().in_channels)}};
+  save_tensors(tensors, config_.out + "/checkpoint.safetensors", {{"sela_state", state.dump()}});
+  save_state(*model_, config_.out + "/weights.safetensors",
+             {{"arch", config_.arch}, {"config", config_json(config_).dump()}});
+}
+
+void Run::resume_from_checkpoint() {
+  std::string path = config_.out + "/checkpoint.safetensors";
+  SafetensorsFile file(path);
+  auto it = file.metadata().find("sela_state");
+  SELA_CHECK(it != file.metadata().end(), "sela train --resume",
+             path << " has no sela_state metadata: it was not written by sela train");
+  json state = json::parse(it->second);
+  json expected = fingerprint(config_, n_, model_->config().in_channels);
+  std::ostringstream differences;
+  for (auto& item : expected.items()) {
+    if (state["fingerprint"][item.key()] != item.value()) {
+      differences << " " << item.key() << ": checkpoint " << state["fingerprint"][item.key()].dump()
+                  << ", flags " << item.value().dump() << ";";
+    }
+  }
+  SELA_CHECK(differences.str().empty(), "sela train --resume",
+             path << " does not match the flags:" << differences.str()
+                  << " resume with the run's own settings (see " << config_.out
+                  << "/config.json) or use another --out");
+  LoadOptions load;
+  load.prefix = "model/";
+  load.strict = false;  // the file also holds momentum/ and labels/
+  load_state(*model_, file, load);
+  auto named = model_->named_parameters();
+  auto& buffers = optimizer_->momentum_buffers();
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    std::string key = "momentum/" + named[i].first;
+    if (file.contains(key)) buffers[i] = tensor_from_file(file, key);
+  }
+  labels_.clear();
+  for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
+    labels_.push_back(tensor_from_file(file, "labels/" + std::to_string(t)).to_vector<std::int64_t>());
+  }
+  auto dropouts = dropouts_of(*model_);
+  for (std::size_t i = 0; i < dropouts.size(); ++i) {
+    dropouts[i]->calls = state["dropout_calls"][i].get<std::uint64_t>();
+  }
+  start_epoch_ = state["epochs_done"].get<std::int64_t>();
+  samples_seen_ = state["samples_seen"].get<double>();
+  next_label_step_ = state["next_label_step"].get<std::size_t>();
+  std::printf("resuming %s after epoch %lld (%zu of %zu label steps done)\n", config_.out.c_str(),
+              static_cast<long long>(start_epoch_), next_label_step_, schedule_.size());
+}
+
+void Run::label_step(std::int64_t epoch) {
+  auto start = std::chrono::steady_clock::now();
+  std::string label = "label step " + std::to_string(next_label_step_ + 1) + "/" +
+                      std::to_string(schedule_.size());
+  NetworkOutputs outputs = run_network(*model_, *train_, config_.batch_size, config_.workers,
+                                       true, false, label + ": logits");
+  json line = {{"event", "label_step"}, {"step", next_label_step_}, {"epoch", epoch},
+               {"samples_seen", samples_seen_}, {"forward_s", outputs.seconds}};
+  for (std::size_t t = 0; t < labels_.size(); ++t) {
+    std::int64_t k = config_.clusters[t];
+    assign::SinkhornResult result =
+        solver_->solve(outputs.logits[t].data(), n_, k, "head" + std::to_string(t));
+    double nmi_previous =
+        normalized_mutual_info(labels_[t].data(), result.labels.data(), n_);
+    json head = {{"head", t}, {"k", k}, {"iterations", result.iterations},
+                 {"converged", result.converged}, {"seconds", result.total_seconds},
+                 {"row_marginal_error", result.row_marginal_error},
+                 {"col_marginal_error", result.col_marginal_error},
+                 {"cluster_min", result.cluster_min}, {"cluster_max", result.cluster_max},
+                 {"clusters_empty", result.clusters_empty}, {"nmi_previous", nmi_previous}};
+    std::printf("  %s head%zu K=%lld: %lld iterations %.2fs, marginal errors %.1e/%.1e, "
+                "clusters %lld..%lld, NMI(previous) %.3f",
+                label.c_str(), t, static_cast<long long>(k),
+                static_cast<long long>(result.iterations), result.total_seconds,
+                result.row_marginal_error, result.col_marginal_error,
+                static_cast<long long>(result.cluster_min),
+                static_cast<long long>(result.cluster_max), nmi_previous);
+    if (train_->labelled()) {
+      ClusteringScores scores =
+          score_clustering(result.labels, outputs.classes, k, train_->num_classes());
+      head["nmi_true"] = scores.nmi;
+      head["ari_true"] = scores.ari;
+      std::printf(", NMI/ARI(true) %.3f/%.3f", scores.nmi, scores.ari);
+    }
+    if (!result.warning.empty()) head["warning"] = result.warning;
+    std::printf("\n");
+    line["heads"].push_back(head);
+    labels_[t] = std::move(result.labels);
+  }
+  std::fflush(stdout);
+  line["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  log(line);
+  write_file_atomic(config_.out + "/labels.csv", labels_csv(labels_));
+  ++next_label_step_;
+  summary_.label_steps_done++;
+}
+
+Tensor mean_head_loss(const std::vector<Tensor>& logits, const std::vector<Tensor>& targets) {
+  Tensor loss = cross_entropy(logits[0], targets[0]);
+  for (std::size_t t = 1; t < logits.size(); ++t) loss = add(loss, cross_entropy(logits[t], targets[t]));
+  return scale(loss, 1.0 / static_cast<double>(logits.size()));
+}
+
+double Run::train_epoch(std::int64_t epoch) {
+  double lr = step_learning_rate(config_.lr, epoch, config_.lr_drops);
+  optimizer_->set_lr(lr);
+  model_->train();
+  data::AugmentConfig augment =
+      data::default_augment(train_->info(), true, static_cast<int>(model_->input_size()));
+  data::LoaderConfig lc;
+  lc.batch_size = config_.batch_size;
+  lc.shuffle = true;
+  lc.drop_last = true;
+  lc.seed = config_.seed;
+  lc.workers = config_.workers;
+  data::Loader loader(*train_, augment, lc);
+  loader.start_epoch(epoch);
+  Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs),
+                    loader.batches_per_epoch(), 25);
+  data::Batch batch;
+  double loss_sum = 0;
+  std::int64_t batches = 0, images_done = 0;
+  double wait_before_labels = 0;  // data wait excluding label steps' own loaders
+  auto start = std::chrono::steady_clock::now();
+  double label_seconds = 0;
+  while (loader.next(&batch)) {
+    while (next_label_step_ < schedule_.size() && samples_seen_ >= schedule_[next_label_step_]) {
+      auto label_start = std::chrono::steady_clock::now();
+      label_step(epoch);
+      label_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - label_start).count();
+      model_->train();
+    }
+    Tensor images = Tensor::empty({batch.size, batch.channels, batch.height, batch.width});
+    std::memcpy(images.raw_data(), batch.images.data(), images.nbytes());
+    std::vector<Tensor> targets;
+    for (const auto& head_labels : labels_) {
+      std::vector<std::int64_t> y(static_cast<std::size_t>(batch.size));
+      for (std::int64_t j = 0; j < batch.size; ++j) {
+        y[static_cast<std::size_t>(j)] =
+            head_labels[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])];
+      }
+      targets.push_back(Tensor::from_vector(y, {batch.size}));
+    }
+    optimizer_->zero_grad();
+    Tensor loss = mean_head_loss(model_->forward_heads(images), targets);
+    double value = loss.item();
+    if (!std::isfinite(value)) {
+      SELA_FAIL_HINT("sela train",
+                     "the loss became " << value << " in epoch " << epoch + 1 << ", batch "
+                                        << batches + 1
+                                        << "; the last good checkpoint is kept in " << config_.out,
+                     "lower --lr or check the input data");
+    }
+    loss.backward();
+    optimizer_->step();
+    loss_sum += value;
+    ++batches;
+    images_done += batch.size;
+    samples_seen_ += static_cast<double>(batch.size);
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - label_seconds;
+    data::LoaderStats stats = loader.stats();
+    wait_before_labels = stats.wait_seconds;
+    char fields[160];
+    std::snprintf(fields, sizeof fields, "loss %.4f lr %.4g %.0f img/s data-wait %.0f%%",
+                  loss_sum / static_cast<double>(batches), lr,
+                  static_cast<double>(images_done) / std::max(elapsed, 1e-9),
+                  100 * wait_before_labels / std::max(elapsed, 1e-9));
+    progress.update(batches, fields);
+  }
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double train_seconds = seconds - label_seconds;
+  double mean_loss = loss_sum / static_cast<double>(std::max<std::int64_t>(batches, 1));
+  char fields[200];
+  std::snprintf(fields, sizeof fields, "loss %.4f lr %.4g %.0f img/s data-wait %.0f%%", mean_loss, lr,
+                static_cast<double>(images_done) / std::max(train_seconds, 1e-9),
+                100 * wait_before_labels / std::max(train_seconds, 1e-9));
+  progress.finish(fields);
+  log({{"event", "epoch"}, {"epoch", epoch + 1}, {"loss", mean_loss}, {"lr", lr},
+       {"images", images_done}, {"train_seconds", train_seconds},
+       {"label_seconds", label_seconds},
+       {"images_per_s", static_cast<double>(images_done) / std::max(train_seconds, 1e-9)},
+       {"data_wait_s", wait_before_labels}, {"samples_seen", samples_seen_}});
+  return mean_loss;
+}
+
+TrainSummary Run::go() {
+  auto start = std::chrono::steady_clock::now();
+  cpu::set_num_threads(config_.threads);
+  Device device = Device::parse(config_.device);
+  SELA_CHECK(device.is_cpu(), "sela train",
+             "--device " << device.str() << " is not available: this build has no CUDA backend");
+  SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
+  SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
+  make_directories(config_.out);
+  open_data();
+  build_model();
+  schedule_ = label_schedule(config_.label_steps, config_.epochs, n_, config_.label_spacing);
+  bool have_checkpoint = std::ifstream(config_.out + "/checkpoint.safetensors").good();
+  if (config_.resume) {
+    SELA_CHECK(have_checkpoint, "sela train --resume",
+               "no checkpoint in " << config_.out << " (expected " << config_.out
+                                   << "/checkpoint.safetensors)");
+    resume_from_checkpoint();
+  } else {
+    SELA_CHECK(!have_checkpoint, "sela train",
+               config_.out << " already holds a run; pass --resume to continue it or choose "
+                              "another --out");
+    start_fresh();
+  }
+  std::printf("sela train: %s, %lld samples, %s width %.3g (%lld parameters), heads K=%s, "
+              "%lld epochs, batch %lld, %zu label steps (%s), lambda %.3g, %d threads, gemm %s\n",
+              train_->info().spec.c_str(), static_cast<long long>(n_), config_.arch.c_str(),
+              config_.width_mult, static_cast<long long>(model_->parameter_count()),
+              json(config_.clusters).dump().c_str(), static_cast<long long>(config_.epochs),
+              static_cast<long long>(config_.batch_size), schedule_.size(),
+              config_.label_spacing.c_str(), config_.lambda, cpu::num_threads(),
+              cpu::gemm_backend_name());
+  std::fflush(stdout);
+  for (std::int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
+    summary_.epoch_losses.push_back(train_epoch(epoch));
+    save_checkpoint(epoch + 1);
+    if (config_.stop_after_epoch >= 0 && epoch + 1 >= config_.stop_after_epoch) {
+      std::printf("stopping after epoch %lld as asked (--stop-after-epoch)\n",
+                  static_cast<long long>(epoch + 1));
+      summary_.labels = labels_;
+      return summary_;
+    }
+  }
+  summary_.labels = labels_;
+  if (config_.evaluate && train_->labelled()) {
+    std::string test_spec = config_.test_data;
+    data::OpenOptions options;
+    if (test_spec.empty()) {
+      test_spec = config_.data;
+      options.split = "test";
+    }
+    auto test = data::open_dataset(test_spec, options);
+    EvalReport report = evaluate(*model_, *train_, *test, labels_, config_.batch_size, config_.workers);
+    json line = json::parse(report.to_json());
+    line["test_data"] = test->info().spec;
+    log(line);
+    write_file_atomic(config_.out + "/eval.json", line.dump(2) + "\n");
+    std::printf("\nevaluation (%s, test split of %s):\n%s", config_.out.c_str(),
+                test->info().spec.c_str(), report.table().c_str());
+  }
+  summary_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("done in %.0f s; outputs in %s (config.json, checkpoint.safetensors, "
+              "weights.safetensors, labels.csv, metrics.jsonl%s)\n",
+              summary_.seconds, config_.out.c_str(), config_.evaluate ? ", eval.json" : "");
+  return summary_;
+}
+
+}  // namespace
+
+TrainSummary train(const TrainConfig& config) {
+  Run run(config);
+  return run.go();
+}
+
+}  // namespace sela

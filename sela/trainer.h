@@ -1,0 +1,77 @@
+// The SeLa trainer: self-labelling via simultaneous clustering and representation learning.
+//
+// One run alternates (DESIGN.md, "The method in one screen"):
+//   representation step  — SGD on the mean over heads of each head's cross-entropy against
+//                          the current pseudo-labels of the batch's dataset indices;
+//   self-labelling step  — at scheduled points (quadratic or linear spacing in samples
+//                          seen, as the reference code), the network runs over the whole
+//                          training set in eval mode and each head's labels are re-solved
+//                          by Sinkhorn-Knopp with equal-sized clusters.
+// Labels start as a random equipartition per head.
+//
+// The run folder holds: config.json (every setting, versions), checkpoint.safetensors
+// (weights under model/, optimizer buffers under momentum/, labels under labels/, and the
+// trainer's position as JSON metadata — one file written atomically so weights and state
+// never disagree), weights.safetensors (the model alone, PyTorch names), labels.csv
+// (`index,head0,head1,...`, rewritten atomically after every label step) and metrics.jsonl
+// (one JSON object per epoch, label step and evaluation).
+//
+// --resume continues from the last checkpoint (written at the end of every epoch) so that
+// losses and labels match an uninterrupted run: the loader's order and augmentation derive
+// from (seed, epoch, index), dropout masks from counters stored in the checkpoint, and the
+// label schedule from the samples seen.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/alexnet.h"
+
+namespace sela {
+
+struct TrainConfig {
+  std::string data = "fashion-mnist";
+  std::string test_data;  // "" = the same source's test split when it has one
+  std::string arch = "alexnet-32";
+  double width_mult = 0.25;
+  std::vector<std::int64_t> clusters{10, 10, 30, 30, 50};  // K of each head
+  double lambda = 10.0;
+  std::int64_t label_steps = 6;
+  std::string label_spacing = "quadratic";  // quadratic | linear
+  std::int64_t epochs = 8;
+  std::int64_t batch_size = 128;
+  double lr = 0.05;
+  double momentum = 0.9;
+  double weight_decay = 1e-5;
+  std::vector<std::int64_t> lr_drops;  // epochs at which lr is multiplied by 0.1
+  double dropout = 0.5;
+  std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
+  std::string device = "cpu";
+  int threads = 0;
+  int workers = 1;
+  std::uint64_t seed = 0;
+  std::string out = "runs/default";
+  bool resume = false;
+  bool evaluate = true;          // final evaluation on the test split
+  std::int64_t limit_samples = 0;  // use only the first N training samples (0 = all)
+  std::int64_t stop_after_epoch = -1;  // testing: stop (as if interrupted) after this epoch
+  int verbose = 1;
+};
+
+// Sample counts after which label step j runs, for `steps` steps over `epochs` epochs of
+// `n` samples: t_j = (epochs + 1.01) · n · (j/(steps−1))² (or linear in j), ascending.
+std::vector<double> label_schedule(std::int64_t steps, std::int64_t epochs, std::int64_t n,
+                                   const std::string& spacing);
+
+struct TrainSummary {
+  std::vector<double> epoch_losses;          // mean training loss of each epoch run
+  std::vector<std::vector<std::int64_t>> labels;  // final labels, (T) x (N)
+  std::int64_t label_steps_done = 0;
+  double seconds = 0;
+};
+
+// Runs (or resumes) a whole training run as configured; throws sela::Error on bad input.
+TrainSummary train(const TrainConfig& config);
+
+}  // namespace sela

@@ -1,0 +1,422 @@
+// Tests of the SeLa label assignment (sela/assign/sinkhorn.h):
+//  * the fast solver against the float64 reference on random logits (several N, K,
+//    λ ∈ {1, 10, 25}, peaked and near-uniform rows, every storage): labels, r, c, marginals;
+//  * both against the exact equipartitioned assignment (Hungarian on replicated columns)
+//    on small problems at large λ, on the objective Σ_i log p(y_i | x_i);
+//  * robustness: NaN/Inf, the iteration cap, N < K, K = 1, N = 1, absurd sizes, the memory
+//    limit, CUDA asked without CUDA, misuse of the batch API;
+//  * batches vs all at once, reuse across heads, determinism for a thread count.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/error.h"
+#include "kernels/cpu/parallel.h"
+#include "sela/assign/hungarian.h"
+#include "sela/assign/sinkhorn.h"
+
+using namespace sela::assign;
+
+namespace {
+
+std::vector<float> random_logits(std::int64_t n, std::int64_t k, float spread, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, spread);
+  std::vector<float> z(static_cast<std::size_t>(n * k));
+  for (float& v : z) v = normal(gen);
+  return z;
+}
+
+// log p_ik = z_ik − logsumexp_k z_ik in float64.
+std::vector<double> log_softmax(const std::vector<float>& z, std::int64_t n, std::int64_t k) {
+  std::vector<double> out(z.size());
+  for (std::int64_t i = 0; i < n; ++i) {
+    double m = -1e300, total = 0.0;
+    for (std::int64_t j = 0; j < k; ++j) m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+    for (std::int64_t j = 0; j < k; ++j) total += std::exp(static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m);
+    for (std::int64_t j = 0; j < k; ++j) {
+      out[static_cast<std::size_t>(i * k + j)] = static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m - std::log(total);
+    }
+  }
+  return out;
+}
+
+double mean_log(const std::vector<double>& values) {
+  double total = 0.0;
+  for (double v : values) total += std::log(v);
+  return total / static_cast<double>(values.size());
+}
+
+SinkhornOptions quiet_options(std::ostream* log) {
+  SinkhornOptions options;
+  options.log = log;
+  return options;
+}
+
+struct Comparison {
+  std::int64_t clear_rows = 0, clear_agree = 0, all_agree = 0;
+  double r_log_error = 0.0, c_log_error = 0.0;
+};
+
+// Compares a fast result with the reference result for the same logits. r is compared
+// after removing the free scale (mean of log r); c after converting it to the reference's
+// row scaling: c_ref_i = c_i · storage_scale · exp(λ (L_i − m_i)) / β, L = logsumexp, m = max.
+Comparison compare(const std::vector<float>& z, std::int64_t n, std::int64_t k, double lambda,
+                   const SinkhornResult& fast, const SinkhornResult& ref, double margin) {
+  Comparison out;
+  const std::vector<double> log_p = log_softmax(z, n, k);
+  const double log_beta = mean_log(ref.r) - mean_log(fast.r);
+  for (std::int64_t j = 0; j < k; ++j) {
+    const double a = std::log(fast.r[static_cast<std::size_t>(j)]) + log_beta;
+    out.r_log_error = std::max(out.r_log_error, std::fabs(a - std::log(ref.r[static_cast<std::size_t>(j)])));
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    double m = -1e300;
+    for (std::int64_t j = 0; j < k; ++j) m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+    // log_p_ik = z_ik − L_i, so L_i − m_i = z_i0 − log_p_i0 − m_i.
+    const double l_minus_m = static_cast<double>(z[static_cast<std::size_t>(i * k)]) - log_p[static_cast<std::size_t>(i * k)] - m;
+    const double converted = std::log(fast.c[static_cast<std::size_t>(i)]) + std::log(fast.storage_scale) +
+                             lambda * l_minus_m - log_beta;
+    out.c_log_error = std::max(out.c_log_error, std::fabs(converted - std::log(ref.c[static_cast<std::size_t>(i)])));
+    // The reference's margin: gap between its best and second-best λ log p_ik + log r_k.
+    double best = -1e300, second = -1e300;
+    for (std::int64_t j = 0; j < k; ++j) {
+      double g = lambda * log_p[static_cast<std::size_t>(i * k + j)] + std::log(ref.r[static_cast<std::size_t>(j)]);
+      if (g > best) {
+        second = best;
+        best = g;
+      } else if (g > second) {
+        second = g;
+      }
+    }
+    const bool same = fast.labels[static_cast<std::size_t>(i)] == ref.labels[static_cast<std::size_t>(i)];
+    out.all_agree += same ? 1 : 0;
+    if (best - second >= margin) {
+      ++out.clear_rows;
+      out.clear_agree += same ? 1 : 0;
+    }
+  }
+  return out;
+}
+
+// Σ_i log p(y_i | x_i) of a labelling.
+double objective(const std::vector<double>& log_p, std::int64_t k, const std::vector<std::int64_t>& labels) {
+  double total = 0.0;
+  for (std::size_t i = 0; i < labels.size(); ++i) total += log_p[i * static_cast<std::size_t>(k) + static_cast<std::size_t>(labels[i])];
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("fast solver agrees with the float64 reference (labels, r, c, marginals)") {
+  std::ostringstream log;
+  // Tolerances on log r and log c (≈ relative errors) after normalising the free scale:
+  // they are set by the storage's rounding of A (f32 2^-24, f16 2^-11, bf16 2^-8
+  // relative), which moves the fixed point, plus the convergence tolerance.
+  struct StorageCase {
+    SinkhornStorage storage;
+    double log_tol;
+  };
+  const StorageCase storages[] = {{SinkhornStorage::f32, 1e-4}, {SinkhornStorage::f16, 2e-3}, {SinkhornStorage::bf16, 1e-2}};
+  const double margin = 0.02;  // "clear margin": best − second best of λ log p + log r ≥ 0.02
+  struct Shape {
+    std::int64_t n, k;
+  };
+  for (Shape shape : {Shape{1200, 10}, Shape{2000, 100}, Shape{500, 200}}) {
+    for (double lambda : {1.0, 10.0, 25.0}) {
+      for (float spread : {2.0f, 0.05f}) {  // peaked rows, near-uniform rows
+        const std::int64_t n = shape.n, k = shape.k;
+        auto z = random_logits(n, k, spread, static_cast<std::uint32_t>(n * 31 + k + static_cast<int>(lambda * 7) + (spread > 1 ? 1 : 0)));
+        SinkhornOptions options = quiet_options(&log);
+        options.lambda = lambda;
+        options.tol = 1e-5 * static_cast<double>(n);  // mean |c/c_new − 1| of 1e-5 per row
+        options.max_iters = 20000;
+        SinkhornResult ref = sinkhorn_reference(z.data(), n, k, options);
+        REQUIRE(ref.converged);
+        for (const StorageCase& sc : storages) {
+          options.storage = sc.storage;
+          SinkhornSolver solver(options);
+          SinkhornResult fast = solver.solve(z.data(), n, k);
+          CAPTURE(n);
+          CAPTURE(k);
+          CAPTURE(lambda);
+          CAPTURE(spread);
+          CAPTURE(storage_name(sc.storage));
+          REQUIRE(fast.converged);
+          REQUIRE(fast.labels.size() == static_cast<std::size_t>(n));
+          Comparison cmp = compare(z, n, k, lambda, fast, ref, margin);
+          MESSAGE("N=" << n << " K=" << k << " lambda=" << lambda << " spread=" << spread << " " << storage_name(sc.storage)
+                       << ": iters " << fast.iterations << " (ref " << ref.iterations << "), clear " << cmp.clear_rows
+                       << " agree " << cmp.clear_agree << ", all agree " << cmp.all_agree << ", log r err "
+                       << cmp.r_log_error << ", log c err " << cmp.c_log_error << ", col err " << fast.col_marginal_error
+                       << " ref " << ref.col_marginal_error << ", floor mass " << fast.floor_mass);
+          // f16 keeps A only down to e^-27 below the row maximum: where the plan needs smaller
+          // entries (peaked rows at large λ) its answer is storage-limited, and it must say so.
+          // f32 and bf16 (range e^-69) must never be in that regime on these logits.
+          if (fast.floor_mass > kSinkhornFloorMassWarning) {
+            CHECK(sc.storage == SinkhornStorage::f16);
+            CHECK(fast.warning.find("below the range of storage f16") != std::string::npos);
+            continue;
+          }
+          CHECK(fast.warning.empty());
+          // The test must have rows to judge: at least a fifth of them with a clear margin.
+          CHECK(cmp.clear_rows * 5 >= n);
+          CHECK(cmp.clear_agree * 1000 >= cmp.clear_rows * 999);
+          CHECK_MESSAGE(cmp.r_log_error <= sc.log_tol, "max |log r - log r_ref| = " << cmp.r_log_error);
+          CHECK_MESSAGE(cmp.c_log_error <= sc.log_tol, "max |log c - log c_ref| = " << cmp.c_log_error);
+          // Marginals of the plan: rows are exact by construction (float32 dot rounding),
+          // columns within what the stopping rule allows (mean row change 1e-6).
+          CHECK(fast.row_marginal_error <= 1e-5);
+          CHECK(fast.col_marginal_error <= 1e-3);
+          CHECK(ref.row_marginal_error <= 1e-12);
+          CHECK(ref.col_marginal_error <= 1e-3);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("at large lambda the labels approach the exact equipartitioned assignment") {
+  // N = 60 samples, K clusters, each used N/K times in the exact solution: a 60 x 60
+  // assignment problem with cost −log p_ik and every cluster's column replicated N/K times.
+  std::ostringstream log;
+  for (std::int64_t k : {3, 4, 6, 10, 12}) {
+    for (std::uint32_t seed = 1; seed <= 4; ++seed) {
+      const std::int64_t n = 60, copies = n / k;
+      auto z = random_logits(n, k, 1.0f, seed * 1000 + static_cast<std::uint32_t>(k));
+      const std::vector<double> log_p = log_softmax(z, n, k);
+      std::vector<double> cost(static_cast<std::size_t>(n * n));
+      for (std::int64_t i = 0; i < n; ++i) {
+        for (std::int64_t col = 0; col < n; ++col) {
+          cost[static_cast<std::size_t>(i * n + col)] = -log_p[static_cast<std::size_t>(i * k + col / copies)];
+        }
+      }
+      double optimum_cost = 0.0;
+      std::vector<std::int64_t> columns = min_cost_assignment(cost.data(), n, n, &optimum_cost);
+      const double optimum = -optimum_cost;
+
+      SinkhornOptions options = quiet_options(&log);
+      options.lambda = 50.0;
+      options.tol = 1e-4;
+      options.max_iters = 200000;
+      options.storage = SinkhornStorage::f32;
+      SinkhornSolver solver(options);
+      SinkhornResult fast = solver.solve(z.data(), n, k);
+      SinkhornResult ref = sinkhorn_reference(z.data(), n, k, options);
+      CAPTURE(k);
+      CAPTURE(seed);
+      CHECK(fast.converged);
+      const double ours = objective(log_p, k, fast.labels);
+      const double theirs = objective(log_p, k, ref.labels);
+      // Tolerance: N log K / λ, the bound on how far the entropy term (1/λ)·H(Q) ≤ (N log K)/λ
+      // in sample units can move the regularised optimum from the exact one (3 nats for
+      // K = 12 against optima of −35 to −80 nats); the argmax rounding must stay inside it.
+      // And the labels must be (nearly) equipartitioned: every cluster within ±2 of N/K.
+      const double bound = static_cast<double>(n) * std::log(static_cast<double>(k)) / options.lambda;
+      CHECK_MESSAGE(std::fabs(ours - optimum) <= bound, "ours " << ours << " optimum " << optimum);
+      CHECK_MESSAGE(std::fabs(theirs - optimum) <= bound, "reference " << theirs);
+      CHECK(fast.cluster_min >= copies - 2);
+      CHECK(fast.cluster_max <= copies + 2);
+      MESSAGE("K=" << k << " seed " << seed << ": optimum " << optimum << ", sinkhorn " << ours << " (reference "
+                   << theirs << "), clusters " << fast.cluster_min << ".." << fast.cluster_max << ", iterations "
+                   << fast.iterations);
+      (void)columns;
+    }
+  }
+}
+
+TEST_CASE("NaN or Inf in the logits is an Error naming the head and the first bad row") {
+  const std::int64_t n = 1000, k = 20;
+  auto z = random_logits(n, k, 1.0f, 3);
+  z[static_cast<std::size_t>(777 * k + 5)] = std::numeric_limits<float>::quiet_NaN();
+  z[static_cast<std::size_t>(901 * k)] = std::numeric_limits<float>::infinity();
+  std::ostringstream log;
+  SinkhornSolver solver(quiet_options(&log));
+  // In batches: the bad row is reported with its index in the whole data set.
+  solver.begin_head(n, k, "head3");
+  solver.append_logits(z.data(), 500);
+  try {
+    solver.append_logits(z.data() + 500 * k, 500);
+    FAIL("no error for NaN");
+  } catch (const sela::Error& e) {
+    std::string what = e.what();
+    CHECK(what.find("head3") != std::string::npos);
+    CHECK(what.find("row 777") != std::string::npos);
+  }
+  CHECK_THROWS_AS(solver.solve(), sela::Error);  // the failed head cannot be solved
+  z[static_cast<std::size_t>(777 * k + 5)] = 0.0f;
+  try {
+    solver.solve(z.data(), n, k, "head4");
+    FAIL("no error for Inf");
+  } catch (const sela::Error& e) {
+    CHECK(std::string(e.what()).find("row 901") != std::string::npos);
+    CHECK(std::string(e.what()).find("head4") != std::string::npos);
+  }
+  try {
+    sinkhorn_reference(z.data(), n, k, quiet_options(&log), "head5");
+    FAIL("no error in the reference");
+  } catch (const sela::Error& e) {
+    CHECK(std::string(e.what()).find("row 901") != std::string::npos);
+  }
+}
+
+TEST_CASE("reaching the iteration cap is a warning with both marginal errors, never silent") {
+  const std::int64_t n = 2000, k = 50;
+  auto z = random_logits(n, k, 2.0f, 8);
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.max_iters = 7;
+  SinkhornSolver solver(options);
+  SinkhornResult result = solver.solve(z.data(), n, k, "capped");
+  CHECK_FALSE(result.converged);
+  CHECK(result.iterations == 7);
+  CHECK(result.warning.find("iteration cap") != std::string::npos);
+  CHECK(result.warning.find("row marginal error") != std::string::npos);
+  CHECK(result.warning.find("column marginal error") != std::string::npos);
+  CHECK(result.warning.find("capped") != std::string::npos);
+  CHECK(log.str().find(result.warning) != std::string::npos);  // also written to the log stream
+  CHECK(result.col_marginal_error > 0.0);
+  SinkhornResult ref = sinkhorn_reference(z.data(), n, k, options, "capped");
+  CHECK_FALSE(ref.converged);
+  CHECK(ref.iterations == 7);
+  CHECK_FALSE(ref.warning.empty());
+}
+
+TEST_CASE("N < K, K = 1 and N = 1 are solved") {
+  std::ostringstream log;
+  for (SinkhornStorage storage : {SinkhornStorage::f32, SinkhornStorage::f16, SinkhornStorage::bf16}) {
+    SinkhornOptions options = quiet_options(&log);
+    options.storage = storage;
+    SinkhornSolver solver(options);
+    CAPTURE(storage_name(storage));
+    {  // N < K: the plan spreads each row over about K/N clusters; most clusters stay empty.
+      const std::int64_t n = 7, k = 40;
+      auto z = random_logits(n, k, 1.0f, 21);
+      SinkhornResult result = solver.solve(z.data(), n, k, "few");
+      CHECK(result.converged);
+      CHECK(result.clusters_empty >= k - n);
+      for (std::int64_t label : result.labels) CHECK((label >= 0 && label < k));
+      CHECK(result.row_marginal_error <= 1e-5);
+      CHECK(result.col_marginal_error <= 0.1);  // tol 0.1 over only 7 rows is a loose rule
+    }
+    {  // K = 1: one cluster takes everything at once.
+      const std::int64_t n = 33, k = 1;
+      auto z = random_logits(n, k, 1.0f, 22);
+      SinkhornResult result = solver.solve(z.data(), n, k, "one-cluster");
+      CHECK(result.converged);
+      CHECK(result.iterations == 1);
+      CHECK(result.cluster_min == n);
+      for (std::int64_t label : result.labels) CHECK(label == 0);
+    }
+    {  // N = 1: the single sample's plan is uniform over clusters; its label is a valid index.
+      const std::int64_t n = 1, k = 9;
+      auto z = random_logits(n, k, 1.0f, 23);
+      SinkhornResult result = solver.solve(z.data(), n, k, "one-sample");
+      CHECK(result.converged);
+      REQUIRE(result.labels.size() == 1);
+      CHECK(result.labels[0] >= 0);
+      CHECK(result.labels[0] < k);
+      CHECK(result.clusters_empty == k - 1);
+    }
+  }
+}
+
+TEST_CASE("memory plan: absurd sizes and the memory limit are clear Errors before allocating") {
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.verbose = 1;
+  SinkhornSolver solver(options);
+  CHECK_THROWS_AS(solver.begin_head(std::int64_t{1} << 40, std::int64_t{1} << 30), sela::Error);
+  try {
+    solver.begin_head(std::int64_t{4} << 30, 3000, "imagenet-ish");  // 4G x 3000 x 2 bytes: 24 TiB
+    FAIL("no error");
+  } catch (const sela::Error& e) {
+    CHECK(std::string(e.what()).find("does not fit") != std::string::npos);
+    CHECK(std::string(e.what()).find("imagenet-ish") != std::string::npos);
+  }
+  CHECK(log.str().find("memory plan") != std::string::npos);  // printed at verbose level
+  options.memory_limit_bytes = 1 << 20;
+  solver.set_options(options);
+  CHECK_THROWS_AS(solver.begin_head(10000, 100), sela::Error);  // 2 MB of A > 1 MiB limit
+  SinkhornMemoryPlan plan = solver.plan(1281167, 3000);
+  CHECK(plan.matrix_bytes == 1281167ull * 3008ull * 2ull);
+  CHECK(plan.describe().find("host memory") != std::string::npos);
+  CHECK_THROWS_AS(sinkhorn_reference(nullptr, 0, 5, options), sela::Error);
+}
+
+TEST_CASE("device cuda without a CUDA build is a clear Error") {
+  SinkhornOptions options;
+  options.device = sela::Device::cuda(0);
+  SinkhornSolver solver(options);
+  try {
+    solver.begin_head(10, 10);
+    FAIL("no error");
+  } catch (const sela::Error& e) {
+    CHECK(std::string(e.what()).find("CUDA") != std::string::npos);
+  }
+}
+
+TEST_CASE("misuse of the batch API is an Error") {
+  std::ostringstream log;
+  SinkhornSolver solver(quiet_options(&log));
+  auto z = random_logits(10, 4, 1.0f, 1);
+  CHECK_THROWS_AS(solver.append_logits(z.data(), 10), sela::Error);  // no head begun
+  CHECK_THROWS_AS(solver.solve(), sela::Error);
+  solver.begin_head(10, 4, "h");
+  solver.append_logits(z.data(), 6);
+  CHECK_THROWS_AS(solver.solve(), sela::Error);                       // 6 of 10 rows
+  CHECK_THROWS_AS(solver.append_logits(z.data(), 5), sela::Error);    // 11 > 10 rows
+  CHECK_THROWS_AS(solver.set_options(SinkhornOptions{}), sela::Error);  // while filling
+  solver.append_logits(z.data() + 24, 4);
+  CHECK(solver.solve().labels.size() == 10);
+  CHECK_THROWS_AS(solver.begin_head(0, 4), sela::Error);
+  CHECK_THROWS_AS(solver.begin_head(4, 0), sela::Error);
+  SinkhornOptions bad;
+  bad.lambda = -1.0;
+  CHECK_THROWS_AS(SinkhornSolver{bad}, sela::Error);
+  CHECK_THROWS_AS(parse_storage("fp8"), sela::Error);
+}
+
+TEST_CASE("batches, at once, head reuse and repeated runs give bit-identical results") {
+  const std::int64_t n = 5003, k = 70;
+  auto z = random_logits(n, k, 1.0f, 77);
+  auto other = random_logits(300, 1000, 1.0f, 78);
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.storage = SinkhornStorage::bf16;
+  SinkhornSolver solver(options);
+  SinkhornResult at_once = solver.solve(z.data(), n, k, "h0");
+  solver.solve(other.data(), 300, 1000, "h1");  // a head of another shape in between
+  solver.begin_head(n, k, "h0");
+  for (std::int64_t start = 0; start < n; start += 256) solver.append_logits(z.data() + start * k, std::min<std::int64_t>(256, n - start));
+  SinkhornResult batched = solver.solve();
+  SinkhornSolver fresh(options);
+  SinkhornResult again = fresh.solve(z.data(), n, k, "h0");
+  for (const SinkhornResult* other_result : {&batched, &again}) {
+    CHECK(other_result->iterations == at_once.iterations);
+    CHECK(other_result->labels == at_once.labels);
+    CHECK(std::memcmp(other_result->r.data(), at_once.r.data(), at_once.r.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(other_result->c.data(), at_once.c.data(), at_once.c.size() * sizeof(double)) == 0);
+  }
+  // Another thread count changes the summation order only: same labels, r within 1e-6.
+  const int saved = sela::cpu::num_threads();
+  sela::cpu::set_num_threads(saved == 1 ? 2 : 1);
+  SinkhornSolver single(options);
+  SinkhornResult other_threads = single.solve(z.data(), n, k, "h0");
+  sela::cpu::set_num_threads(saved);
+  std::int64_t same = 0;
+  for (std::int64_t i = 0; i < n; ++i) same += other_threads.labels[static_cast<std::size_t>(i)] == at_once.labels[static_cast<std::size_t>(i)];
+  CHECK(same * 1000 >= n * 999);
+  for (std::int64_t j = 0; j < k; ++j) {
+    CHECK(std::fabs(other_threads.r[static_cast<std::size_t>(j)] / at_once.r[static_cast<std::size_t>(j)] - 1.0) <= 1e-5);
+  }
+}

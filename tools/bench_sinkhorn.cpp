@@ -1,0 +1,214 @@
+// `sela bench sinkhorn`: times the SeLa label assignment (Sinkhorn-Knopp from logits).
+//
+// Logits come from a NumPy .npy file (float32, N x K: --logits) or are generated here with
+// the same structured model as tools/bench/sinkhorn_numpy.py --make-logits:
+//   M latent centres mu_m ~ N(0, 1)^K (M = --centres, default 3K), each sample picks a
+//   centre uniformly and adds N(0, noise^2) per logit (--noise, default 0.5),
+// so that the equipartition constraint has real work to do (centres are not evenly spread
+// over the clusters) while rows still have clear winners. Generation is not timed.
+//
+// Timing is end to end from logits in memory to labels: storing A, the iterations, the
+// argmax; reading the .npy file is reported apart. --repeat R runs the whole solve R times
+// (the first one warms the pages up) and reports the median. With --reference the float64
+// reference also runs (small problems only) and the label agreement is printed. With
+// --json the last line is one JSON object.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <vector>
+
+#include "engine/error.h"
+#include "kernels/cpu/parallel.h"
+#include "sela/assign/npy.h"
+#include "sela/assign/sinkhorn.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+namespace sela::tools {
+namespace {
+
+// splitmix64: a small, well-mixed generator; one stream per row keeps generation
+// deterministic whatever the thread count.
+struct SplitMix64 {
+  std::uint64_t state;
+  std::uint64_t next() {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  // Two standard normals by Box-Muller.
+  void normal_pair(float* a, float* b) {
+    double radius = std::sqrt(-2.0 * std::log(uniform()));
+    double angle = 6.283185307179586 * uniform();
+    *a = static_cast<float>(radius * std::cos(angle));
+    *b = static_cast<float>(radius * std::sin(angle));
+  }
+};
+
+std::vector<float> make_logits(std::int64_t n, std::int64_t k, std::int64_t centres, double noise,
+                               std::uint64_t seed) {
+  const std::size_t cols = static_cast<std::size_t>(k);
+  std::vector<float> mu(static_cast<std::size_t>(centres) * cols + 1);  // (M, K)
+  SplitMix64 centre_rng{seed * 0x632BE59BD9B4E019ull + 1};
+  for (std::size_t i = 0; i + 1 < mu.size(); i += 2) centre_rng.normal_pair(&mu[i], &mu[i + 1]);
+  std::vector<float> logits(static_cast<std::size_t>(n) * cols);  // (N, K)
+  const float sigma = static_cast<float>(noise);
+  sela::cpu::parallel_for(0, n, 512, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> eps(cols + 1);
+    for (std::int64_t i = begin; i < end; ++i) {
+      SplitMix64 rng{(seed + 1) * 0x9E3779B97F4A7C15ull ^ (static_cast<std::uint64_t>(i) * 0xD1B54A32D192ED03ull)};
+      const std::size_t m = static_cast<std::size_t>(rng.next() % static_cast<std::uint64_t>(centres));
+      for (std::size_t j = 0; j < cols; j += 2) rng.normal_pair(&eps[j], &eps[j + 1]);
+      float* row = logits.data() + static_cast<std::size_t>(i) * cols;
+      const float* centre = mu.data() + m * cols;
+      for (std::size_t j = 0; j < cols; ++j) row[j] = centre[j] + sigma * eps[j];
+    }
+  });
+  return logits;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+}  // namespace
+
+int run_bench_sinkhorn(const Args& args) {
+  cli::Flags flags("sela bench sinkhorn",
+                   "Times the SeLa label assignment (fused Sinkhorn-Knopp from logits) end to end.");
+  flags.add("n", "200000", "number of samples N (ignored with --logits)");
+  flags.add("k", "1000", "number of clusters K (ignored with --logits)");
+  flags.add("lambda", "25", "sharpness lambda (A = softmax(z)^lambda)");
+  flags.add("tol", "0.1", "stop when sum_i |c_i/c_new_i - 1| <= tol");
+  flags.add("check-every", "10", "measure the stopping rule every this many iterations");
+  flags.add("max-iters", "2000", "iteration cap (reaching it is a warning)");
+  flags.add("device", "cpu", "cpu or cuda");
+  flags.add("storage", "f16", "how A is stored: f32, f16 or bf16");
+  flags.add("threads", "0", "CPU threads (0: all)");
+  flags.add("seed", "1", "seed of the random logits");
+  flags.add("centres", "0", "latent centres of the random logits (0: 3K)");
+  flags.add("noise", "0.5", "noise standard deviation of the random logits");
+  flags.add("logits", "", "read float32 N x K logits from this .npy file instead");
+  flags.add("labels-out", "", "write the labels (int64, N) to this .npy file");
+  flags.add("save-logits", "", "write the logits used (float32, N x K) to this .npy file");
+  flags.add("repeat", "1", "solve this many times and report the median");
+  flags.add("verbose", "0", "1: print the memory plan and a summary per solve");
+  flags.add_switch("reference", "also run the float64 reference (small N x K only) and compare labels");
+  flags.add_switch("json", "print one JSON object on the last line");
+  if (!flags.parse(args)) return 0;
+
+  sela::cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
+  assign::SinkhornOptions options;
+  options.lambda = flags.get_double("lambda");
+  options.tol = flags.get_double("tol");
+  options.check_every = flags.get_int("check-every");
+  options.max_iters = flags.get_int("max-iters");
+  options.storage = assign::parse_storage(flags.get("storage"));
+  options.device = Device::parse(flags.get("device"));
+  options.verbose = static_cast<int>(flags.get_int("verbose"));
+  const std::int64_t repeat = flags.get_int("repeat");
+  SELA_CHECK(repeat >= 1, "sela bench sinkhorn", "--repeat must be >= 1, got " << repeat);
+
+  // Fail early and clearly on an unusable device, before making or reading logits.
+  if (options.device.is_cuda()) {
+    assign::SinkhornSolver probe(options);
+    probe.begin_head(1, 1, "probe");
+  }
+
+  std::int64_t n = flags.get_int("n"), k = flags.get_int("k");
+  std::vector<float> logits;
+  std::string source;
+  double read_seconds = 0.0;
+  if (!flags.get("logits").empty()) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::int64_t> shape;
+    logits = assign::read_npy_f32(flags.get("logits"), &shape);
+    read_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    SELA_CHECK(shape.size() == 2, "sela bench sinkhorn",
+               flags.get("logits") << ": logits must be 2-D (N, K), got " << shape.size() << " dimensions");
+    n = shape[0];
+    k = shape[1];
+    std::ostringstream text;
+    text << "file " << flags.get("logits") << " (read in " << std::fixed << std::setprecision(2) << read_seconds << " s)";
+    source = text.str();
+  } else {
+    SELA_CHECK(n >= 1 && k >= 1, "sela bench sinkhorn", "--n and --k must be >= 1");
+    std::int64_t centres = flags.get_int("centres");
+    if (centres <= 0) centres = 3 * k;
+    const double noise = flags.get_double("noise");
+    logits = make_logits(n, k, centres, noise, static_cast<std::uint64_t>(flags.get_int("seed")));
+    std::ostringstream text;
+    text << "random: " << centres << " latent centres N(0,1), noise " << noise << ", seed " << flags.get_int("seed");
+    source = text.str();
+  }
+  if (!flags.get("save-logits").empty()) assign::write_npy(flags.get("save-logits"), logits.data(), {n, k});
+
+  std::cout << "sela bench sinkhorn: N=" << n << " K=" << k << " lambda=" << options.lambda << " tol=" << options.tol
+            << " storage=" << assign::storage_name(options.storage) << " threads=" << sela::cpu::num_threads()
+            << " device=" << options.device.str() << "\n";
+  std::cout << "logits: " << source << "\n";
+
+  assign::SinkhornSolver solver(options);
+  assign::SinkhornResult result;
+  std::vector<double> totals, iterates;
+  for (std::int64_t rep = 0; rep < repeat; ++rep) {
+    result = solver.solve(logits.data(), n, k, "head0");
+    totals.push_back(result.total_seconds);
+    iterates.push_back(result.iterate_seconds);
+  }
+  const double total_s = median(totals), iterate_s = median(iterates);
+  const double ms_per_iter = 1000.0 * iterate_s / static_cast<double>(result.iterations);
+  const double gbps = static_cast<double>(result.bytes_per_iteration) / (ms_per_iter * 1e-3) / 1e9;
+
+  std::cout << std::setprecision(4);
+  std::cout << "prepare (logits -> A): " << result.prepare_seconds << " s\n";
+  std::cout << "iterations: " << result.iterations << (result.converged ? " (converged" : " (NOT converged")
+            << ", stop error " << result.stop_error << "), " << ms_per_iter << " ms/iter, " << gbps
+            << " GB/s effective (" << result.bytes_per_iteration / 1e6 << " MB of A per pass)\n";
+  std::cout << "labels: " << result.label_seconds << " s; marginal errors row " << result.row_marginal_error
+            << " column " << result.col_marginal_error << "; clusters min/max/empty " << result.cluster_min << "/"
+            << result.cluster_max << "/" << result.clusters_empty << "\n";
+  std::cout << "total: " << total_s << " s (median of " << repeat << ")\n";
+
+  double agreement = -1.0;
+  if (flags.get_switch("reference")) {
+    assign::SinkhornResult ref = assign::sinkhorn_reference(logits.data(), n, k, options, "head0");
+    std::int64_t same = 0;
+    for (std::size_t i = 0; i < ref.labels.size(); ++i) same += ref.labels[i] == result.labels[i] ? 1 : 0;
+    agreement = static_cast<double>(same) / static_cast<double>(n);
+    std::cout << "reference (float64, C++): " << ref.iterations << " iterations, " << ref.total_seconds
+              << " s; labels identical " << 100.0 * agreement << "%\n";
+  }
+  if (!flags.get("labels-out").empty()) {
+    assign::write_npy(flags.get("labels-out"), result.labels.data(), {n});
+    std::cout << "labels written to " << flags.get("labels-out") << "\n";
+  }
+  if (flags.get_switch("json")) {
+    std::ostringstream json;
+    json << std::setprecision(6);
+    json << "{\"n\": " << n << ", \"k\": " << k << ", \"lambda\": " << options.lambda << ", \"tol\": " << options.tol
+         << ", \"storage\": \"" << assign::storage_name(options.storage) << "\", \"device\": \""
+         << options.device.str() << "\", \"threads\": " << sela::cpu::num_threads()
+         << ", \"iterations\": " << result.iterations << ", \"converged\": " << (result.converged ? "true" : "false")
+         << ", \"stop_error\": " << result.stop_error << ", \"ms_per_iter\": " << ms_per_iter
+         << ", \"gbps\": " << gbps << ", \"prepare_s\": " << result.prepare_seconds
+         << ", \"iterate_s\": " << iterate_s << ", \"label_s\": " << result.label_seconds
+         << ", \"total_s\": " << total_s << ", \"read_s\": " << read_seconds
+         << ", \"row_error\": " << result.row_marginal_error << ", \"col_error\": " << result.col_marginal_error
+         << ", \"cluster_min\": " << result.cluster_min << ", \"cluster_max\": " << result.cluster_max
+         << ", \"clusters_empty\": " << result.clusters_empty << ", \"repeat\": " << repeat;
+    if (agreement >= 0.0) json << ", \"reference_agreement\": " << agreement;
+    json << "}";
+    std::cout << json.str() << std::endl;
+  }
+  return 0;  // a run that hit the iteration cap has printed its warning
+}
+
+}  // namespace sela::tools
