@@ -50,7 +50,7 @@ bool Flags::parse(const std::vector<std::string>& args) {
     }
     auto it = specs_.find(name);
     if (it == specs_.end()) {
-      SELA_FAIL_HINT(usage_, "unknown flag --" << name, "see `" << usage_ << " --help`");
+      SELA_FAIL_HINT(usage_, "unknown flag --" << name, "see `" + usage_ + " --help`");
     }
     if (it->second.is_switch) {
       SELA_CHECK(!inline_value, usage_, "--" << name << " is a switch and takes no value");

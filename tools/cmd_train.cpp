@@ -1,0 +1,94 @@
+// `sela train`: the SeLa method end to end (sela/trainer.h). With no flags it runs the
+// default job: Fashion-MNIST (Debian's dataset-fashion-mnist), alexnet-32 at width 0.25,
+// heads K = 10,10,30,30,50, on the CPU, then evaluates on the test split.
+#include <iostream>
+
+#include "sela/trainer.h"
+#include "tools/cli.h"
+#include "tools/commands.h"
+
+namespace sela::tools {
+
+int run_train(const Args& args) {
+  TrainConfig defaults;
+  cli::Flags flags("sela train",
+                   "Trains a network by self-labelling (SeLa, Asano et al. ICLR 2020): SGD on "
+                   "pseudo-labels that are re-solved\nas an equipartitioned optimal-transport "
+                   "problem (Sinkhorn-Knopp) at scheduled label steps.\nOutputs go to --out: "
+                   "config.json, checkpoint.safetensors, weights.safetensors, labels.csv,\n"
+                   "metrics.jsonl, eval.json.");
+  flags.add("data", defaults.data, "training data: fashion-mnist[:DIR] | cifar10:DIR | "
+                                   "cifar100:DIR | folder:DIR | idx:IMAGES[,LABELS]");
+  flags.add("test-data", "", "evaluation data (default: the test split of --data)");
+  flags.add("arch", defaults.arch, "alexnet | alexnet-small | alexnet-32");
+  flags.add("width-mult", "0.25", "width multiplier of conv and fc layers");
+  flags.add("heads", "", "number of heads T (with a single --clusters value)");
+  flags.add("clusters", "10,10,30,30,50", "K per head, comma-separated (or one K for all --heads)");
+  flags.add("lambda", "10", "Sinkhorn sharpness λ (paper: 25 ImageNet, 10 CIFAR)");
+  flags.add("label-steps", "6", "number of self-labelling steps over the run");
+  flags.add("label-spacing", "quadratic", "quadratic (as the reference) or linear");
+  flags.add("epochs", "8", "training epochs");
+  flags.add("batch-size", "128", "images per SGD step");
+  flags.add("lr", "0.05", "learning rate");
+  flags.add("momentum", "0.9", "SGD momentum");
+  flags.add("wd", "1e-5", "weight decay");
+  flags.add("lr-drops", "", "epochs at which the lr is multiplied by 0.1, e.g. 150,300");
+  flags.add("dropout", "0.5", "dropout probability in the classifier");
+  flags.add("sinkhorn-storage", "f32", "storage of the transport matrix: f32 | f16 | bf16");
+  flags.add("device", "cpu", "cpu (cuda comes with the CUDA backend)");
+  flags.add("threads", "0", "compute threads (0 = all hardware threads)");
+  flags.add("workers", "1", "data loader threads");
+  flags.add("seed", "0", "seed of weights, labels, order and augmentation");
+  flags.add("out", defaults.out, "run folder");
+  flags.add("limit-samples", "0", "use only the first N training samples (0 = all)");
+  flags.add("stop-after-epoch", "-1", "stop after this epoch as if interrupted (for testing --resume)");
+  flags.add_switch("resume", "continue the run in --out from its last checkpoint");
+  flags.add_switch("no-eval", "skip the final evaluation");
+  flags.add_switch("quick", "a ~2-minute smoke run of the same pipeline (10k samples, width "
+                            "0.125, 2 epochs, 3 label steps)");
+  if (!flags.parse(args)) return 0;
+
+  TrainConfig config;
+  bool quick = flags.get_switch("quick");
+  config.data = flags.get("data");
+  config.test_data = flags.get("test-data");
+  config.arch = flags.get("arch");
+  config.width_mult = flags.has("width-mult") || !quick ? flags.get_double("width-mult") : 0.125;
+  config.clusters = flags.get_int_list("clusters");
+  if (flags.has("heads")) {
+    std::int64_t heads = flags.get_int("heads");
+    SELA_CHECK(heads >= 1, "sela train", "--heads must be >= 1, got " << heads);
+    SELA_CHECK(config.clusters.size() == 1 || static_cast<std::int64_t>(config.clusters.size()) == heads,
+               "sela train",
+               "--heads " << heads << " but --clusters lists " << config.clusters.size()
+                          << " values; give one K for all heads or one per head");
+    config.clusters.resize(static_cast<std::size_t>(heads), config.clusters[0]);
+  }
+  config.lambda = flags.get_double("lambda");
+  config.label_steps = flags.has("label-steps") || !quick ? flags.get_int("label-steps") : 3;
+  config.label_spacing = flags.get("label-spacing");
+  config.epochs = flags.has("epochs") || !quick ? flags.get_int("epochs") : 2;
+  config.batch_size = flags.get_int("batch-size");
+  config.lr = flags.get_double("lr");
+  config.momentum = flags.get_double("momentum");
+  config.weight_decay = flags.get_double("wd");
+  if (!flags.get("lr-drops").empty()) config.lr_drops = flags.get_int_list("lr-drops");
+  config.dropout = flags.get_double("dropout");
+  config.storage = flags.get("sinkhorn-storage");
+  config.device = flags.get("device");
+  config.threads = static_cast<int>(flags.get_int("threads"));
+  config.workers = static_cast<int>(flags.get_int("workers"));
+  config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
+  config.out = flags.has("out") || !quick ? flags.get("out") : "runs/quick";
+  config.limit_samples = flags.has("limit-samples") || !quick ? flags.get_int("limit-samples") : 10000;
+  config.stop_after_epoch = flags.get_int("stop-after-epoch");
+  config.resume = flags.get_switch("resume");
+  config.evaluate = !flags.get_switch("no-eval");
+  SELA_CHECK(config.lambda > 0, "sela train", "--lambda must be > 0, got " << config.lambda);
+  SELA_CHECK(config.label_steps >= 0, "sela train", "--label-steps must be >= 0");
+  SELA_CHECK(config.workers >= 1, "sela train", "--workers must be >= 1");
+  train(config);
+  return 0;
+}
+
+}  // namespace sela::tools
