@@ -1,0 +1,169 @@
+// The trainer on a tiny synthetic data set (an IDX pair written here): a run interrupted
+// after epoch 1 and resumed gives exactly the losses, labels and weights of an uninterrupted
+// run; a checkpoint that does not match the flags is refused with the differing setting
+// named; the run folder holds what the README promises; the label schedule is the
+// reference's.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <unistd.h>
+
+#include "engine/data/idx.h"
+#include "engine/safetensors.h"
+#include "sela/run_files.h"
+#include "sela/trainer.h"
+
+using namespace sela;
+
+namespace {
+
+struct TempFolder {
+  std::string path;
+  TempFolder() {
+    char pattern[] = "/tmp/sela_trainer_test_XXXXXX";
+    char* made = ::mkdtemp(pattern);
+    REQUIRE(made != nullptr);
+    path = made;
+  }
+  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
+};
+
+// N 28x28 images of `classes` classes: class c is a bright 8x8 block at its own place,
+// plus noise, so a small network can tell them apart.
+std::string write_synthetic_idx(const std::string& folder, int n, int classes) {
+  std::mt19937 rng(7);
+  std::vector<std::uint8_t> images(static_cast<std::size_t>(n) * 28 * 28);
+  std::vector<std::uint8_t> labels(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    int c = i % classes;
+    labels[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(c);
+    int top = 2 + 6 * (c / 2), left = 2 + 12 * (c % 2);
+    for (int y = 0; y < 28; ++y) {
+      for (int x = 0; x < 28; ++x) {
+        int value = static_cast<int>(rng() % 40);
+        if (y >= top && y < top + 8 && x >= left && x < left + 8) value += 180;
+        images[static_cast<std::size_t>((i * 28 + y) * 28 + x)] = static_cast<std::uint8_t>(value);
+      }
+    }
+  }
+  data::write_idx(folder + "/images.idx", {n, 28, 28}, images.data(), false);
+  data::write_idx(folder + "/labels.idx", {n}, labels.data(), true);
+  return "idx:" + folder + "/images.idx," + folder + "/labels.idx";
+}
+
+TrainConfig tiny_config(const std::string& spec, const std::string& out) {
+  TrainConfig config;
+  config.data = spec;
+  config.width_mult = 0.0625;
+  config.clusters = {4, 6};
+  config.epochs = 3;
+  config.batch_size = 32;
+  config.label_steps = 3;
+  config.lambda = 10;
+  config.workers = 1;
+  config.threads = 2;
+  config.seed = 11;
+  config.out = out;
+  config.evaluate = false;
+  config.verbose = 0;
+  return config;
+}
+
+std::string error_of(const TrainConfig& config) {
+  try {
+    train(config);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("label schedule: quadratic spacing as the reference, t_j = (E + 1.01) N (j/(S-1))^2") {
+  std::vector<double> t = label_schedule(5, 10, 1000, "quadratic");
+  REQUIRE(t.size() == 5);
+  CHECK(t[0] == 0.0);
+  CHECK(t[2] == doctest::Approx(11.01 * 1000 * 0.25));
+  CHECK(t[4] == doctest::Approx(11.01 * 1000));
+  std::vector<double> linear = label_schedule(3, 2, 100, "linear");
+  CHECK(linear[1] == doctest::Approx(3.01 * 100 * 0.5));
+  CHECK_THROWS_AS(label_schedule(3, 2, 100, "cubic"), Error);
+}
+
+TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatches are refused") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, 160, 4);
+
+  TrainConfig whole = tiny_config(spec, folder.path + "/whole");
+  TrainSummary uninterrupted = train(whole);
+  REQUIRE(uninterrupted.epoch_losses.size() == 3);
+  for (double loss : uninterrupted.epoch_losses) CHECK(std::isfinite(loss));
+  CHECK(uninterrupted.label_steps_done >= 2);
+
+  TrainConfig first = tiny_config(spec, folder.path + "/split");
+  first.stop_after_epoch = 1;
+  TrainSummary part1 = train(first);
+  REQUIRE(part1.epoch_losses.size() == 1);
+  TrainConfig second = tiny_config(spec, folder.path + "/split");
+  second.resume = true;
+  TrainSummary part2 = train(second);
+  REQUIRE(part2.epoch_losses.size() == 2);
+
+  // Exactly equal: same bits, not approximately.
+  CHECK(part1.epoch_losses[0] == uninterrupted.epoch_losses[0]);
+  CHECK(part2.epoch_losses[0] == uninterrupted.epoch_losses[1]);
+  CHECK(part2.epoch_losses[1] == uninterrupted.epoch_losses[2]);
+  CHECK(part2.labels == uninterrupted.labels);
+  SafetensorsFile a(folder.path + "/whole/weights.safetensors");
+  SafetensorsFile b(folder.path + "/split/weights.safetensors");
+  REQUIRE(a.names() == b.names());
+  for (const std::string& name : a.names()) {
+    CHECK_MESSAGE(a.get(name).bytes == b.get(name).bytes, name);
+  }
+
+  // The run folder: labels.csv holds the final labels, metrics one line per epoch.
+  auto csv = parse_labels_csv(folder.path + "/whole/labels.csv");
+  CHECK(csv == uninterrupted.labels);
+  std::ifstream metrics(folder.path + "/whole/metrics.jsonl");
+  int epochs = 0, label_steps = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    epochs += line.find("\"event\":\"epoch\"") != std::string::npos;
+    label_steps += line.find("\"event\":\"label_step\"") != std::string::npos;
+  }
+  CHECK(epochs == 3);
+  CHECK(label_steps == uninterrupted.label_steps_done);
+
+  // Refusals: a checkpoint for other heads, and starting over an existing run.
+  TrainConfig other_heads = tiny_config(spec, folder.path + "/split");
+  other_heads.resume = true;
+  other_heads.clusters = {4, 7};
+  std::string message = error_of(other_heads);
+  CHECK(message.find("clusters") != std::string::npos);
+  CHECK(message.find("[4,6]") != std::string::npos);
+  CHECK(error_of(tiny_config(spec, folder.path + "/whole")).find("--resume") != std::string::npos);
+  TrainConfig no_checkpoint = tiny_config(spec, folder.path + "/nothing_here");
+  no_checkpoint.resume = true;
+  CHECK(error_of(no_checkpoint).find("no checkpoint") != std::string::npos);
+}
+
+TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, 96, 4);
+  TrainConfig config = tiny_config(spec, folder.path + "/run");
+  config.epochs = 1;
+  config.stop_after_epoch = 1;
+  train(config);
+  std::string before = read_file(folder.path + "/run/checkpoint.safetensors");
+  TrainConfig diverging = tiny_config(spec, folder.path + "/run");
+  diverging.resume = true;
+  diverging.epochs = 2;
+  diverging.lr = 1e30;
+  std::string message = error_of(diverging);
+  CHECK(message.find("loss became") != std::string::npos);
+  CHECK(read_file(folder.path + "/run/checkpoint.safetensors") == before);
+}
