@@ -10,7 +10,7 @@
 # back in this order:
 #   GEMM: dnnl (oneDNN's dnnl_sgemm, AVX-512 JIT) -> builtin -> openblas -> blis
 #         when the compiler targets AVX-512, else dnnl -> openblas -> blis -> builtin
-#   conv: dnnl (oneDNN convolution primitives)   -> im2col (im2col + the GEMM above)
+#   conv: dnnl (oneDNN convolution primitives)   -> im2col (im2col + our gemm_builtin)
 # builtin is our own portable kernel (kernels/cpu/gemm_builtin.cpp): always there, so the
 # build works with no BLAS at all; with AVX-512 it beats the Debian OpenBLAS / BLIS here.
 # A name other than auto that is not installed is a configure error (never a silent swap).
@@ -161,9 +161,9 @@ endif()
 if(sela_conv STREQUAL "dnnl")
   target_include_directories(sela_kernels SYSTEM PRIVATE ${SELA_DNNL_INCLUDE_DIR})
   target_link_libraries(sela_kernels PRIVATE ${SELA_DNNL_LIBRARY})
-  set(sela_conv_note "oneDNN convolution primitives for float; im2col + gemm for double")
+  set(sela_conv_note "oneDNN convolution primitives (convolution_auto) for float; im2col + builtin GEMM for double")
 else()
-  set(sela_conv_note "im2col + gemm")
+  set(sela_conv_note "im2col + builtin GEMM")
 endif()
 string(TOUPPER ${sela_conv} sela_conv_upper)
 target_compile_definitions(sela_kernels PUBLIC SELA_CPU_CONV_${sela_conv_upper}=1)

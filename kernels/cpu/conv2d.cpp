@@ -11,11 +11,20 @@
 // stride P; with G > 1 the (O, G*P) operand is gathered into / scattered from scratch.
 // G is chosen so that the columns fill about kColumnsBudgetBytes: large enough that the
 // 7x7 layers still make wide GEMMs, small enough to stay in the last-level cache.
-// The GEMMs run threaded (outside any parallel body); im2col, col2im and the copies are
-// split over rows / planes with parallel_for, each output written by exactly one thread.
+// Threads: one parallel region per call; each thread takes a contiguous range of images and
+// runs its groups with our own GEMM (gemm_builtin) serially, in its own scratch. The weight
+// gradient sums one (O, K) part per thread, added in thread order afterwards. With a single
+// range (batch 1 or one thread) the GEMM, im2col and copies are threaded instead.
+// Why gemm_builtin and not the configured gemm: it is safe and single-threaded inside a
+// parallel region whatever library is configured (a pthread OpenBLAS would start its own
+// threads from each of ours), and on this machine it runs these shapes about as fast as
+// dnnl_sgemm single-threaded (tools/bench/gemm_lab.cpp, docs/perf.md). Measured reason for
+// the single region: with the GEMM threaded inside, three regions per image group, and a
+// busy machine, 2 threads ran the 7x7 layers 2-3x slower than 1 thread.
 #include "kernels/cpu/conv2d.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -53,8 +62,7 @@ void check_conv2d_shape(const Conv2dShape& s) {
   SELA_CHECK(s.stride_h > 0 && s.stride_w > 0 && s.pad_h >= 0 && s.pad_w >= 0, "conv2d",
              "stride must be positive and padding non-negative, got " << conv2d_shape_text(s));
   SELA_CHECK(s.in_height + 2 * s.pad_h >= s.kernel_h && s.in_width + 2 * s.pad_w >= s.kernel_w,
-             "conv2d",
-             "the kernel does not fit the padded input, got " << conv2d_shape_text(s));
+             "conv2d", "the kernel does not fit the padded input, got " << conv2d_shape_text(s));
 }
 
 namespace {
@@ -67,7 +75,8 @@ void check_pointers(const Conv2dShape& s, const void* a, const void* b, const vo
              what << ": a buffer is null for " << conv2d_shape_text(s));
 }
 
-// Grow-only scratch per calling thread and element type; `which` picks one of two buffers.
+// Grow-only scratch per calling thread and element type; `which` picks one of three buffers
+// (0: columns, 1: (O, G*P) operands, 2: partial weight gradients).
 template <typename T>
 T* scratch(int which, std::int64_t count) {
   struct Buffer {
@@ -77,7 +86,7 @@ T* scratch(int which, std::int64_t count) {
     std::unique_ptr<void, Free> data;
     std::int64_t capacity = 0;
   };
-  thread_local Buffer buffers[2];
+  thread_local Buffer buffers[3];
   Buffer& buffer = buffers[which];
   if (buffer.capacity < count) {
     std::size_t bytes = (static_cast<std::size_t>(count) * sizeof(T) + 63) / 64 * 64;
@@ -109,7 +118,8 @@ Geometry geometry(const Conv2dShape& s) {
   g.p = g.oh * g.ow;
   std::int64_t per_image = g.k * g.p * static_cast<std::int64_t>(sizeof(T));
   g.group = std::clamp<std::int64_t>(
-      static_cast<std::int64_t>(kColumnsBudgetBytes) / std::max<std::int64_t>(per_image, 1), 1, g.n);
+      static_cast<std::int64_t>(kColumnsBudgetBytes) / std::max<std::int64_t>(per_image, 1), 1,
+      g.n);
   g.direct = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   return g;
 }
@@ -118,7 +128,8 @@ Geometry geometry(const Conv2dShape& s) {
 // that, waking a second thread costs more than it saves.
 std::int64_t grain_for(std::int64_t elements_per_item) {
   constexpr std::int64_t kMinElementsPerChunk = std::int64_t(1) << 15;
-  return std::max<std::int64_t>(1, kMinElementsPerChunk / std::max<std::int64_t>(1, elements_per_item));
+  return std::max<std::int64_t>(
+      1, kMinElementsPerChunk / std::max<std::int64_t>(1, elements_per_item));
 }
 
 // The outputs x in [0, count) whose input index x*stride + offset lies in [0, size) form
@@ -170,28 +181,29 @@ template <typename T>
 void col2im(const Geometry& g, const T* d_columns, std::int64_t n0, std::int64_t images,
             T* grad_input) {
   std::int64_t width = images * g.p;
-  parallel_for(0, images * g.c, grain_for(g.kh * g.kw * g.p), [&](std::int64_t u0, std::int64_t u1) {
-    for (std::int64_t u = u0; u < u1; ++u) {
-      std::int64_t im = u / g.c, c = u % g.c;
-      T* plane = grad_input + ((n0 + im) * g.c + c) * g.h * g.w;  // (H, W)
-      std::fill(plane, plane + g.h * g.w, T(0));
-      for (std::int64_t i = 0; i < g.kh; ++i) {
-        for (std::int64_t j = 0; j < g.kw; ++j) {
-          std::int64_t r = (c * g.kh + i) * g.kw + j;
-          const T* row = d_columns + r * width + im * g.p;
-          std::int64_t ow_lo = 0, ow_hi = 0;
-          inside_range(j - g.pw, g.sw, g.w, g.ow, &ow_lo, &ow_hi);
-          for (std::int64_t y = 0; y < g.oh; ++y) {
-            std::int64_t ih = y * g.sh - g.ph + i;
-            if (ih < 0 || ih >= g.h) continue;
-            T* dst = plane + ih * g.w - g.pw + j;
-            const T* src = row + y * g.ow;
-            for (std::int64_t x = ow_lo; x < ow_hi; ++x) dst[x * g.sw] += src[x];
-          }
-        }
-      }
-    }
-  });
+  parallel_for(0, images * g.c, grain_for(g.kh * g.kw * g.p),
+               [&](std::int64_t u0, std::int64_t u1) {
+                 for (std::int64_t u = u0; u < u1; ++u) {
+                   std::int64_t im = u / g.c, c = u % g.c;
+                   T* plane = grad_input + ((n0 + im) * g.c + c) * g.h * g.w;  // (H, W)
+                   std::fill(plane, plane + g.h * g.w, T(0));
+                   for (std::int64_t i = 0; i < g.kh; ++i) {
+                     for (std::int64_t j = 0; j < g.kw; ++j) {
+                       std::int64_t r = (c * g.kh + i) * g.kw + j;
+                       const T* row = d_columns + r * width + im * g.p;
+                       std::int64_t ow_lo = 0, ow_hi = 0;
+                       inside_range(j - g.pw, g.sw, g.w, g.ow, &ow_lo, &ow_hi);
+                       for (std::int64_t y = 0; y < g.oh; ++y) {
+                         std::int64_t ih = y * g.sh - g.ph + i;
+                         if (ih < 0 || ih >= g.h) continue;
+                         T* dst = plane + ih * g.w - g.pw + j;
+                         const T* src = row + y * g.ow;
+                         for (std::int64_t x = ow_lo; x < ow_hi; ++x) dst[x * g.sw] += src[x];
+                       }
+                     }
+                   }
+                 }
+               });
 }
 
 // packed (O, G*P) <-> planes (G, O, P) of images [n0, n0+G) of an (N, O, P) tensor.
@@ -207,16 +219,31 @@ void gather_planes(const Geometry& g, const T* tensor, std::int64_t n0, std::int
   });
 }
 
-}  // namespace
+// Calls body(chunk, image_begin, image_end) on contiguous ranges of images, one per thread
+// (one parallel region for the whole convolution: on a busy machine every extra region
+// costs a wait for a descheduled thread). Inside, GEMMs run serially on their thread; with
+// a single chunk (batch 1, or one thread) the GEMMs and copies are threaded instead.
+// Images per chunk: a whole group when the batch allows (so that GEMMs stay wide), and
+// enough work that a second thread pays for waking it (small convolutions, e.g. in
+// gradient checks, stay on one thread).
+std::int64_t image_grain(const Geometry& g) {
+  constexpr double kMinFlopsPerChunk = 4.0e6;
+  double flops_per_image = 2.0 * double(g.o) * double(g.k) * double(g.p);
+  auto by_work = static_cast<std::int64_t>(std::ceil(kMinFlopsPerChunk / flops_per_image));
+  std::int64_t by_group = std::min(g.group, std::max<std::int64_t>(1, g.n / num_threads()));
+  return std::max(by_group, by_work);
+}
+
+template <typename Body>
+void for_image_ranges(const Geometry& g, Body body) {
+  parallel_chunks(0, g.n, image_grain(g), body);
+}
 
 template <typename T>
-void conv2d_forward_im2col(const Conv2dShape& s, const T* input, const T* weight, const T* bias,
-                           T* output) {
-  check_conv2d_shape(s);
-  check_pointers(s, input, weight, output, "forward");
-  const Geometry g = geometry<T>(s);
-  for (std::int64_t n0 = 0; n0 < g.n; n0 += g.group) {
-    std::int64_t images = std::min(g.group, g.n - n0);
+void forward_images(const Geometry& g, const T* input, const T* weight, const T* bias, T* output,
+                    std::int64_t image_begin, std::int64_t image_end) {
+  for (std::int64_t n0 = image_begin; n0 < image_end; n0 += g.group) {
+    std::int64_t images = std::min(g.group, image_end - n0);
     const T* columns = nullptr;
     if (g.direct && images == 1) {
       columns = input + n0 * g.c * g.h * g.w;  // (C, H*W) is already (K, P)
@@ -227,7 +254,7 @@ void conv2d_forward_im2col(const Conv2dShape& s, const T* input, const T* weight
     }
     if (images == 1) {
       T* out = output + n0 * g.o * g.p;  // (O, P)
-      gemm<T>(false, false, g.o, g.p, g.k, T(1), weight, g.k, columns, g.p, T(0), out, g.p);
+      gemm_builtin<T>(false, false, g.o, g.p, g.k, T(1), weight, g.k, columns, g.p, T(0), out, g.p);
       if (bias) {
         parallel_for(0, g.o, grain_for(g.p), [&](std::int64_t o0, std::int64_t o1) {
           for (std::int64_t o = o0; o < o1; ++o)
@@ -236,8 +263,8 @@ void conv2d_forward_im2col(const Conv2dShape& s, const T* input, const T* weight
       }
     } else {
       T* packed = scratch<T>(1, g.o * images * g.p);  // (O, G*P)
-      gemm<T>(false, false, g.o, images * g.p, g.k, T(1), weight, g.k, columns, images * g.p,
-              T(0), packed, images * g.p);
+      gemm_builtin<T>(false, false, g.o, images * g.p, g.k, T(1), weight, g.k, columns,
+                      images * g.p, T(0), packed, images * g.p);
       parallel_for(0, images * g.o, grain_for(g.p), [&](std::int64_t u0, std::int64_t u1) {
         for (std::int64_t u = u0; u < u1; ++u) {
           std::int64_t o = u / images, im = u % images;
@@ -252,13 +279,10 @@ void conv2d_forward_im2col(const Conv2dShape& s, const T* input, const T* weight
 }
 
 template <typename T>
-void conv2d_backward_input_im2col(const Conv2dShape& s, const T* grad_output, const T* weight,
-                                  T* grad_input) {
-  check_conv2d_shape(s);
-  check_pointers(s, grad_output, weight, grad_input, "backward_input");
-  const Geometry g = geometry<T>(s);
-  for (std::int64_t n0 = 0; n0 < g.n; n0 += g.group) {
-    std::int64_t images = std::min(g.group, g.n - n0);
+void backward_input_images(const Geometry& g, const T* grad_output, const T* weight, T* grad_input,
+                           std::int64_t image_begin, std::int64_t image_end) {
+  for (std::int64_t n0 = image_begin; n0 < image_end; n0 += g.group) {
+    std::int64_t images = std::min(g.group, image_end - n0);
     std::int64_t width = images * g.p;
     const T* d_out = grad_output + n0 * g.o * g.p;  // (O, P) when images == 1
     if (images > 1) {
@@ -267,24 +291,23 @@ void conv2d_backward_input_im2col(const Conv2dShape& s, const T* grad_output, co
       d_out = packed;
     }
     if (g.direct && images == 1) {  // d_columns (C, H*W) are the input gradient itself
-      gemm<T>(true, false, g.k, width, g.o, T(1), weight, g.k, d_out, width, T(0),
-              grad_input + n0 * g.c * g.h * g.w, width);
+      gemm_builtin<T>(true, false, g.k, width, g.o, T(1), weight, g.k, d_out, width, T(0),
+                      grad_input + n0 * g.c * g.h * g.w, width);
       continue;
     }
     T* d_columns = scratch<T>(0, g.k * width);  // (K, G*P)
-    gemm<T>(true, false, g.k, width, g.o, T(1), weight, g.k, d_out, width, T(0), d_columns, width);
+    gemm_builtin<T>(true, false, g.k, width, g.o, T(1), weight, g.k, d_out, width, T(0), d_columns,
+                    width);
     col2im(g, d_columns, n0, images, grad_input);
   }
 }
 
+// grad_weight_part (O, K) = sum over images [image_begin, image_end) of d_out . columns^T.
 template <typename T>
-void conv2d_backward_weight_im2col(const Conv2dShape& s, const T* input, const T* grad_output,
-                                   T* grad_weight, T* grad_bias) {
-  check_conv2d_shape(s);
-  check_pointers(s, input, grad_output, grad_weight, "backward_weight");
-  const Geometry g = geometry<T>(s);
-  for (std::int64_t n0 = 0; n0 < g.n; n0 += g.group) {
-    std::int64_t images = std::min(g.group, g.n - n0);
+void backward_weight_images(const Geometry& g, const T* input, const T* grad_output,
+                            T* grad_weight_part, std::int64_t image_begin, std::int64_t image_end) {
+  for (std::int64_t n0 = image_begin; n0 < image_end; n0 += g.group) {
+    std::int64_t images = std::min(g.group, image_end - n0);
     std::int64_t width = images * g.p;
     const T* columns = nullptr;
     if (g.direct && images == 1) {
@@ -300,8 +323,57 @@ void conv2d_backward_weight_im2col(const Conv2dShape& s, const T* input, const T
       gather_planes(g, grad_output, n0, images, packed);
       d_out = packed;
     }
-    gemm<T>(false, true, g.o, g.k, width, T(1), d_out, width, columns, width,
-            n0 == 0 ? T(0) : T(1), grad_weight, g.k);
+    gemm_builtin<T>(false, true, g.o, g.k, width, T(1), d_out, width, columns, width,
+                    n0 == image_begin ? T(0) : T(1), grad_weight_part, g.k);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward_im2col(const Conv2dShape& s, const T* input, const T* weight, const T* bias,
+                           T* output) {
+  check_conv2d_shape(s);
+  check_pointers(s, input, weight, output, "forward");
+  const Geometry g = geometry<T>(s);
+  for_image_ranges(g, [&](std::int64_t, std::int64_t b, std::int64_t e) {
+    forward_images(g, input, weight, bias, output, b, e);
+  });
+}
+
+template <typename T>
+void conv2d_backward_input_im2col(const Conv2dShape& s, const T* grad_output, const T* weight,
+                                  T* grad_input) {
+  check_conv2d_shape(s);
+  check_pointers(s, grad_output, weight, grad_input, "backward_input");
+  const Geometry g = geometry<T>(s);
+  for_image_ranges(g, [&](std::int64_t, std::int64_t b, std::int64_t e) {
+    backward_input_images(g, grad_output, weight, grad_input, b, e);
+  });
+}
+
+template <typename T>
+void conv2d_backward_weight_im2col(const Conv2dShape& s, const T* input, const T* grad_output,
+                                   T* grad_weight, T* grad_bias) {
+  check_conv2d_shape(s);
+  check_pointers(s, input, grad_output, grad_weight, "backward_weight");
+  const Geometry g = geometry<T>(s);
+  // Chunk 0 sums into grad_weight, every other chunk into its own (O, K) part; the parts
+  // are then added in chunk order: deterministic for a given thread count.
+  const std::int64_t chunks = parallel_chunk_count(0, g.n, image_grain(g));
+  const std::int64_t weight_size = g.o * g.k;
+  T* parts = chunks > 1 ? scratch<T>(2, (chunks - 1) * weight_size) : nullptr;
+  for_image_ranges(g, [&](std::int64_t chunk, std::int64_t b, std::int64_t e) {
+    T* part = chunk == 0 ? grad_weight : parts + (chunk - 1) * weight_size;
+    backward_weight_images(g, input, grad_output, part, b, e);
+  });
+  if (chunks > 1) {
+    parallel_for(0, weight_size, grain_for(chunks), [&](std::int64_t i0, std::int64_t i1) {
+      for (std::int64_t c = 1; c < chunks; ++c) {
+        const T* part = parts + (c - 1) * weight_size;
+        for (std::int64_t i = i0; i < i1; ++i) grad_weight[i] += part[i];
+      }
+    });
   }
   if (grad_bias) {  // summed in double, images in order: deterministic and accurate
     parallel_for(0, g.o, grain_for(g.n * g.p), [&](std::int64_t o0, std::int64_t o1) {
@@ -362,15 +434,13 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_
   conv2d_backward_weight_im2col<T>(s, input, grad_output, grad_weight, grad_bias);
 }
 
-#define SELA_INSTANTIATE_CONV2D(T)                                                            \
-  template void conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*);      \
-  template void conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*);         \
-  template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*, T*);    \
-  template void conv2d_forward_im2col<T>(const Conv2dShape&, const T*, const T*, const T*,    \
-                                         T*);                                                 \
-  template void conv2d_backward_input_im2col<T>(const Conv2dShape&, const T*, const T*, T*);  \
-  template void conv2d_backward_weight_im2col<T>(const Conv2dShape&, const T*, const T*, T*,  \
-                                                 T*);
+#define SELA_INSTANTIATE_CONV2D(T)                                                              \
+  template void conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*);        \
+  template void conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*);           \
+  template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*, T*);      \
+  template void conv2d_forward_im2col<T>(const Conv2dShape&, const T*, const T*, const T*, T*); \
+  template void conv2d_backward_input_im2col<T>(const Conv2dShape&, const T*, const T*, T*);    \
+  template void conv2d_backward_weight_im2col<T>(const Conv2dShape&, const T*, const T*, T*, T*);
 SELA_INSTANTIATE_CONV2D(float)
 SELA_INSTANTIATE_CONV2D(double)
 #undef SELA_INSTANTIATE_CONV2D

@@ -11,15 +11,17 @@
 //           cmake/SelaCpuGemm.cmake (SELA_CPU_CONV) where oneDNN 2.x is installed, after
 //           measurement with tools/bench/conv_lab.cpp (docs/perf.md). A shape oneDNN
 //           declines falls back to im2col.
-//   im2col  im2col + gemm (kernels/cpu/gemm.h) on groups of images whose columns fill
-//           ~8 MiB, so that the small late layers (7x7 maps) still give one GEMM wide
-//           enough to run near peak. Used for double everywhere and for float without
+//   im2col  im2col + our gemm_builtin (kernels/cpu/gemm.h) on groups of images whose
+//           columns fill ~8 MiB, so that the small late layers (7x7 maps) still give one
+//           GEMM wide enough to run near peak; one parallel region per call, each thread on
+//           its own range of images. Used for double everywhere and for float without
 //           oneDNN; it is also the readable specification of the arithmetic.
-// Scratch (columns, blocked copies, library scratchpads) is kept per calling thread and
+// Scratch (columns, blocked copies, library scratchpads) is kept per thread and
 // only grows: no allocation per call once warm, at the price of holding the largest size
 // seen (tens of MiB for alexnet-32 at batch 128).
 // The results are deterministic for a given thread count (no atomics; the weight gradient
-// sums image groups in order).
+// sums image groups and thread parts in a fixed order). oneDNN's Winograd and direct
+// kernels round differently, and it picks between them by shape (batch included).
 #pragma once
 
 #include <cstdint>
@@ -78,9 +80,9 @@ void conv2d_backward_weight_im2col(const Conv2dShape& s, const T* input, const T
 // (The backward-weight one computes no bias gradient when grad_bias is null.)
 bool conv2d_forward_dnnl(const Conv2dShape& s, const float* input, const float* weight,
                          const float* bias, float* output);
-bool conv2d_backward_input_dnnl(const Conv2dShape& s, const float* grad_output,
-                                const float* weight, float* grad_input);
-bool conv2d_backward_weight_dnnl(const Conv2dShape& s, const float* input,
-                                 const float* grad_output, float* grad_weight, float* grad_bias);
+bool conv2d_backward_input_dnnl(const Conv2dShape& s, const float* grad_output, const float* weight,
+                                float* grad_input);
+bool conv2d_backward_weight_dnnl(const Conv2dShape& s, const float* input, const float* grad_output,
+                                 float* grad_weight, float* grad_bias);
 
 }  // namespace sela::cpu

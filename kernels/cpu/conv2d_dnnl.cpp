@@ -72,9 +72,9 @@ struct Operand {
 struct Plan {
   dnnl::primitive convolution;
   std::string implementation;  // oneDNN's name for the kernel it chose
-  Operand data_in;   // forward: src (in); backward input: diff_dst (in); weight: src (in)
-  Operand weights;   // forward, backward input: weights (in); weight: diff_weights (out)
-  Operand data_out;  // forward: dst (out); backward input: diff_src (out); weight: diff_dst (in)
+  Operand data_in;             // forward: src (in); backward input: diff_dst (in); weight: src (in)
+  Operand weights;             // forward, backward input: weights (in); weight: diff_weights (out)
+  Operand data_out;   // forward: dst (out); backward input: diff_src (out); weight: diff_dst (in)
   memory::desc bias;  // (O), forward: bias (in); weight: diff_bias (out)
   memory::desc scratchpad;
 };
@@ -139,8 +139,8 @@ std::unique_ptr<Plan> build_plan(const Key& key, const Conv2dShape& s) {
       plan->bias = bias_md;
       plan->scratchpad = forward_pd.scratchpad_desc();
     } else if (key.direction == Conv2dDirection::backward_input) {
-      dnnl::convolution_backward_data::desc desc(algorithm, any_src, any_weights, any_dst,
-                                                 strides, pad_l, pad_r);
+      dnnl::convolution_backward_data::desc desc(algorithm, any_src, any_weights, any_dst, strides,
+                                                 pad_l, pad_r);
       dnnl::convolution_backward_data::primitive_desc pd(desc, attr, engine, forward_pd);
       plan->convolution = dnnl::convolution_backward_data(pd);
       plan->implementation = pd.impl_info_str();
@@ -163,15 +163,15 @@ std::unique_ptr<Plan> build_plan(const Key& key, const Conv2dShape& s) {
   } catch (const dnnl::error& e) {
     if (e.status == dnnl_unimplemented) return nullptr;
     SELA_FAIL("conv2d", "oneDNN could not set up the convolution for " << conv2d_shape_text(s)
-                                                                        << ": " << e.what());
+                                                                       << ": " << e.what());
   }
   return plan;
 }
 
 const Plan* find_plan(Conv2dDirection direction, const Conv2dShape& s, bool bias) {
   Key key{direction,
-          {s.batch, s.in_channels, s.in_height, s.in_width, s.out_channels, s.kernel_h,
-           s.kernel_w, s.stride_h, s.stride_w, s.pad_h, s.pad_w},
+          {s.batch, s.in_channels, s.in_height, s.in_width, s.out_channels, s.kernel_h, s.kernel_w,
+           s.stride_h, s.stride_w, s.pad_h, s.pad_w},
           bias};
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Plan>> plans;  // null: declined by the library
@@ -248,8 +248,8 @@ struct Output {
   bool staged = false;
 };
 
-Output output_memory(const memory::desc& plain_md, const memory::desc& library_md,
-                     bool converted, float* ours, Slot slot) {
+Output output_memory(const memory::desc& plain_md, const memory::desc& library_md, bool converted,
+                     float* ours, Slot slot) {
   if (!converted && is_aligned(ours)) return {memory(plain_md, cpu_engine(), ours), false};
   const memory::desc& md = converted ? library_md : plain_md;
   return {memory(md, cpu_engine(), scratch_bytes(slot, md.get_size())), true};
@@ -297,7 +297,8 @@ bool conv2d_forward_dnnl(const Conv2dShape& s, const float* input, const float* 
                                             {DNNL_ARG_WEIGHTS, weights},
                                             {DNNL_ARG_DST, dst.library},
                                             {DNNL_ARG_SCRATCHPAD, scratchpad_memory(*plan)}};
-    if (bias) args[DNNL_ARG_BIAS] = input_memory(plan->bias, plan->bias, nullptr, bias, kBias, stream);
+    if (bias)
+      args[DNNL_ARG_BIAS] = input_memory(plan->bias, plan->bias, nullptr, bias, kBias, stream);
     plan->convolution.execute(stream, args);
     finish_output(plan->data_out, dst, output, stream);
     stream.wait();
@@ -307,8 +308,8 @@ bool conv2d_forward_dnnl(const Conv2dShape& s, const float* input, const float* 
   return true;
 }
 
-bool conv2d_backward_input_dnnl(const Conv2dShape& s, const float* grad_output,
-                                const float* weight, float* grad_input) {
+bool conv2d_backward_input_dnnl(const Conv2dShape& s, const float* grad_output, const float* weight,
+                                float* grad_input) {
   check_conv2d_shape(s);
   const Plan* plan = find_plan(Conv2dDirection::backward_input, s, false);
   if (!plan) return false;
@@ -325,14 +326,14 @@ bool conv2d_backward_input_dnnl(const Conv2dShape& s, const float* grad_output,
     finish_output(plan->data_out, diff_src, grad_input, stream);
     stream.wait();
   } catch (const dnnl::error& e) {
-    SELA_FAIL("conv2d", "oneDNN backward_input failed for " << conv2d_shape_text(s) << ": "
-                                                             << e.what());
+    SELA_FAIL("conv2d",
+              "oneDNN backward_input failed for " << conv2d_shape_text(s) << ": " << e.what());
   }
   return true;
 }
 
-bool conv2d_backward_weight_dnnl(const Conv2dShape& s, const float* input,
-                                 const float* grad_output, float* grad_weight, float* grad_bias) {
+bool conv2d_backward_weight_dnnl(const Conv2dShape& s, const float* input, const float* grad_output,
+                                 float* grad_weight, float* grad_bias) {
   check_conv2d_shape(s);
   const Plan* plan = find_plan(Conv2dDirection::backward_weight, s, grad_bias != nullptr);
   if (!plan) return false;
@@ -356,8 +357,8 @@ bool conv2d_backward_weight_dnnl(const Conv2dShape& s, const float* input,
     if (grad_bias) finish_output(plan->bias, nullptr, diff_bias, grad_bias, stream);
     stream.wait();
   } catch (const dnnl::error& e) {
-    SELA_FAIL("conv2d", "oneDNN backward_weight failed for " << conv2d_shape_text(s) << ": "
-                                                              << e.what());
+    SELA_FAIL("conv2d",
+              "oneDNN backward_weight failed for " << conv2d_shape_text(s) << ": " << e.what());
   }
   return true;
 }
@@ -376,8 +377,7 @@ bool conv2d_forward_dnnl(const Conv2dShape&, const float*, const float*, const f
 bool conv2d_backward_input_dnnl(const Conv2dShape&, const float*, const float*, float*) {
   return false;
 }
-bool conv2d_backward_weight_dnnl(const Conv2dShape&, const float*, const float*, float*,
-                                 float*) {
+bool conv2d_backward_weight_dnnl(const Conv2dShape&, const float*, const float*, float*, float*) {
   return false;
 }
 std::string conv2d_implementation(const Conv2dShape& s, Conv2dDirection) {

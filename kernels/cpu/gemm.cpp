@@ -42,11 +42,13 @@ void check_gemm_arguments(const char* op, bool transpose_a, bool transpose_b, st
   std::int64_t a_row = transpose_a ? m : k;
   std::int64_t b_row = transpose_b ? k : n;
   SELA_CHECK(lda >= std::max<std::int64_t>(1, a_row), op,
-             "lda=" << lda << " is shorter than a row of A (" << a_row << (transpose_a ? ", A transposed" : "")
-                    << ") for m=" << m << " n=" << n << " k=" << k);
+             "lda=" << lda << " is shorter than a row of A (" << a_row
+                    << (transpose_a ? ", A transposed" : "") << ") for m=" << m << " n=" << n
+                    << " k=" << k);
   SELA_CHECK(ldb >= std::max<std::int64_t>(1, b_row), op,
-             "ldb=" << ldb << " is shorter than a row of B (" << b_row << (transpose_b ? ", B transposed" : "")
-                    << ") for m=" << m << " n=" << n << " k=" << k);
+             "ldb=" << ldb << " is shorter than a row of B (" << b_row
+                    << (transpose_b ? ", B transposed" : "") << ") for m=" << m << " n=" << n
+                    << " k=" << k);
   SELA_CHECK(ldc >= std::max<std::int64_t>(1, n), op,
              "ldc=" << ldc << " is shorter than a row of C (" << n << ") for m=" << m << " n=" << n
                     << " k=" << k);
@@ -131,17 +133,16 @@ void library_gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64
   sync_library_threads([](int t) { openblas_set_num_threads(t); });
   cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
               transpose_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
-              static_cast<blasint>(ldc));
+              static_cast<blasint>(n), static_cast<blasint>(k), alpha, a, static_cast<blasint>(lda),
+              b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 #else
   gemm_builtin<float>(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 #endif
 }
 
 void library_gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n,
-                  std::int64_t k, double alpha, const double* a, std::int64_t lda,
-                  const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+                  std::int64_t k, double alpha, const double* a, std::int64_t lda, const double* b,
+                  std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
 #if defined(SELA_CPU_GEMM_BLIS)
   sync_library_threads([](int t) { bli_thread_set_num_threads(t); });
   bli_dgemm(transpose_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
@@ -152,9 +153,8 @@ void library_gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64
   sync_library_threads([](int t) { openblas_set_num_threads(t); });
   cblas_dgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
               transpose_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
-              static_cast<blasint>(ldc));
+              static_cast<blasint>(n), static_cast<blasint>(k), alpha, a, static_cast<blasint>(lda),
+              b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 #else  // builtin, and dnnl (whose GEMM is float only)
   gemm_builtin<double>(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 #endif
@@ -171,9 +171,8 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
   library_gemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float,
-                          const float*, std::int64_t, const float*, std::int64_t, float, float*,
-                          std::int64_t);
+template void gemm<float>(bool, bool, std::int64_t, std::int64_t, std::int64_t, float, const float*,
+                          std::int64_t, const float*, std::int64_t, float, float*, std::int64_t);
 template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double,
                            const double*, std::int64_t, const double*, std::int64_t, double,
                            double*, std::int64_t);

@@ -68,8 +68,8 @@ struct Blocking {
   // One slab of packed B (kDepth x kTileCols) is 48 KiB for float and double on AVX-512:
   // it streams from L2 while the A slab (kTileRows x kDepth) stays in L1.
   static constexpr std::int64_t kDepth = sizeof(T) == 4 ? 384 : 256;
-  static constexpr std::int64_t kBlockCols = sizeof(T) == 4 ? 512 : 384;   // B block ~ L2
-  static constexpr std::int64_t kBlockRows = kTileRows * 256;               // A block ~ L3
+  static constexpr std::int64_t kBlockCols = sizeof(T) == 4 ? 512 : 384;  // B block ~ L2
+  static constexpr std::int64_t kBlockRows = kTileRows * 256;             // A block ~ L3
 };
 
 // A grow-only 64-byte-aligned buffer, one per thread and element type.
@@ -96,8 +96,8 @@ T* thread_scratch(int which, std::size_t count) {
 
 // packed(slab s, depth p, row r) = op(A)(row0 + s*kTileRows + r, depth0 + p), 0 past `rows`.
 template <typename T>
-void pack_a(bool transpose_a, const T* a, std::int64_t lda, std::int64_t row0,
-            std::int64_t rows, std::int64_t depth0, std::int64_t depth, T* packed) {
+void pack_a(bool transpose_a, const T* a, std::int64_t lda, std::int64_t row0, std::int64_t rows,
+            std::int64_t depth0, std::int64_t depth, T* packed) {
   constexpr int R = kTileRows;
   for (std::int64_t s = 0; s * R < rows; ++s) {
     T* slab = packed + s * depth * R;  // (depth, R)
@@ -122,8 +122,8 @@ void pack_a(bool transpose_a, const T* a, std::int64_t lda, std::int64_t row0,
 
 // packed(slab s, depth p, col c) = op(B)(depth0 + p, col0 + s*NR + c), 0 past `cols`.
 template <typename T>
-void pack_b(bool transpose_b, const T* b, std::int64_t ldb, std::int64_t depth0,
-            std::int64_t depth, std::int64_t col0, std::int64_t cols, T* packed) {
+void pack_b(bool transpose_b, const T* b, std::int64_t ldb, std::int64_t depth0, std::int64_t depth,
+            std::int64_t col0, std::int64_t cols, T* packed) {
   constexpr int NR = Blocking<T>::kTileCols;
   for (std::int64_t s = 0; s * NR < cols; ++s) {
     T* slab = packed + s * depth * NR;  // (depth, NR)
@@ -149,10 +149,9 @@ void pack_b(bool transpose_b, const T* b, std::int64_t ldb, std::int64_t depth0,
 // One register tile: C[0:rows, 0:cols] = alpha * (A_slab . B_slab) + beta * C, where
 // read_c == false means C is not read (beta == 0 on the first k slice).
 template <typename T>
-inline void tile_kernel(std::int64_t depth, const T* __restrict a_slab,
-                        const T* __restrict b_slab, T alpha, T beta, bool read_c,
-                        T* __restrict c, std::int64_t ldc, std::int64_t rows,
-                        std::int64_t cols) {
+inline void tile_kernel(std::int64_t depth, const T* __restrict a_slab, const T* __restrict b_slab,
+                        T alpha, T beta, bool read_c, T* __restrict c, std::int64_t ldc,
+                        std::int64_t rows, std::int64_t cols) {
   using B = Blocking<T>;
   using Vector = typename B::Vector;
   constexpr int R = kTileRows;
@@ -166,7 +165,8 @@ inline void tile_kernel(std::int64_t depth, const T* __restrict a_slab,
   for (std::int64_t p = 0; p < depth; ++p) {
     Vector bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b_slab + p * B::kTileCols + v * L, sizeof(Vector));
+    for (int v = 0; v < NV; ++v)
+      std::memcpy(&bv[v], b_slab + p * B::kTileCols + v * L, sizeof(Vector));
     const T* ap = a_slab + p * R;
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
@@ -194,7 +194,8 @@ inline void tile_kernel(std::int64_t depth, const T* __restrict a_slab,
   }
   alignas(64) T tile[R * B::kTileCols];  // (R, NR)
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) std::memcpy(tile + r * B::kTileCols + v * L, &acc[r][v], sizeof(Vector));
+    for (int v = 0; v < NV; ++v)
+      std::memcpy(tile + r * B::kTileCols + v * L, &acc[r][v], sizeof(Vector));
   for (std::int64_t r = 0; r < rows; ++r) {
     T* dst = c + r * ldc;
     const T* src = tile + r * B::kTileCols;
@@ -208,10 +209,9 @@ inline void tile_kernel(std::int64_t depth, const T* __restrict a_slab,
 
 // A whole serial GEMM on the band C[row_begin:row_end, col_begin:col_end].
 template <typename T>
-void gemm_band(bool transpose_a, bool transpose_b, std::int64_t row_begin,
-               std::int64_t row_end, std::int64_t col_begin, std::int64_t col_end,
-               std::int64_t k, T alpha, const T* a, std::int64_t lda, const T* b,
-               std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+void gemm_band(bool transpose_a, bool transpose_b, std::int64_t row_begin, std::int64_t row_end,
+               std::int64_t col_begin, std::int64_t col_end, std::int64_t k, T alpha, const T* a,
+               std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   using B = Blocking<T>;
   constexpr int R = kTileRows;
   constexpr int NR = B::kTileCols;
@@ -301,8 +301,8 @@ template void gemm_builtin<float>(bool, bool, std::int64_t, std::int64_t, std::i
                                   const float*, std::int64_t, const float*, std::int64_t, float,
                                   float*, std::int64_t);
 template void gemm_builtin<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t, double,
-                                   const double*, std::int64_t, const double*, std::int64_t,
-                                   double, double*, std::int64_t);
+                                   const double*, std::int64_t, const double*, std::int64_t, double,
+                                   double*, std::int64_t);
 template const char* gemm_builtin_tile_name<float>();
 template const char* gemm_builtin_tile_name<double>();
 

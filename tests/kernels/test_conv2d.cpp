@@ -30,6 +30,7 @@
 
 #include "engine/error.h"
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/parallel.h"
 
 namespace {
 
@@ -56,16 +57,16 @@ std::int64_t output_size(const Conv2dShape& s) {
 // Small shapes covering the strides, paddings, kernels, aspect ratios, batch and channels.
 std::vector<Conv2dShape> small_shapes() {
   return {
-      make_shape(1, 1, 5, 5, 1, 1, 1, 1, 1, 0, 0),    // 1x1, the "direct" im2col path
-      make_shape(3, 3, 6, 9, 4, 1, 1, 1, 1, 0, 0),    // 1x1 over a batch
-      make_shape(3, 3, 7, 5, 2, 3, 3, 1, 1, 1, 1),    // 3x3 same padding, non-square
-      make_shape(1, 3, 8, 11, 5, 3, 3, 2, 2, 0, 0),   // stride 2, no padding
-      make_shape(3, 1, 9, 7, 3, 5, 5, 1, 1, 2, 2),    // 5x5 pad 2, one input channel
-      make_shape(1, 3, 13, 10, 2, 5, 3, 2, 1, 1, 2),  // rectangular kernel, mixed stride/pad
+      make_shape(1, 1, 5, 5, 1, 1, 1, 1, 1, 0, 0),      // 1x1, the "direct" im2col path
+      make_shape(3, 3, 6, 9, 4, 1, 1, 1, 1, 0, 0),      // 1x1 over a batch
+      make_shape(3, 3, 7, 5, 2, 3, 3, 1, 1, 1, 1),      // 3x3 same padding, non-square
+      make_shape(1, 3, 8, 11, 5, 3, 3, 2, 2, 0, 0),     // stride 2, no padding
+      make_shape(3, 1, 9, 7, 3, 5, 5, 1, 1, 2, 2),      // 5x5 pad 2, one input channel
+      make_shape(1, 3, 13, 10, 2, 5, 3, 2, 1, 1, 2),    // rectangular kernel, mixed stride/pad
       make_shape(3, 3, 23, 19, 4, 11, 11, 4, 4, 2, 2),  // AlexNet's first-layer geometry
-      make_shape(1, 3, 10, 9, 3, 1, 1, 4, 4, 0, 0),   // stride 4, kernel 1: negative right pad
-      make_shape(3, 1, 4, 3, 2, 5, 5, 1, 1, 2, 2),    // kernel larger than the input
-      make_shape(1, 3, 12, 12, 7, 3, 3, 4, 2, 2, 1),  // stride 4 x 2
+      make_shape(1, 3, 10, 9, 3, 1, 1, 4, 4, 0, 0),     // stride 4, kernel 1: negative right pad
+      make_shape(3, 1, 4, 3, 2, 5, 5, 1, 1, 2, 2),      // kernel larger than the input
+      make_shape(1, 3, 12, 12, 7, 3, 3, 4, 2, 2, 1),    // stride 4 x 2
   };
 }
 
@@ -182,16 +183,16 @@ double max_abs(const std::vector<double>& v) {
 double float_atol(double terms, double scale) { return 2e-5 * std::sqrt(terms) * scale; }
 
 template <typename T>
-void check_forward_against(const Conv<T>& conv, const Conv2dShape& s,
-                           const std::vector<double>& x, const std::vector<double>& w,
-                           const std::vector<double>* b, const std::vector<double>& want) {
+void check_forward_against(const Conv<T>& conv, const Conv2dShape& s, const std::vector<double>& x,
+                           const std::vector<double>& w, const std::vector<double>* b,
+                           const std::vector<double>& want) {
   std::vector<T> xt = cast<T>(x), wt = cast<T>(w), bt = b ? cast<T>(*b) : std::vector<T>();
   std::vector<T> y = poisoned<T>(output_size(s));
   conv.forward(s, xt.data(), wt.data(), b ? bt.data() : nullptr, y.data());
   double terms = double(s.in_channels * s.kernel_h * s.kernel_w);
   bool is_float = std::is_same_v<T, float>;
-  double atol = is_float ? float_atol(terms, max_abs(want))
-                         : 1e-12 * std::sqrt(terms) * max_abs(want);
+  double atol =
+      is_float ? float_atol(terms, max_abs(want)) : 1e-12 * std::sqrt(terms) * max_abs(want);
   check_close(y, want, atol, is_float ? 1e-4 : 1e-12, conv.name + " forward");
 }
 
@@ -202,8 +203,10 @@ void check_forward(const Conv2dShape& s, std::mt19937& rng, bool use_bias) {
   std::vector<double> b = random_vector(s.out_channels, rng);
   const std::vector<double>* bias = use_bias ? &b : nullptr;
   std::vector<double> want = reference_forward(s, x, w, use_bias ? b.data() : nullptr);
-  for (const auto& conv : implementations<double>()) check_forward_against(conv, s, x, w, bias, want);
-  for (const auto& conv : implementations<float>()) check_forward_against(conv, s, x, w, bias, want);
+  for (const auto& conv : implementations<double>())
+    check_forward_against(conv, s, x, w, bias, want);
+  for (const auto& conv : implementations<float>())
+    check_forward_against(conv, s, x, w, bias, want);
 }
 
 // L(x, w, b) = sum(R * forward(x, w, b)) in double through the double im2col forward.
@@ -290,9 +293,10 @@ void check_backward(const Conv2dShape& s, std::mt19937& rng, std::size_t sample_
     std::vector<float> gb = poisoned<float>(s.out_channels);
     conv.backward_input(s, rf.data(), wf.data(), gx.data());
     conv.backward_weight(s, xf.data(), rf.data(), gw.data(), gb.data());
-    check_close(gx, grad_x_double,
-                float_atol(double(s.out_channels * s.kernel_h * s.kernel_w), max_abs(grad_x_double)),
-                1e-4, conv.name + " float grad_input vs double");
+    check_close(
+        gx, grad_x_double,
+        float_atol(double(s.out_channels * s.kernel_h * s.kernel_w), max_abs(grad_x_double)), 1e-4,
+        conv.name + " float grad_input vs double");
     check_close(gw, grad_w_double, float_atol(double(s.batch) * oh_ow, max_abs(grad_w_double)),
                 1e-4, conv.name + " float grad_weight vs double");
     check_close(gb, grad_b_double, float_atol(double(s.batch) * oh_ow, max_abs(grad_b_double)),
@@ -360,19 +364,20 @@ TEST_CASE("conv2d rejects bad shapes with an error naming conv2d and the shape")
       CHECK(message.find("N=") != std::string::npos);
     }
   };
-  expect_error(make_shape(1, 3, 4, 4, 2, 7, 3, 1, 1, 1, 1));  // kernel taller than padded input
-  expect_error(make_shape(1, 0, 4, 4, 2, 3, 3, 1, 1, 0, 0));  // no input channels
-  expect_error(make_shape(0, 3, 4, 4, 2, 3, 3, 1, 1, 0, 0));  // empty batch
-  expect_error(make_shape(1, 3, 4, 4, 2, 3, 3, 0, 1, 0, 0));  // zero stride
-  expect_error(make_shape(1, 3, 4, 4, 2, 3, 3, 1, 1, -1, 0)); // negative padding
-  CHECK_THROWS_AS(sela::cpu::conv2d_backward_weight<double>(
-                      make_shape(1, 3, 4, 4, 2, 3, 3, 1, 1, 0, 0), nullptr, nullptr, nullptr,
-                      nullptr),
-                  sela::Error);
+  expect_error(make_shape(1, 3, 4, 4, 2, 7, 3, 1, 1, 1, 1));   // kernel taller than padded input
+  expect_error(make_shape(1, 0, 4, 4, 2, 3, 3, 1, 1, 0, 0));   // no input channels
+  expect_error(make_shape(0, 3, 4, 4, 2, 3, 3, 1, 1, 0, 0));   // empty batch
+  expect_error(make_shape(1, 3, 4, 4, 2, 3, 3, 0, 1, 0, 0));   // zero stride
+  expect_error(make_shape(1, 3, 4, 4, 2, 3, 3, 1, 1, -1, 0));  // negative padding
+  CHECK_THROWS_AS(
+      sela::cpu::conv2d_backward_weight<double>(make_shape(1, 3, 4, 4, 2, 3, 3, 1, 1, 0, 0),
+                                                nullptr, nullptr, nullptr, nullptr),
+      sela::Error);
 }
 
-TEST_CASE("conv2d float at batch 32, where oneDNN takes Winograd, on aligned and unaligned "
-          "buffers, agrees with double im2col") {
+TEST_CASE(
+    "conv2d float at batch 32, where oneDNN takes Winograd, on aligned and unaligned "
+    "buffers, agrees with double im2col") {
   using sela::cpu::Conv2dDirection;
   std::mt19937 rng(15);
   Conv2dShape s = make_shape(32, 256, 7, 7, 256, 3, 3, 1, 1, 1, 1);  // alexnet-32's conv5
@@ -412,14 +417,13 @@ TEST_CASE("conv2d float at batch 32, where oneDNN takes Winograd, on aligned and
     std::vector<float> xf = place(x), wf = place(w), bf = place(b), dyf = place(dy);
     std::vector<float> y = poisoned_at(y_ref.size()), dx = poisoned_at(dx_ref.size());
     std::vector<float> dw = poisoned_at(dw_ref.size()), db = poisoned_at(db_ref.size());
-    sela::cpu::conv2d_forward<float>(s, xf.data() + offset, wf.data() + offset,
-                                     bf.data() + offset, y.data() + offset);
+    sela::cpu::conv2d_forward<float>(s, xf.data() + offset, wf.data() + offset, bf.data() + offset,
+                                     y.data() + offset);
     sela::cpu::conv2d_backward_input<float>(s, dyf.data() + offset, wf.data() + offset,
                                             dx.data() + offset);
     sela::cpu::conv2d_backward_weight<float>(s, xf.data() + offset, dyf.data() + offset,
                                              dw.data() + offset, db.data() + offset);
-    check_close(view(y, y_ref.size()), y_ref, float_atol(256 * 9, max_abs(y_ref)), 1e-4,
-                "forward");
+    check_close(view(y, y_ref.size()), y_ref, float_atol(256 * 9, max_abs(y_ref)), 1e-4, "forward");
     check_close(view(dx, dx_ref.size()), dx_ref, float_atol(256 * 9, max_abs(dx_ref)), 1e-4,
                 "grad_input");
     check_close(view(dw, dw_ref.size()), dw_ref, float_atol(pixels, max_abs(dw_ref)), 1e-4,
@@ -431,4 +435,30 @@ TEST_CASE("conv2d float at batch 32, where oneDNN takes Winograd, on aligned and
     CHECK(std::isnan(dw[offset + dw_ref.size()]));
     if (offset > 0) CHECK(std::isnan(dx[0]));
   }
+}
+
+TEST_CASE("conv2d im2col splits the batch between threads without changing the result") {
+  // With 2 threads the images are split in two ranges and the weight gradient is summed from
+  // two parts; with 1 thread everything runs in one range. Both must agree (double).
+  std::mt19937 rng(16);
+  Conv2dShape s = make_shape(5, 16, 11, 9, 24, 3, 3, 1, 1, 1, 1);
+  std::vector<double> x = random_vector(input_size(s), rng);
+  std::vector<double> w = random_vector(weight_size(s), rng);
+  std::vector<double> b = random_vector(s.out_channels, rng);
+  std::vector<double> dy = random_vector(output_size(s), rng);
+  auto run = [&](int threads) {
+    int before = sela::cpu::num_threads();
+    sela::cpu::set_num_threads(threads);
+    std::vector<double> y = poisoned<double>(output_size(s)), dx = poisoned<double>(input_size(s));
+    std::vector<double> dw = poisoned<double>(weight_size(s)),
+                        db = poisoned<double>(s.out_channels);
+    sela::cpu::conv2d_forward_im2col<double>(s, x.data(), w.data(), b.data(), y.data());
+    sela::cpu::conv2d_backward_input_im2col<double>(s, dy.data(), w.data(), dx.data());
+    sela::cpu::conv2d_backward_weight_im2col<double>(s, x.data(), dy.data(), dw.data(), db.data());
+    sela::cpu::set_num_threads(before);
+    return std::vector<std::vector<double>>{y, dx, dw, db};
+  };
+  auto one = run(1), two = run(2);
+  const char* names[] = {"output", "grad_input", "grad_weight", "grad_bias"};
+  for (int i = 0; i < 4; ++i) check_close(two[i], one[i], 1e-12 * max_abs(one[i]), 1e-12, names[i]);
 }

@@ -53,11 +53,11 @@ void check_case(GemmFn<T> fn, const Case& c, std::mt19937& rng) {
   std::vector<T> c_in(static_cast<std::size_t>(std::max<std::int64_t>(1, c.m * ldc)), sentinel);
   for (std::int64_t i = 0; i < c.m; ++i)
     for (std::int64_t j = 0; j < c.n; ++j)
-      c_in[i * ldc + j] = c.beta == 0 ? std::numeric_limits<T>::quiet_NaN()
-                                      : static_cast<T>(uniform(rng));
+      c_in[i * ldc + j] =
+          c.beta == 0 ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(uniform(rng));
   std::vector<T> c_out = c_in;
-  fn(c.transpose_a, c.transpose_b, c.m, c.n, c.k, static_cast<T>(c.alpha), a.data(), lda,
-     b.data(), ldb, static_cast<T>(c.beta), c_out.data(), ldc);
+  fn(c.transpose_a, c.transpose_b, c.m, c.n, c.k, static_cast<T>(c.alpha), a.data(), lda, b.data(),
+     ldb, static_cast<T>(c.beta), c_out.data(), ldc);
 
   const double eps = std::numeric_limits<T>::epsilon();
   const double atol = 8 * eps * static_cast<double>(std::max<std::int64_t>(c.k, 1));
@@ -91,10 +91,9 @@ void check_case(GemmFn<T> fn, const Case& c, std::mt19937& rng) {
 
 std::vector<Case> cases() {
   // (m, n, k): edges of the register tile, k slices and cache blocks, and degenerate sizes.
-  const std::int64_t sizes[][3] = {
-      {1, 1, 1},     {7, 33, 130},  {33, 7, 1},    {130, 129, 33}, {1, 130, 7},
-      {64, 1, 300},  {13, 65, 400}, {25, 530, 17}, {12, 32, 384},  {3100, 9, 5},
-      {37, 517, 771}, {5, 3, 1000}};
+  const std::int64_t sizes[][3] = {{1, 1, 1},     {7, 33, 130}, {33, 7, 1},     {130, 129, 33},
+                                   {1, 130, 7},   {64, 1, 300}, {13, 65, 400},  {25, 530, 17},
+                                   {12, 32, 384}, {3100, 9, 5}, {37, 517, 771}, {5, 3, 1000}};
   std::vector<Case> out;
   int variant = 0;
   for (const auto& s : sizes) {
@@ -172,19 +171,18 @@ TEST_CASE("gemm with k == 0 or alpha == 0 scales C by beta and never reads it wh
 
 TEST_CASE("gemm rejects bad arguments with sela::Error") {
   std::vector<float> a(16, 1.0f), b(16, 1.0f), c(16, 0.0f);
-  CHECK_THROWS_AS(gemm<float>(false, false, -1, 2, 2, 1.0f, a.data(), 2, b.data(), 2, 0.0f,
-                              c.data(), 2),
-                  sela::Error);
+  CHECK_THROWS_AS(
+      gemm<float>(false, false, -1, 2, 2, 1.0f, a.data(), 2, b.data(), 2, 0.0f, c.data(), 2),
+      sela::Error);
   // A is (m=2, k=4) stored with lda = 3 < 4.
-  CHECK_THROWS_AS(gemm<float>(false, false, 2, 2, 4, 1.0f, a.data(), 3, b.data(), 2, 0.0f,
-                              c.data(), 2),
-                  sela::Error);
+  CHECK_THROWS_AS(
+      gemm<float>(false, false, 2, 2, 4, 1.0f, a.data(), 3, b.data(), 2, 0.0f, c.data(), 2),
+      sela::Error);
   // A^T stored (k=4, m=3): lda must be >= 3.
-  CHECK_THROWS_AS(gemm_builtin<float>(true, false, 3, 2, 4, 1.0f, a.data(), 2, b.data(), 2,
-                                      0.0f, c.data(), 2),
-                  sela::Error);
-  CHECK_THROWS_AS(gemm<double>(false, true, 2, 3, 2, 1.0, nullptr, 2, nullptr, 2, 0.0, nullptr,
-                               3),
+  CHECK_THROWS_AS(
+      gemm_builtin<float>(true, false, 3, 2, 4, 1.0f, a.data(), 2, b.data(), 2, 0.0f, c.data(), 2),
+      sela::Error);
+  CHECK_THROWS_AS(gemm<double>(false, true, 2, 3, 2, 1.0, nullptr, 2, nullptr, 2, 0.0, nullptr, 3),
                   sela::Error);
   try {
     gemm<float>(false, false, 2, 5, 2, 1.0f, a.data(), 2, b.data(), 5, 0.0f, c.data(), 4);

@@ -6,7 +6,7 @@
 //
 // Implementations (each checked against im2col before it is timed, max relative error shown):
 //   sela        sela::cpu::conv2d_* as this build ships them (conv2d_backend_name())
-//   im2col      conv2d_*_im2col: im2col + sela::cpu::gemm (gemm_backend_name())
+//   im2col      conv2d_*_im2col: im2col + sela::cpu::gemm_builtin, one region per call
 //   dnnl        conv2d_*_dnnl: oneDNN primitives (convolution_auto) in their own blocked
 //               layouts, with the reorders from / to our NCHW buffers (what `sela` runs
 //               when built with dnnl; its implementation name is printed)
@@ -35,6 +35,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -81,21 +82,28 @@ struct Timing {
   double median_ms, min_ms;
 };
 
-// Times every body `reps` times, round-robin (one call of each per round, after one warm-up
+// Times every body `reps` times in rounds (one call of each per round, after one warm-up
 // call of each), so that a change in the load of the shared machine hits all of them alike.
+// The order is shuffled every round and every call starts after a 10 ms pause: OpenMP
+// threads spin for a while after a parallel region, and a body that always ran right after
+// another (PyTorch's threads, in a separate process) lost up to 7 ms per call to them.
 // A body returns its own time in ms when it measured it (the PyTorch worker), else < 0.
-std::vector<Timing> time_interleaved(const std::vector<std::function<double()>>& bodies,
-                                     int reps) {
+std::vector<Timing> time_interleaved(const std::vector<std::function<double()>>& bodies, int reps) {
   for (const auto& body : bodies) body();  // warm-up: cached primitives, scratch, page faults
   std::vector<std::vector<double>> times(bodies.size());
+  std::vector<std::size_t> order(bodies.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::mt19937 shuffle_rng(12345);
   for (int r = 0; r < reps; ++r) {
-    for (std::size_t i = 0; i < bodies.size(); ++i) {
+    std::shuffle(order.begin(), order.end(), shuffle_rng);
+    for (std::size_t i : order) {
+      // Let the previous body's OpenMP threads (ours or PyTorch's) stop spinning first.
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
       auto t0 = std::chrono::steady_clock::now();
       double reported = bodies[i]();
       auto t1 = std::chrono::steady_clock::now();
-      times[i].push_back(reported >= 0
-                             ? reported
-                             : std::chrono::duration<double, std::milli>(t1 - t0).count());
+      times[i].push_back(
+          reported >= 0 ? reported : std::chrono::duration<double, std::milli>(t1 - t0).count());
     }
   }
   std::vector<Timing> out;
@@ -119,7 +127,8 @@ class TorchWorker {
         "import sys, time, torch\n"
         "import torch.nn.functional as F\n"
         "torch.set_num_threads(int(sys.argv[1]))\n"
-        "print('torch', torch.__version__, 'threads', torch.get_num_threads(), 'mkldnn', torch.backends.mkldnn.is_available(), flush=True)\n"
+        "print('torch', torch.__version__, 'threads', torch.get_num_threads(), 'mkldnn', "
+        "torch.backends.mkldnn.is_available(), flush=True)\n"
         "cases = {}\n"
         "for line in sys.stdin:\n"
         "    f = line.split()\n"
@@ -128,8 +137,10 @@ class TorchWorker {
         "        x = torch.randn(n, c, h, w); wt = torch.randn(o, c, k, k); b = torch.randn(o)\n"
         "        dy = torch.randn_like(F.conv2d(x, wt, b, st, pad))\n"
         "        cases = {'fwd': lambda: F.conv2d(x, wt, b, st, pad),\n"
-        "                 'bwd-data': lambda: torch.ops.aten.convolution_backward(dy, x, wt, [o], [st, st], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False]),\n"
-        "                 'bwd-weight': lambda: torch.ops.aten.convolution_backward(dy, x, wt, [o], [st, st], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, True])}\n"
+        "                 'bwd-data': lambda: torch.ops.aten.convolution_backward(dy, x, wt, [o], "
+        "[st, st], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False]),\n"
+        "                 'bwd-weight': lambda: torch.ops.aten.convolution_backward(dy, x, wt, "
+        "[o], [st, st], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, True])}\n"
         "        print('ok', flush=True)\n"
         "    else:\n"
         "        with torch.no_grad():\n"
@@ -203,7 +214,8 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
   for (float x : want) scale = std::max(scale, double(std::fabs(x)));
   double worst = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
-    double err = std::fabs(double(got[i]) - double(want[i])) / (1e-3 * scale + std::fabs(double(want[i])));
+    double err =
+        std::fabs(double(got[i]) - double(want[i])) / (1e-3 * scale + std::fabs(double(want[i])));
     if (!(err <= worst)) worst = err;  // NaN stays
   }
   return worst;
@@ -212,23 +224,40 @@ double max_relative_error(const std::vector<float>& got, const std::vector<float
 using Method = std::function<bool(const Conv2dShape&, Direction, Buffers&)>;  // false: n/a
 
 bool run_sela(const Conv2dShape& s, Direction d, Buffers& b) {
-  if (d == kForward) sela::cpu::conv2d_forward<float>(s, b.input.data(), b.weight.data(), b.bias.data(), b.output.data());
-  if (d == kBackwardInput) sela::cpu::conv2d_backward_input<float>(s, b.grad_output.data(), b.weight.data(), b.grad_input.data());
-  if (d == kBackwardWeight) sela::cpu::conv2d_backward_weight<float>(s, b.input.data(), b.grad_output.data(), b.grad_weight.data(), b.grad_bias.data());
+  if (d == kForward)
+    sela::cpu::conv2d_forward<float>(s, b.input.data(), b.weight.data(), b.bias.data(),
+                                     b.output.data());
+  if (d == kBackwardInput)
+    sela::cpu::conv2d_backward_input<float>(s, b.grad_output.data(), b.weight.data(),
+                                            b.grad_input.data());
+  if (d == kBackwardWeight)
+    sela::cpu::conv2d_backward_weight<float>(s, b.input.data(), b.grad_output.data(),
+                                             b.grad_weight.data(), b.grad_bias.data());
   return true;
 }
 
 bool run_im2col(const Conv2dShape& s, Direction d, Buffers& b) {
-  if (d == kForward) sela::cpu::conv2d_forward_im2col<float>(s, b.input.data(), b.weight.data(), b.bias.data(), b.output.data());
-  if (d == kBackwardInput) sela::cpu::conv2d_backward_input_im2col<float>(s, b.grad_output.data(), b.weight.data(), b.grad_input.data());
-  if (d == kBackwardWeight) sela::cpu::conv2d_backward_weight_im2col<float>(s, b.input.data(), b.grad_output.data(), b.grad_weight.data(), b.grad_bias.data());
+  if (d == kForward)
+    sela::cpu::conv2d_forward_im2col<float>(s, b.input.data(), b.weight.data(), b.bias.data(),
+                                            b.output.data());
+  if (d == kBackwardInput)
+    sela::cpu::conv2d_backward_input_im2col<float>(s, b.grad_output.data(), b.weight.data(),
+                                                   b.grad_input.data());
+  if (d == kBackwardWeight)
+    sela::cpu::conv2d_backward_weight_im2col<float>(s, b.input.data(), b.grad_output.data(),
+                                                    b.grad_weight.data(), b.grad_bias.data());
   return true;
 }
 
 bool run_dnnl(const Conv2dShape& s, Direction d, Buffers& b) {
-  if (d == kForward) return sela::cpu::conv2d_forward_dnnl(s, b.input.data(), b.weight.data(), b.bias.data(), b.output.data());
-  if (d == kBackwardInput) return sela::cpu::conv2d_backward_input_dnnl(s, b.grad_output.data(), b.weight.data(), b.grad_input.data());
-  return sela::cpu::conv2d_backward_weight_dnnl(s, b.input.data(), b.grad_output.data(), b.grad_weight.data(), b.grad_bias.data());
+  if (d == kForward)
+    return sela::cpu::conv2d_forward_dnnl(s, b.input.data(), b.weight.data(), b.bias.data(),
+                                          b.output.data());
+  if (d == kBackwardInput)
+    return sela::cpu::conv2d_backward_input_dnnl(s, b.grad_output.data(), b.weight.data(),
+                                                 b.grad_input.data());
+  return sela::cpu::conv2d_backward_weight_dnnl(s, b.input.data(), b.grad_output.data(),
+                                                b.grad_weight.data(), b.grad_bias.data());
 }
 
 #if defined(SELA_CPU_CONV_DNNL)
@@ -236,8 +265,8 @@ bool run_dnnl(const Conv2dShape& s, Direction d, Buffers& b) {
 // the primitive uses its own layouts and only the primitive is timed (`core`), its operands
 // prepared once by reorders outside the timing. Throws dnnl::error when oneDNN declines.
 struct DnnlVariant {
-  std::string implementation;                // the library's name for what it picked
-  std::function<void()> run;                 // the primitive alone
+  std::string implementation;                  // the library's name for what it picked
+  std::function<void()> run;                   // the primitive alone
   std::function<std::vector<float>()> result;  // output reordered back to our layout
 };
 
@@ -273,7 +302,8 @@ DnnlVariant prepare_dnnl_variant(const Conv2dShape& s, Direction d, Buffers& b, 
     storage->emplace_back(std::aligned_alloc(64, (bytes + 63) / 64 * 64), std::free);
     return storage->back().get();
   };
-  auto library_memory = [&](const memory::desc& md, const memory::desc& plain_md, float* plain_ptr) {
+  auto library_memory = [&](const memory::desc& md, const memory::desc& plain_md,
+                            float* plain_ptr) {
     memory m(md, engine, aligned(md.get_size()));
     memory p(plain_md, engine, plain_ptr);
     dnnl::reorder(p, m).execute(*stream, p, m);
@@ -292,31 +322,36 @@ DnnlVariant prepare_dnnl_variant(const Conv2dShape& s, Direction d, Buffers& b, 
     primitive = dnnl::convolution_forward(forward_pd);
     v.implementation = forward_pd.impl_info_str();
     args = {{DNNL_ARG_SRC, library_memory(forward_pd.src_desc(), plain_src, b.input.data())},
-            {DNNL_ARG_WEIGHTS, library_memory(forward_pd.weights_desc(), plain_weight, b.weight.data())},
+            {DNNL_ARG_WEIGHTS,
+             library_memory(forward_pd.weights_desc(), plain_weight, b.weight.data())},
             {DNNL_ARG_BIAS, memory(bias_md, engine, b.bias.data())}};
     out_memory = library_memory(forward_pd.dst_desc(), plain_dst, b.output.data());
     args[DNNL_ARG_DST] = out_memory;
     out_plain = plain_dst, out_ptr = b.output.data();
   } else if (d == kBackwardInput) {
     dnnl::convolution_backward_data::primitive_desc pd(
-        dnnl::convolution_backward_data::desc(algorithm, src_md, weight_md, dst_md, strides, pad_l, pad_r),
+        dnnl::convolution_backward_data::desc(algorithm, src_md, weight_md, dst_md, strides, pad_l,
+                                              pad_r),
         engine, forward_pd);
     primitive = dnnl::convolution_backward_data(pd);
     v.implementation = pd.impl_info_str();
-    args = {{DNNL_ARG_DIFF_DST, library_memory(pd.diff_dst_desc(), plain_dst, b.grad_output.data())},
-            {DNNL_ARG_WEIGHTS, library_memory(pd.weights_desc(), plain_weight, b.weight.data())}};
+    args = {
+        {DNNL_ARG_DIFF_DST, library_memory(pd.diff_dst_desc(), plain_dst, b.grad_output.data())},
+        {DNNL_ARG_WEIGHTS, library_memory(pd.weights_desc(), plain_weight, b.weight.data())}};
     out_memory = library_memory(pd.diff_src_desc(), plain_src, b.grad_input.data());
     args[DNNL_ARG_DIFF_SRC] = out_memory;
     out_plain = plain_src, out_ptr = b.grad_input.data();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        dnnl::convolution_backward_weights::desc(algorithm, src_md, weight_md, bias_md, dst_md, strides, pad_l, pad_r),
+        dnnl::convolution_backward_weights::desc(algorithm, src_md, weight_md, bias_md, dst_md,
+                                                 strides, pad_l, pad_r),
         engine, forward_pd);
     primitive = dnnl::convolution_backward_weights(pd);
     v.implementation = pd.impl_info_str();
-    args = {{DNNL_ARG_SRC, library_memory(pd.src_desc(), plain_src, b.input.data())},
-            {DNNL_ARG_DIFF_DST, library_memory(pd.diff_dst_desc(), plain_dst, b.grad_output.data())},
-            {DNNL_ARG_DIFF_BIAS, memory(bias_md, engine, b.grad_bias.data())}};
+    args = {
+        {DNNL_ARG_SRC, library_memory(pd.src_desc(), plain_src, b.input.data())},
+        {DNNL_ARG_DIFF_DST, library_memory(pd.diff_dst_desc(), plain_dst, b.grad_output.data())},
+        {DNNL_ARG_DIFF_BIAS, memory(bias_md, engine, b.grad_bias.data())}};
     out_memory = library_memory(pd.diff_weights_desc(), plain_weight, b.grad_weight.data());
     args[DNNL_ARG_DIFF_WEIGHTS] = out_memory;
     out_plain = plain_weight, out_ptr = b.grad_weight.data();
@@ -345,23 +380,30 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     bool has_value = i + 1 < argc;
-    if (arg == "--batch" && has_value) batch = std::stoll(argv[++i]);
-    else if (arg == "--reps" && has_value) reps = std::stoi(argv[++i]);
-    else if (arg == "--threads" && has_value) threads = std::stoi(argv[++i]);
-    else if (arg == "--only" && has_value) only = argv[++i];
-    else if (arg == "--torch") torch = true;
+    if (arg == "--batch" && has_value)
+      batch = std::stoll(argv[++i]);
+    else if (arg == "--reps" && has_value)
+      reps = std::stoi(argv[++i]);
+    else if (arg == "--threads" && has_value)
+      threads = std::stoi(argv[++i]);
+    else if (arg == "--only" && has_value)
+      only = argv[++i];
+    else if (arg == "--torch")
+      torch = true;
     else {
-      std::fprintf(stderr, "usage: conv_lab [--batch 128] [--reps 5] [--threads 0 (all)] "
-                           "[--only NAME] [--torch]\n");
+      std::fprintf(stderr,
+                   "usage: conv_lab [--batch 128] [--reps 5] [--threads 0 (all)] "
+                   "[--only NAME] [--torch]\n");
       return arg == "--help" ? 0 : 2;
     }
   }
   sela::cpu::set_num_threads(threads);
   threads = sela::cpu::num_threads();
-  std::printf("# conv_lab: batch %lld, %d threads, %d timed reps after 1 warm-up; conv2d "
-              "backend %s, gemm backend %s\n",
-              (long long)batch, threads, reps, sela::cpu::conv2d_backend_name(),
-              sela::cpu::gemm_backend_name());
+  std::printf(
+      "# conv_lab: batch %lld, %d threads, %d timed reps after 1 warm-up; conv2d "
+      "backend %s, gemm backend %s\n",
+      (long long)batch, threads, reps, sela::cpu::conv2d_backend_name(),
+      sela::cpu::gemm_backend_name());
   std::printf("%-6s %-10s %-11s %12s %12s %15s %s\n", "layer", "direction", "method", "median",
               "min", "rate (median)", "max rel err vs im2col");
 
@@ -427,7 +469,12 @@ int main(int argc, char** argv) {
                                                      sela::cpu::Conv2dDirection::backward_weight};
           note = sela::cpu::conv2d_implementation(s, dirs[d]);
         }
-        entries.push_back({m.name, note, [&, m, d] { m.method(s, d, b); return -1.0; }, err});
+        entries.push_back({m.name, note,
+                           [&, m, d] {
+                             m.method(s, d, b);
+                             return -1.0;
+                           },
+                           err});
       }
 #if defined(SELA_CPU_CONV_DNNL)
       for (int variant = 0; variant < 3; ++variant) {
@@ -437,7 +484,12 @@ int main(int argc, char** argv) {
           DnnlVariant v = prepare_dnnl_variant(s, d, b, plain, direct);
           v.run();
           double err = max_relative_error(v.result(), reference);
-          entries.push_back({name, v.implementation, [run = v.run] { run(); return -1.0; }, err});
+          entries.push_back({name, v.implementation,
+                             [run = v.run] {
+                               run();
+                               return -1.0;
+                             },
+                             err});
         } catch (const dnnl::error& e) {
           std::printf("%-6s %-10s %-11s declined: %s\n", layer.name.c_str(), kDirectionNames[d],
                       name, e.what());
@@ -457,7 +509,8 @@ int main(int argc, char** argv) {
                     layer.name.c_str(), kDirectionNames[d], entries[i].name.c_str(), t.median_ms,
                     t.min_ms, flop / t.median_ms * 1e-6, entries[i].error, entries[i].note.c_str());
         for (std::size_t k = 0; k < totals_names.size(); ++k)
-          if (totals_names[k] == entries[i].name) totals[k] += t.median_ms, totals_min[k] += t.min_ms;
+          if (totals_names[k] == entries[i].name)
+            totals[k] += t.median_ms, totals_min[k] += t.min_ms;
       }
       std::fflush(stdout);
     }

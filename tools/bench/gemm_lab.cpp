@@ -33,6 +33,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
@@ -114,8 +115,8 @@ void add_dnnl(std::vector<Backend>* backends) {
   backends->push_back({"dnnl", "dnnl_sgemm (OpenMP threads)",
                        [fn](const Shape& s, const float* a, std::int64_t lda, const float* b,
                             std::int64_t ldb, float* c, std::int64_t ldc) {
-                         int status = fn(s.transpose_a ? 'T' : 'N', s.transpose_b ? 'T' : 'N',
-                                         s.m, s.n, s.k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+                         int status = fn(s.transpose_a ? 'T' : 'N', s.transpose_b ? 'T' : 'N', s.m,
+                                         s.n, s.k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
                          if (status != 0) std::printf("# dnnl_sgemm status %d\n", status);
                        }});
 }
@@ -160,7 +161,8 @@ void add_blis(std::vector<Backend>* backends, int threads) {
                       const float*, std::int64_t, std::int64_t, const float*, std::int64_t,
                       std::int64_t, const float*, float*, std::int64_t, std::int64_t);
   auto fn = reinterpret_cast<Fn>(dlsym(lib, "bli_sgemm"));
-  auto set_threads = reinterpret_cast<void (*)(std::int64_t)>(dlsym(lib, "bli_thread_set_num_threads"));
+  auto set_threads =
+      reinterpret_cast<void (*)(std::int64_t)>(dlsym(lib, "bli_thread_set_num_threads"));
   auto arch_id = reinterpret_cast<int (*)()>(dlsym(lib, "bli_arch_query_id"));
   auto arch_name = reinterpret_cast<const char* (*)(int)>(dlsym(lib, "bli_arch_string"));
   auto version = reinterpret_cast<const char* (*)()>(dlsym(lib, "bli_info_get_version_str"));
@@ -173,8 +175,8 @@ void add_blis(std::vector<Backend>* backends, int threads) {
                             std::int64_t ldb, float* c, std::int64_t ldc) {
                          const float one = 1.0f, zero = 0.0f;
                          fn(s.transpose_a ? kBlisTranspose : kBlisNoTranspose,
-                            s.transpose_b ? kBlisTranspose : kBlisNoTranspose, s.m, s.n, s.k,
-                            &one, a, lda, 1, b, ldb, 1, &zero, c, ldc, 1);
+                            s.transpose_b ? kBlisTranspose : kBlisNoTranspose, s.m, s.n, s.k, &one,
+                            a, lda, 1, b, ldb, 1, &zero, c, ldc, 1);
                        }});
 }
 
@@ -189,21 +191,28 @@ Stats summarize(std::vector<double> v) {
   return {v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]), v.front()};
 }
 
-// Times every body `reps` times, round-robin (one call of each per round, after one warm-up
+// Times every body `reps` times in rounds (one call of each per round, after one warm-up
 // call of each), so that a change in the load of the shared machine hits all of them alike.
+// The order is shuffled every round and every call starts after a 10 ms pause: OpenMP
+// threads spin for a while after a parallel region, and a body that always ran right after
+// another (PyTorch's threads, in a separate process) lost up to 7 ms per call to them.
 // A body returns its own time in ms when it measured it (the PyTorch worker), else < 0.
-std::vector<Stats> time_interleaved(const std::vector<std::function<double()>>& bodies,
-                                    int reps) {
+std::vector<Stats> time_interleaved(const std::vector<std::function<double()>>& bodies, int reps) {
   for (const auto& body : bodies) body();  // warm-up: page faults, library scratch, JIT
   std::vector<std::vector<double>> times(bodies.size());
+  std::vector<std::size_t> order(bodies.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::mt19937 shuffle_rng(12345);
   for (int r = 0; r < reps; ++r) {
-    for (std::size_t i = 0; i < bodies.size(); ++i) {
+    std::shuffle(order.begin(), order.end(), shuffle_rng);
+    for (std::size_t i : order) {
+      // Let the previous body's OpenMP threads (ours or PyTorch's) stop spinning first.
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
       auto t0 = std::chrono::steady_clock::now();
       double reported = bodies[i]();
       auto t1 = std::chrono::steady_clock::now();
-      times[i].push_back(reported >= 0
-                             ? reported
-                             : std::chrono::duration<double, std::milli>(t1 - t0).count());
+      times[i].push_back(
+          reported >= 0 ? reported : std::chrono::duration<double, std::milli>(t1 - t0).count());
     }
   }
   std::vector<Stats> out;
@@ -302,12 +311,18 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (arg == "--batch") batch = std::stoll(value());
-    else if (arg == "--reps") reps = std::stoi(value());
-    else if (arg == "--threads") threads = std::stoi(value());
-    else if (arg == "--only") only = value();
-    else if (arg == "--skip") skip = "," + value() + ",";
-    else if (arg == "--torch") torch = true;
+    if (arg == "--batch")
+      batch = std::stoll(value());
+    else if (arg == "--reps")
+      reps = std::stoi(value());
+    else if (arg == "--threads")
+      threads = std::stoi(value());
+    else if (arg == "--only")
+      only = value();
+    else if (arg == "--skip")
+      skip = "," + value() + ",";
+    else if (arg == "--torch")
+      torch = true;
     else {
       std::fprintf(stderr,
                    "usage: gemm_lab [--batch 128] [--reps 5] [--threads 0 (all)] "
@@ -322,14 +337,14 @@ int main(int argc, char** argv) {
   backends.push_back({"sela", std::string("sela::cpu::gemm -> ") + sela::cpu::gemm_backend_name(),
                       [](const Shape& s, const float* a, std::int64_t lda, const float* b,
                          std::int64_t ldb, float* c, std::int64_t ldc) {
-                        sela::cpu::gemm<float>(s.transpose_a, s.transpose_b, s.m, s.n, s.k, 1.0f,
-                                               a, lda, b, ldb, 0.0f, c, ldc);
+                        sela::cpu::gemm<float>(s.transpose_a, s.transpose_b, s.m, s.n, s.k, 1.0f, a,
+                                               lda, b, ldb, 0.0f, c, ldc);
                       }});
   backends.push_back({"builtin", sela::cpu::gemm_builtin_tile_name<float>(),
                       [](const Shape& s, const float* a, std::int64_t lda, const float* b,
                          std::int64_t ldb, float* c, std::int64_t ldc) {
-                        sela::cpu::gemm_builtin<float>(s.transpose_a, s.transpose_b, s.m, s.n,
-                                                       s.k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+                        sela::cpu::gemm_builtin<float>(s.transpose_a, s.transpose_b, s.m, s.n, s.k,
+                                                       1.0f, a, lda, b, ldb, 0.0f, c, ldc);
                       }});
   add_dnnl(&backends);
   add_openblas(&backends, threads);
@@ -363,12 +378,13 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) {
     // Stored A is (m, k) or (k, m) when transposed; B is (k, n) or (n, k).
     std::int64_t lda = s.transpose_a ? s.m : s.k, ldb = s.transpose_b ? s.k : s.n;
-    std::vector<float> a(static_cast<std::size_t>(s.m * s.k)), b(static_cast<std::size_t>(s.k * s.n));
+    std::vector<float> a(static_cast<std::size_t>(s.m * s.k)),
+        b(static_cast<std::size_t>(s.k * s.n));
     for (float& x : a) x = uniform(rng);
     for (float& x : b) x = uniform(rng);
     std::vector<float> reference(static_cast<std::size_t>(s.m * s.n));
-    sela::cpu::gemm_builtin<float>(s.transpose_a, s.transpose_b, s.m, s.n, s.k, 1.0f, a.data(),
-                                   lda, b.data(), ldb, 0.0f, reference.data(), s.n);
+    sela::cpu::gemm_builtin<float>(s.transpose_a, s.transpose_b, s.m, s.n, s.k, 1.0f, a.data(), lda,
+                                   b.data(), ldb, 0.0f, reference.data(), s.n);
     double flop = 2.0 * double(s.m) * double(s.n) * double(s.k);
     total_flop += flop;
     std::vector<std::vector<float>> outputs(backends.size());
@@ -401,16 +417,16 @@ int main(int argc, char** argv) {
       total_min_ms[bi] += stats[bi].min;
       std::printf("%-24s %7lld %7lld %7lld  %-9s %9.3f ms %9.3f ms %7.1f GFLOP/s %.2e\n",
                   s.name.c_str(), static_cast<long long>(s.m), static_cast<long long>(s.n),
-                  static_cast<long long>(s.k), names[bi].c_str(), stats[bi].median,
-                  stats[bi].min, flop / stats[bi].median * 1e-6, bi < errors.size() ? errors[bi] : 0.0);
+                  static_cast<long long>(s.k), names[bi].c_str(), stats[bi].median, stats[bi].min,
+                  flop / stats[bi].median * 1e-6, bi < errors.size() ? errors[bi] : 0.0);
     }
     std::fflush(stdout);
   }
   std::printf("# totals over %zu shapes (%.1f GFLOP):\n", shapes.size(), total_flop * 1e-9);
   for (std::size_t bi = 0; bi < names.size(); ++bi)
     if (total_ms[bi] > 0)
-      std::printf("# total %-9s %9.1f ms (sum of medians) %7.1f GFLOP/s   %9.1f ms (sum of minima)\n",
-                  names[bi].c_str(), total_ms[bi], total_flop / total_ms[bi] * 1e-6,
-                  total_min_ms[bi]);
+      std::printf(
+          "# total %-9s %9.1f ms (sum of medians) %7.1f GFLOP/s   %9.1f ms (sum of minima)\n",
+          names[bi].c_str(), total_ms[bi], total_flop / total_ms[bi] * 1e-6, total_min_ms[bi]);
   return 0;
 }
