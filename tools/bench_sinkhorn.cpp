@@ -41,7 +41,9 @@ struct SplitMix64 {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  double uniform() {
+    return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  }
   // Two standard normals by Box-Muller.
   void normal_pair(float* a, float* b) {
     double radius = std::sqrt(-2.0 * std::log(uniform()));
@@ -62,8 +64,10 @@ std::vector<float> make_logits(std::int64_t n, std::int64_t k, std::int64_t cent
   sela::cpu::parallel_for(0, n, 512, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> eps(cols + 1);
     for (std::int64_t i = begin; i < end; ++i) {
-      SplitMix64 rng{(seed + 1) * 0x9E3779B97F4A7C15ull ^ (static_cast<std::uint64_t>(i) * 0xD1B54A32D192ED03ull)};
-      const std::size_t m = static_cast<std::size_t>(rng.next() % static_cast<std::uint64_t>(centres));
+      SplitMix64 rng{(seed + 1) * 0x9E3779B97F4A7C15ull ^
+                     (static_cast<std::uint64_t>(i) * 0xD1B54A32D192ED03ull)};
+      const std::size_t m =
+          static_cast<std::size_t>(rng.next() % static_cast<std::uint64_t>(centres));
       for (std::size_t j = 0; j < cols; j += 2) rng.normal_pair(&eps[j], &eps[j + 1]);
       float* row = logits.data() + static_cast<std::size_t>(i) * cols;
       const float* centre = mu.data() + m * cols;
@@ -81,16 +85,19 @@ double median(std::vector<double> values) {
 }  // namespace
 
 int run_bench_sinkhorn(const Args& args) {
-  cli::Flags flags("sela bench sinkhorn",
-                   "Times the SeLa label assignment (fused Sinkhorn-Knopp from logits) end to end.");
+  cli::Flags flags(
+      "sela bench sinkhorn",
+      "Times the SeLa label assignment (fused Sinkhorn-Knopp from logits) end to end.");
   flags.add("n", "200000", "number of samples N (ignored with --logits)");
   flags.add("k", "1000", "number of clusters K (ignored with --logits)");
   flags.add("lambda", "25", "sharpness lambda (A = softmax(z)^lambda)");
   flags.add("tol", "0.1", "stop when sum_i |c_i/c_new_i - 1| <= tol");
   flags.add("check-every", "10", "measure the stopping rule every this many iterations");
   flags.add("max-iters", "2000", "iteration cap (reaching it is a warning)");
+  flags.add("omega", "1",
+            "over-relaxation omega in [1, 2) with a safeguard (1: off, the published algorithm)");
   flags.add("device", "cpu", "cpu or cuda");
-  flags.add("storage", "f16", "how A is stored: f32, f16 or bf16");
+  flags.add("storage", "bf16", "how A is stored: f32, f16 or bf16");
   flags.add("threads", "0", "CPU threads (0: all)");
   flags.add("seed", "1", "seed of the random logits");
   flags.add("centres", "0", "latent centres of the random logits (0: 3K)");
@@ -100,7 +107,8 @@ int run_bench_sinkhorn(const Args& args) {
   flags.add("save-logits", "", "write the logits used (float32, N x K) to this .npy file");
   flags.add("repeat", "1", "solve this many times and report the median");
   flags.add("verbose", "0", "1: print the memory plan and a summary per solve");
-  flags.add_switch("reference", "also run the float64 reference (small N x K only) and compare labels");
+  flags.add_switch("reference",
+                   "also run the float64 reference (small N x K only) and compare labels");
   flags.add_switch("json", "print one JSON object on the last line");
   if (!flags.parse(args)) return 0;
 
@@ -110,6 +118,7 @@ int run_bench_sinkhorn(const Args& args) {
   options.tol = flags.get_double("tol");
   options.check_every = flags.get_int("check-every");
   options.max_iters = flags.get_int("max-iters");
+  options.over_relaxation = flags.get_double("omega");
   options.storage = assign::parse_storage(flags.get("storage"));
   options.device = Device::parse(flags.get("device"));
   options.verbose = static_cast<int>(flags.get_int("verbose"));
@@ -132,11 +141,13 @@ int run_bench_sinkhorn(const Args& args) {
     logits = assign::read_npy_f32(flags.get("logits"), &shape);
     read_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     SELA_CHECK(shape.size() == 2, "sela bench sinkhorn",
-               flags.get("logits") << ": logits must be 2-D (N, K), got " << shape.size() << " dimensions");
+               flags.get("logits")
+                   << ": logits must be 2-D (N, K), got " << shape.size() << " dimensions");
     n = shape[0];
     k = shape[1];
     std::ostringstream text;
-    text << "file " << flags.get("logits") << " (read in " << std::fixed << std::setprecision(2) << read_seconds << " s)";
+    text << "file " << flags.get("logits") << " (read in " << std::fixed << std::setprecision(2)
+         << read_seconds << " s)";
     source = text.str();
   } else {
     SELA_CHECK(n >= 1 && k >= 1, "sela bench sinkhorn", "--n and --k must be >= 1");
@@ -145,14 +156,19 @@ int run_bench_sinkhorn(const Args& args) {
     const double noise = flags.get_double("noise");
     logits = make_logits(n, k, centres, noise, static_cast<std::uint64_t>(flags.get_int("seed")));
     std::ostringstream text;
-    text << "random: " << centres << " latent centres N(0,1), noise " << noise << ", seed " << flags.get_int("seed");
+    text << "random: " << centres << " latent centres N(0,1), noise " << noise << ", seed "
+         << flags.get_int("seed");
     source = text.str();
   }
-  if (!flags.get("save-logits").empty()) assign::write_npy(flags.get("save-logits"), logits.data(), {n, k});
+  if (!flags.get("save-logits").empty())
+    assign::write_npy(flags.get("save-logits"), logits.data(), {n, k});
 
-  std::cout << "sela bench sinkhorn: N=" << n << " K=" << k << " lambda=" << options.lambda << " tol=" << options.tol
-            << " storage=" << assign::storage_name(options.storage) << " threads=" << sela::cpu::num_threads()
-            << " device=" << options.device.str() << "\n";
+  std::cout << "sela bench sinkhorn: N=" << n << " K=" << k << " lambda=" << options.lambda
+            << " tol=" << options.tol << " storage=" << assign::storage_name(options.storage)
+            << " threads=" << sela::cpu::num_threads() << " device=" << options.device.str();
+  if (options.over_relaxation != 1.0)
+    std::cout << " over-relaxation omega=" << options.over_relaxation;
+  std::cout << "\n";
   std::cout << "logits: " << source << "\n";
 
   assign::SinkhornSolver solver(options);
@@ -169,22 +185,29 @@ int run_bench_sinkhorn(const Args& args) {
 
   std::cout << std::setprecision(4);
   std::cout << "prepare (logits -> A): " << result.prepare_seconds << " s\n";
-  std::cout << "iterations: " << result.iterations << (result.converged ? " (converged" : " (NOT converged")
-            << ", stop error " << result.stop_error << "), " << ms_per_iter << " ms/iter, " << gbps
+  std::cout << "iterations: " << result.iterations
+            << (result.converged ? " (converged" : " (NOT converged") << ", stop error "
+            << result.stop_error << "), " << ms_per_iter << " ms/iter, " << gbps
             << " GB/s effective (" << result.bytes_per_iteration / 1e6 << " MB of A per pass)\n";
-  std::cout << "labels: " << result.label_seconds << " s; marginal errors row " << result.row_marginal_error
-            << " column " << result.col_marginal_error << "; clusters min/max/empty " << result.cluster_min << "/"
-            << result.cluster_max << "/" << result.clusters_empty << "\n";
+  std::cout << "labels: " << result.label_seconds << " s; marginal errors row "
+            << result.row_marginal_error << " column " << result.col_marginal_error
+            << "; clusters min/max/empty " << result.cluster_min << "/" << result.cluster_max << "/"
+            << result.clusters_empty << "\n";
+  if (result.over_relaxation_stopped_at >= 0) {
+    std::cout << "over-relaxation stopped by the safeguard at iteration "
+              << result.over_relaxation_stopped_at << "\n";
+  }
   std::cout << "total: " << total_s << " s (median of " << repeat << ")\n";
 
   double agreement = -1.0;
   if (flags.get_switch("reference")) {
     assign::SinkhornResult ref = assign::sinkhorn_reference(logits.data(), n, k, options, "head0");
     std::int64_t same = 0;
-    for (std::size_t i = 0; i < ref.labels.size(); ++i) same += ref.labels[i] == result.labels[i] ? 1 : 0;
+    for (std::size_t i = 0; i < ref.labels.size(); ++i)
+      same += ref.labels[i] == result.labels[i] ? 1 : 0;
     agreement = static_cast<double>(same) / static_cast<double>(n);
-    std::cout << "reference (float64, C++): " << ref.iterations << " iterations, " << ref.total_seconds
-              << " s; labels identical " << 100.0 * agreement << "%\n";
+    std::cout << "reference (float64, C++): " << ref.iterations << " iterations, "
+              << ref.total_seconds << " s; labels identical " << 100.0 * agreement << "%\n";
   }
   if (!flags.get("labels-out").empty()) {
     assign::write_npy(flags.get("labels-out"), result.labels.data(), {n});
@@ -193,17 +216,24 @@ int run_bench_sinkhorn(const Args& args) {
   if (flags.get_switch("json")) {
     std::ostringstream json;
     json << std::setprecision(6);
-    json << "{\"n\": " << n << ", \"k\": " << k << ", \"lambda\": " << options.lambda << ", \"tol\": " << options.tol
-         << ", \"storage\": \"" << assign::storage_name(options.storage) << "\", \"device\": \""
-         << options.device.str() << "\", \"threads\": " << sela::cpu::num_threads()
-         << ", \"iterations\": " << result.iterations << ", \"converged\": " << (result.converged ? "true" : "false")
+    json << "{\"n\": " << n << ", \"k\": " << k << ", \"lambda\": " << options.lambda
+         << ", \"tol\": " << options.tol << ", \"storage\": \""
+         << assign::storage_name(options.storage) << "\", \"device\": \"" << options.device.str()
+         << "\", \"threads\": " << sela::cpu::num_threads()
+         << ", \"iterations\": " << result.iterations
+         << ", \"converged\": " << (result.converged ? "true" : "false")
          << ", \"stop_error\": " << result.stop_error << ", \"ms_per_iter\": " << ms_per_iter
          << ", \"gbps\": " << gbps << ", \"prepare_s\": " << result.prepare_seconds
          << ", \"iterate_s\": " << iterate_s << ", \"label_s\": " << result.label_seconds
          << ", \"total_s\": " << total_s << ", \"read_s\": " << read_seconds
-         << ", \"row_error\": " << result.row_marginal_error << ", \"col_error\": " << result.col_marginal_error
-         << ", \"cluster_min\": " << result.cluster_min << ", \"cluster_max\": " << result.cluster_max
-         << ", \"clusters_empty\": " << result.clusters_empty << ", \"repeat\": " << repeat;
+         << ", \"row_error\": " << result.row_marginal_error
+         << ", \"col_error\": " << result.col_marginal_error
+         << ", \"cluster_min\": " << result.cluster_min
+         << ", \"cluster_max\": " << result.cluster_max
+         << ", \"clusters_empty\": " << result.clusters_empty
+         << ", \"omega\": " << options.over_relaxation
+         << ", \"omega_stopped_at\": " << result.over_relaxation_stopped_at
+         << ", \"floor_mass\": " << result.floor_mass << ", \"repeat\": " << repeat;
     if (agreement >= 0.0) json << ", \"reference_agreement\": " << agreement;
     json << "}";
     std::cout << json.str() << std::endl;

@@ -13,9 +13,14 @@
 namespace sela::cpu {
 namespace {
 
+// Asked once: hardware_concurrency() reads /sys on every call, and num_threads() is on
+// every kernel's path.
 int hardware_threads() {
-  unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
+  static const int count = [] {
+    unsigned n = std::thread::hardware_concurrency();
+    return n == 0 ? 1 : static_cast<int>(n);
+  }();
+  return count;
 }
 
 std::atomic<int> g_threads{0};  // 0 until set: use all hardware threads

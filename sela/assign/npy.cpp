@@ -43,7 +43,8 @@ class HeaderText {
   }
   std::string quoted() {
     skip_space();
-    if (pos_ >= text_.size() || (text_[pos_] != '\'' && text_[pos_] != '"')) fail("expected a quoted string");
+    if (pos_ >= text_.size() || (text_[pos_] != '\'' && text_[pos_] != '"'))
+      fail("expected a quoted string");
     char quote = text_[pos_++];
     std::size_t end = text_.find(quote, pos_);
     if (end == std::string::npos) fail("unterminated string");
@@ -66,8 +67,10 @@ class HeaderText {
     return std::stoll(digits);
   }
   [[noreturn]] void fail(const std::string& what) const {
-    SELA_FAIL_HINT("npy", path_ << ": malformed header (" << what << " at character " << pos_ << "): " << text_,
-                   "write the file with numpy.save");
+    SELA_FAIL_HINT(
+        "npy",
+        path_ << ": malformed header (" << what << " at character " << pos_ << "): " << text_,
+        "write the file with numpy.save");
   }
 
  private:
@@ -110,7 +113,8 @@ NpyHeader parse_header(const std::string& text, const std::string& path) {
       break;
     }
   }
-  if (!have_descr || !have_order || !have_shape) in.fail("the keys descr, fortran_order and shape are all required");
+  if (!have_descr || !have_order || !have_shape)
+    in.fail("the keys descr, fortran_order and shape are all required");
   return header;
 }
 
@@ -139,8 +143,9 @@ std::vector<T> read_array(const std::string& path, const char* want_descr, const
   SELA_CHECK(host_is_little_endian(), "npy", "this reader needs a little-endian host");
   NpyHeader header = read_npy_header(path);
   if (header.descr != want_descr) {
-    SELA_FAIL_HINT("npy", path << ": holds dtype '" << header.descr << "' (" << dtype_meaning(header.descr)
-                               << "), expected '" << want_descr << "' (" << want_name << ")",
+    SELA_FAIL_HINT("npy",
+                   path << ": holds dtype '" << header.descr << "' (" << dtype_meaning(header.descr)
+                        << "), expected '" << want_descr << "' (" << want_name << ")",
                    std::string("convert it with array.astype(numpy.") + want_name + ")");
   }
   if (header.fortran_order) {
@@ -150,9 +155,10 @@ std::vector<T> read_array(const std::string& path, const char* want_descr, const
   const std::int64_t count = header.element_count();
   const std::uint64_t need = static_cast<std::uint64_t>(count) * sizeof(T);
   if (header.file_bytes < header.data_offset + need) {
-    SELA_FAIL_HINT("npy", path << ": truncated: shape " << shape_text(header.shape) << " needs " << need
-                               << " bytes of data after the " << header.data_offset << "-byte header, the file has "
-                               << header.file_bytes - header.data_offset,
+    SELA_FAIL_HINT("npy",
+                   path << ": truncated: shape " << shape_text(header.shape) << " needs " << need
+                        << " bytes of data after the " << header.data_offset
+                        << "-byte header, the file has " << header.file_bytes - header.data_offset,
                    "the file was cut short; write it again");
   }
   std::vector<T> data(static_cast<std::size_t>(count));
@@ -165,7 +171,8 @@ std::vector<T> read_array(const std::string& path, const char* want_descr, const
 }
 
 template <typename T>
-void write_array(const std::string& path, const T* data, const std::vector<std::int64_t>& shape, const char* descr) {
+void write_array(const std::string& path, const T* data, const std::vector<std::int64_t>& shape,
+                 const char* descr) {
   SELA_CHECK(host_is_little_endian(), "npy", "this writer needs a little-endian host");
   std::int64_t count = 1;
   for (std::int64_t d : shape) {
@@ -173,7 +180,8 @@ void write_array(const std::string& path, const T* data, const std::vector<std::
     count *= d;
   }
   SELA_CHECK(count == 0 || data != nullptr, "npy", path << ": null data pointer");
-  std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': " + shape_text(shape) + ", }";
+  std::string dict = std::string("{'descr': '") + descr +
+                     "', 'fortran_order': False, 'shape': " + shape_text(shape) + ", }";
   // Pad so that magic + version + length field + dict + '\n' is a multiple of 64 bytes.
   int major = 1;
   std::size_t prefix = kMagicBytes + 2 + 2;
@@ -197,7 +205,8 @@ void write_array(const std::string& path, const T* data, const std::vector<std::
     for (int byte = 0; byte < 4; ++byte) out.put(static_cast<char>((length >> (8 * byte)) & 0xFF));
   }
   out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
-  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * static_cast<std::int64_t>(sizeof(T))));
+  out.write(reinterpret_cast<const char*>(data),
+            static_cast<std::streamsize>(count * static_cast<std::int64_t>(sizeof(T))));
   out.close();
   SELA_CHECK(!out.fail(), "npy", "writing " << path << " failed (disk full?)");
 }
@@ -218,11 +227,13 @@ NpyHeader read_npy_header(const std::string& path) {
   char magic[kMagicBytes + 2] = {};
   in.read(magic, sizeof(magic));
   if (!in.good() || std::memcmp(magic, kMagic, kMagicBytes) != 0) {
-    SELA_FAIL_HINT("npy", path << ": not a NumPy .npy file (no \\x93NUMPY magic)", "write it with numpy.save");
+    SELA_FAIL_HINT("npy", path << ": not a NumPy .npy file (no \\x93NUMPY magic)",
+                   "write it with numpy.save");
   }
   const int major = static_cast<unsigned char>(magic[6]);
   const int minor = static_cast<unsigned char>(magic[7]);
-  SELA_CHECK(major >= 1 && major <= 3, "npy", path << ": unsupported .npy version " << major << "." << minor);
+  SELA_CHECK(major >= 1 && major <= 3, "npy",
+             path << ": unsupported .npy version " << major << "." << minor);
   unsigned char length_bytes[4] = {};
   const int length_size = major == 1 ? 2 : 4;
   in.read(reinterpret_cast<char*>(length_bytes), length_size);
@@ -230,7 +241,8 @@ NpyHeader read_npy_header(const std::string& path) {
   std::uint64_t length = 0;
   for (int byte = length_size - 1; byte >= 0; --byte) length = (length << 8) | length_bytes[byte];
   const std::uint64_t offset = kMagicBytes + 2 + static_cast<std::uint64_t>(length_size) + length;
-  SELA_CHECK(offset <= file_bytes, "npy", path << ": truncated header (" << length << " bytes announced)");
+  SELA_CHECK(offset <= file_bytes, "npy",
+             path << ": truncated header (" << length << " bytes announced)");
   std::string text(static_cast<std::size_t>(length), '\0');
   in.read(&text[0], static_cast<std::streamsize>(length));
   SELA_CHECK(in.good() || length == 0, "npy", path << ": truncated header");
@@ -255,10 +267,12 @@ std::vector<std::int64_t> read_npy_i64(const std::string& path, std::vector<std:
 void write_npy(const std::string& path, const float* data, const std::vector<std::int64_t>& shape) {
   write_array(path, data, shape, "<f4");
 }
-void write_npy(const std::string& path, const double* data, const std::vector<std::int64_t>& shape) {
+void write_npy(const std::string& path, const double* data,
+               const std::vector<std::int64_t>& shape) {
   write_array(path, data, shape, "<f8");
 }
-void write_npy(const std::string& path, const std::int64_t* data, const std::vector<std::int64_t>& shape) {
+void write_npy(const std::string& path, const std::int64_t* data,
+               const std::vector<std::int64_t>& shape) {
   write_array(path, data, shape, "<i8");
 }
 

@@ -22,10 +22,10 @@ namespace sela::assign {
 
 struct NpyHeader {
   int major_version = 1, minor_version = 0;
-  std::string descr;                 // e.g. "<f4"
+  std::string descr;  // e.g. "<f4"
   bool fortran_order = false;
-  std::vector<std::int64_t> shape;   // () for a scalar
-  std::uint64_t data_offset = 0;     // bytes before the data
+  std::vector<std::int64_t> shape;  // () for a scalar
+  std::uint64_t data_offset = 0;    // bytes before the data
   std::uint64_t file_bytes = 0;
   std::int64_t element_count() const;  // product of shape (1 for a scalar)
 };
@@ -41,6 +41,7 @@ std::vector<std::int64_t> read_npy_i64(const std::string& path, std::vector<std:
 // Write a C-order array (version 1.0 header, or 2.0 when the header needs it).
 void write_npy(const std::string& path, const float* data, const std::vector<std::int64_t>& shape);
 void write_npy(const std::string& path, const double* data, const std::vector<std::int64_t>& shape);
-void write_npy(const std::string& path, const std::int64_t* data, const std::vector<std::int64_t>& shape);
+void write_npy(const std::string& path, const std::int64_t* data,
+               const std::vector<std::int64_t>& shape);
 
 }  // namespace sela::assign

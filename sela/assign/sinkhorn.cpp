@@ -49,6 +49,8 @@ std::string format_bytes(std::uint64_t bytes) {
     out << static_cast<double>(bytes) / static_cast<double>(1ull << 30) << " GiB";
   } else if (bytes >= (1ull << 20)) {
     out << static_cast<double>(bytes) / static_cast<double>(1ull << 20) << " MiB";
+  } else if (bytes >= (1ull << 10)) {
+    out << static_cast<double>(bytes) / static_cast<double>(1ull << 10) << " KiB";
   } else {
     out << bytes << " B";
   }
@@ -81,11 +83,14 @@ void check_options(const SinkhornOptions& options, const char* op) {
              "tol must be >= 0, got " << options.tol);
   SELA_CHECK(options.check_every >= 1, op, "check_every must be >= 1, got " << options.check_every);
   SELA_CHECK(options.max_iters >= 1, op, "max_iters must be >= 1, got " << options.max_iters);
+  SELA_CHECK(options.over_relaxation >= 1.0 && options.over_relaxation < 2.0, op,
+             "over_relaxation (omega) must be in [1, 2), got " << options.over_relaxation);
 }
 
 void check_problem(std::int64_t n, std::int64_t k, const std::string& head, const char* op) {
   SELA_CHECK(n >= 1 && k >= 1, op,
-             "head '" << head << "': needs at least one sample and one cluster, got N=" << n << ", K=" << k);
+             "head '" << head << "': needs at least one sample and one cluster, got N=" << n
+                      << ", K=" << k);
 }
 
 // Fills the label statistics of a result from its labels.
@@ -103,17 +108,27 @@ void finish_warnings(const SinkhornOptions& options, SinkhornResult* result) {
   std::ostringstream warning;
   if (!result->converged) {
     warning << "sinkhorn head '" << result->head << "': reached the iteration cap ("
-            << options.max_iters << ") before the stopping rule: sum|c/c_new - 1| = "
-            << result->stop_error << " (tol " << options.tol << "), row marginal error "
-            << result->row_marginal_error << ", column marginal error "
-            << result->col_marginal_error << "; labels are those of the last iteration";
+            << options.max_iters
+            << ") before the stopping rule: sum|c/c_new - 1| = " << result->stop_error << " (tol "
+            << options.tol << "), row marginal error " << result->row_marginal_error
+            << ", column marginal error " << result->col_marginal_error
+            << "; labels are those of the last iteration";
   }
   if (result->floor_mass > kSinkhornFloorMassWarning) {
     if (!warning.str().empty()) warning << "; ";
     warning << "sinkhorn head '" << result->head << "': up to " << 100.0 * result->floor_mass
-            << "% of a sample's plan rests on entries of A below the range of storage " << result->storage
-            << " (stored at its floor), so the solution is limited by the storage; use storage f32 (or bf16"
+            << "% of a sample's plan rests on entries of A below the range of storage "
+            << result->storage
+            << " (stored at its floor), so the solution is limited by the storage; use storage f32 "
+               "(or bf16"
             << " instead of f16) or a smaller lambda for these logits";
+  }
+  if (result->over_relaxation_stopped_at >= 0) {
+    if (!warning.str().empty()) warning << "; ";
+    warning << "sinkhorn head '" << result->head << "': over-relaxation (omega "
+            << result->over_relaxation << ") stopped at iteration "
+            << result->over_relaxation_stopped_at
+            << " because the error grew; continued with plain Sinkhorn-Knopp steps";
   }
   result->warning = warning.str();
   if (!result->warning.empty()) log_stream(options) << "warning: " << result->warning << "\n";
@@ -121,11 +136,12 @@ void finish_warnings(const SinkhornOptions& options, SinkhornResult* result) {
 
 void log_summary(const SinkhornOptions& options, const SinkhornResult& result) {
   if (options.verbose < 1) return;
-  log_stream(options) << "sinkhorn head '" << result.head << "': N=" << result.n << " K=" << result.k
-                      << " lambda=" << result.lambda << " storage=" << result.storage << ": "
-                      << result.iterations << " iterations, stop error " << result.stop_error
-                      << ", marginal errors row " << result.row_marginal_error << " column "
-                      << result.col_marginal_error << ", clusters min/max/empty "
+  log_stream(options) << "sinkhorn head '" << result.head << "': N=" << result.n
+                      << " K=" << result.k << " lambda=" << result.lambda
+                      << " storage=" << result.storage << " omega=" << result.over_relaxation
+                      << ": " << result.iterations << " iterations, stop error "
+                      << result.stop_error << ", marginal errors row " << result.row_marginal_error
+                      << " column " << result.col_marginal_error << ", clusters min/max/empty "
                       << result.cluster_min << "/" << result.cluster_max << "/"
                       << result.clusters_empty << ", " << result.total_seconds << " s\n";
 }
@@ -148,8 +164,9 @@ class HostBlock {
     std::uint64_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
     ptr_ = std::aligned_alloc(static_cast<std::size_t>(kAlign), static_cast<std::size_t>(rounded));
     if (ptr_ == nullptr) {
-      SELA_FAIL_HINT("sinkhorn", "could not allocate " << format_bytes(rounded) << " for " << what,
-                     "free memory, use 16-bit storage (--storage f16), or solve fewer samples at once");
+      SELA_FAIL_HINT(
+          "sinkhorn", "could not allocate " << format_bytes(rounded) << " for " << what,
+          "free memory, use 16-bit storage (bf16 or f16), or solve fewer samples at once");
     }
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     madvise(ptr_, static_cast<std::size_t>(rounded), MADV_HUGEPAGE);  // a hint; failure is harmless
@@ -170,9 +187,12 @@ class HostBlock {
 
 const char* storage_name(SinkhornStorage storage) {
   switch (storage) {
-    case SinkhornStorage::f32: return "f32";
-    case SinkhornStorage::f16: return "f16";
-    case SinkhornStorage::bf16: return "bf16";
+    case SinkhornStorage::f32:
+      return "f32";
+    case SinkhornStorage::f16:
+      return "f16";
+    case SinkhornStorage::bf16:
+      return "bf16";
   }
   return "?";
 }
@@ -208,8 +228,9 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
   SELA_CHECK(logits != nullptr, op, "logits pointer is null");
   SELA_CHECK(static_cast<double>(n) * static_cast<double>(k) * 8.0 <
                  static_cast<double>(available_host_bytes()),
-             op, "head '" << head << "': N x K = " << n << " x " << k
-                          << " float64 values do not fit in the memory available");
+             op,
+             "head '" << head << "': N x K = " << n << " x " << k
+                      << " float64 values do not fit in the memory available");
   const auto start = Clock::now();
   const std::size_t rows = static_cast<std::size_t>(n), cols = static_cast<std::size_t>(k);
 
@@ -220,8 +241,9 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
     double row_max = -std::numeric_limits<double>::infinity();
     for (std::size_t j = 0; j < cols; ++j) {
       if (!std::isfinite(z[j])) {
-        SELA_FAIL_HINT(op, "head '" << head << "': logits row " << i << " holds " << z[j]
-                                    << " (column " << j << ")",
+        SELA_FAIL_HINT(op,
+                       "head '" << head << "': logits row " << i << " holds " << z[j] << " (column "
+                                << j << ")",
                        "the network produced NaN/Inf; check the learning rate and the inputs");
       }
       row_max = std::max(row_max, static_cast<double>(z[j]));
@@ -231,7 +253,8 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
       a[i * cols + j] = std::exp(static_cast<double>(z[j]) - row_max);
       total += a[i * cols + j];
     }
-    for (std::size_t j = 0; j < cols; ++j) a[i * cols + j] = std::pow(a[i * cols + j] / total, options.lambda);
+    for (std::size_t j = 0; j < cols; ++j)
+      a[i * cols + j] = std::pow(a[i * cols + j] / total, options.lambda);
   }
 
   const double inv_k = 1.0 / static_cast<double>(k), inv_n = 1.0 / static_cast<double>(n);
@@ -247,8 +270,9 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
     }
     for (std::size_t j = 0; j < cols; ++j) {
       if (!(column[j] > 0.0)) {
-        SELA_FAIL_HINT(op, "head '" << head << "': column " << j << " of softmax^lambda is 0 in float64",
-                       "lambda is too large for these logits");
+        SELA_FAIL_HINT(
+            op, "head '" << head << "': column " << j << " of softmax^lambda is 0 in float64",
+            "lambda is too large for these logits");
       }
       r[j] = inv_k / column[j];
     }
@@ -287,10 +311,12 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
         result.labels[i] = static_cast<std::int64_t>(j);
       }
     }
-    result.row_marginal_error = std::max(result.row_marginal_error, std::fabs(static_cast<double>(n) * c[i] * dot - 1.0));
+    result.row_marginal_error =
+        std::max(result.row_marginal_error, std::fabs(static_cast<double>(n) * c[i] * dot - 1.0));
   }
   for (std::size_t j = 0; j < cols; ++j) {
-    result.col_marginal_error = std::max(result.col_marginal_error, std::fabs(static_cast<double>(k) * r[j] * column[j] - 1.0));
+    result.col_marginal_error = std::max(
+        result.col_marginal_error, std::fabs(static_cast<double>(k) * r[j] * column[j] - 1.0));
   }
 
   result.head = head;
@@ -316,13 +342,13 @@ SinkhornResult sinkhorn_reference(const float* logits, std::int64_t n, std::int6
 // ---- the fast solver ------------------------------------------------------------------------
 
 struct SinkhornSolver::Buffers {
-  HostBlock matrix;                // A (N, stride) in the storage type
-  std::vector<double> c;           // (N)
-  std::vector<float> row_log_mass; // (N) log Σ_k exp(z_ik − max_k z_ik)
-  std::vector<double> r, r_next;   // (K)
-  std::vector<double> col_sums;    // (K)
-  std::vector<float> r_rel;        // (stride), padding 0
-  std::vector<double> workspace;   // per-chunk column partials (doubles for alignment)
+  HostBlock matrix;                 // A (N, stride) in the storage type
+  std::vector<double> c;            // (N)
+  std::vector<float> row_log_mass;  // (N) log Σ_k exp(z_ik − max_k z_ik)
+  std::vector<double> r, r_next;    // (K)
+  std::vector<double> col_sums;     // (K)
+  std::vector<float> r_rel;         // (stride), padding 0
+  std::vector<double> workspace;    // per-chunk column partials (doubles for alignment)
 };
 
 SinkhornSolver::SinkhornSolver(SinkhornOptions options)
@@ -351,21 +377,25 @@ SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
   const double matrix = static_cast<double>(n) * static_cast<double>(plan.row_stride) *
                         static_cast<double>(storage_element_bytes(options_.storage));
   const double limit = 4.6e18;
-  SELA_CHECK(matrix < limit, "sinkhorn",
-             "N x K = " << n << " x " << k << " is absurd: A alone would take " << matrix << " bytes");
+  SELA_CHECK(
+      matrix < limit, "sinkhorn",
+      "N x K = " << n << " x " << k << " is absurd: A alone would take " << matrix << " bytes");
   plan.matrix_bytes = static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(plan.row_stride) *
                       storage_element_bytes(options_.storage);
-  plan.vector_bytes = static_cast<std::uint64_t>(n) * (sizeof(double) + sizeof(std::int64_t) + sizeof(float)) +
-                      static_cast<std::uint64_t>(plan.row_stride) * (4 * sizeof(double) + sizeof(float));
+  plan.vector_bytes =
+      static_cast<std::uint64_t>(n) * (sizeof(double) + sizeof(std::int64_t) + sizeof(float)) +
+      static_cast<std::uint64_t>(plan.row_stride) * (4 * sizeof(double) + sizeof(float));
   plan.workspace_bytes = sinkhorn_workspace_bytes(n, plan.row_stride);
   plan.total_bytes = plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes;
-  plan.limit_bytes = options_.memory_limit_bytes != 0 ? options_.memory_limit_bytes : available_host_bytes();
+  plan.limit_bytes =
+      options_.memory_limit_bytes != 0 ? options_.memory_limit_bytes : available_host_bytes();
   return plan;
 }
 
 std::uint64_t SinkhornSolver::allocated_bytes() const {
   const Buffers& b = *buffers_;
-  return b.matrix.bytes() + b.c.capacity() * sizeof(double) + b.row_log_mass.capacity() * sizeof(float) +
+  return b.matrix.bytes() + b.c.capacity() * sizeof(double) +
+         b.row_log_mass.capacity() * sizeof(float) +
          (b.r.capacity() + b.r_next.capacity() + b.col_sums.capacity()) * sizeof(double) +
          b.r_rel.capacity() * sizeof(float) + b.workspace.capacity() * sizeof(double);
 }
@@ -374,32 +404,37 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
   const char* op = "sinkhorn";
   check_problem(n, k, head, op);
   if (options_.device.is_cuda()) {
-#if defined(SELA_WITH_CUDA)
+#if defined(SELA_HAVE_CUDA)  // defined by cmake/SelaCuda.cmake for targets linking the CUDA kernels
     SELA_FAIL_HINT(op, "head '" << head << "': the CUDA Sinkhorn path is not written yet",
                    "use device cpu");
 #else
-    SELA_FAIL_HINT(op, "head '" << head << "': device " << options_.device.str()
-                                << " asked, but this build has no CUDA",
+    SELA_FAIL_HINT(op,
+                   "head '" << head << "': device " << options_.device.str()
+                            << " asked, but this build has no CUDA",
                    "reconfigure with -DSELA_CUDA=ON on a machine with nvcc, or use device cpu");
 #endif
   }
   head_open_ = false;
   SinkhornMemoryPlan memory = plan(n, k);
   if (options_.verbose >= 1) {
-    log_stream(options_) << "sinkhorn head '" << head << "' memory plan: " << memory.describe() << "\n";
+    log_stream(options_) << "sinkhorn head '" << head << "' memory plan: " << memory.describe()
+                         << "\n";
   }
   // Memory the solver already holds is reused, so it counts towards what is available.
-  const std::uint64_t usable = memory.limit_bytes > std::numeric_limits<std::uint64_t>::max() - allocated_bytes()
-                                   ? std::numeric_limits<std::uint64_t>::max()
-                                   : memory.limit_bytes + allocated_bytes();
+  const std::uint64_t usable =
+      memory.limit_bytes > std::numeric_limits<std::uint64_t>::max() - allocated_bytes()
+          ? std::numeric_limits<std::uint64_t>::max()
+          : memory.limit_bytes + allocated_bytes();
   if (memory.total_bytes > usable) {
-    SELA_FAIL_HINT(op, "head '" << head << "' does not fit: " << memory.describe(),
-                   "use 16-bit storage (f16 or bf16), fewer samples per solve, or a machine with more memory");
+    SELA_FAIL_HINT(
+        op, "head '" << head << "' does not fit: " << memory.describe(),
+        "use 16-bit storage (f16 or bf16), fewer samples per solve, or a machine with more memory");
   }
   Buffers& b = *buffers_;
   try {
     b.matrix.ensure(memory.matrix_bytes, "A of head '" + head + "'");
-    const std::size_t rows = static_cast<std::size_t>(n), stride = static_cast<std::size_t>(memory.row_stride);
+    const std::size_t rows = static_cast<std::size_t>(n),
+                      stride = static_cast<std::size_t>(memory.row_stride);
     b.c.resize(rows);
     b.row_log_mass.resize(rows);
     b.r.assign(static_cast<std::size_t>(k), 0.0);
@@ -408,7 +443,8 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
     b.r_rel.assign(stride, 0.0f);
     b.workspace.resize((memory.workspace_bytes + sizeof(double) - 1) / sizeof(double));
   } catch (const std::bad_alloc&) {
-    SELA_FAIL_HINT(op, "head '" << head << "': out of memory while allocating " << memory.describe(),
+    SELA_FAIL_HINT(op,
+                   "head '" << head << "': out of memory while allocating " << memory.describe(),
                    "use 16-bit storage or fewer samples per solve");
   }
   head_ = head;
@@ -423,28 +459,39 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
 template <typename Store>
 void SinkhornSolver::append_rows(const float* logits, std::int64_t rows) {
   Store* a = static_cast<Store*>(buffers_->matrix.get()) + rows_appended_ * stride_;
-  std::int64_t bad = sinkhorn_store_rows<Store>(logits, rows, k_, static_cast<float>(options_.lambda), a, stride_,
-                                                buffers_->row_log_mass.data() + rows_appended_);
+  std::int64_t bad =
+      sinkhorn_store_rows<Store>(logits, rows, k_, static_cast<float>(options_.lambda), a, stride_,
+                                 buffers_->row_log_mass.data() + rows_appended_);
   if (bad >= 0) {
     head_open_ = false;
-    SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': logits row " << rows_appended_ + bad
-                                        << " (sample index) holds NaN or Inf",
-                   "the network produced non-finite outputs; check the learning rate and the inputs");
+    SELA_FAIL_HINT(
+        "sinkhorn",
+        "head '" << head_ << "': logits row " << rows_appended_ + bad
+                 << " (sample index) holds NaN or Inf",
+        "the network produced non-finite outputs; check the learning rate and the inputs");
   }
 }
 
 void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
   const char* op = "sinkhorn";
-  SELA_CHECK(head_open_, op, "append_logits before begin_head (or after a failed append or a solve)");
+  SELA_CHECK(head_open_, op,
+             "append_logits before begin_head (or after a failed append or a solve)");
   SELA_CHECK(rows >= 0 && rows <= n_ - rows_appended_, op,
-             "head '" << head_ << "': appending " << rows << " rows to " << rows_appended_ << " of " << n_);
+             "head '" << head_ << "': appending " << rows << " rows to " << rows_appended_ << " of "
+                      << n_);
   if (rows == 0) return;
   SELA_CHECK(logits != nullptr, op, "logits pointer is null");
   const auto start = Clock::now();
   switch (options_.storage) {
-    case SinkhornStorage::f32: append_rows<float>(logits, rows); break;
-    case SinkhornStorage::f16: append_rows<Half>(logits, rows); break;
-    case SinkhornStorage::bf16: append_rows<BFloat16>(logits, rows); break;
+    case SinkhornStorage::f32:
+      append_rows<float>(logits, rows);
+      break;
+    case SinkhornStorage::f16:
+      append_rows<Half>(logits, rows);
+      break;
+    case SinkhornStorage::bf16:
+      append_rows<BFloat16>(logits, rows);
+      break;
   }
   rows_appended_ += rows;
   prepare_seconds_ += seconds_since(start);
@@ -463,18 +510,23 @@ void SinkhornSolver::run(SinkhornResult* result) {
   // c_0 = 1/N in the reference's row scaling: its A is softmax^λ = A / (scale e^{λ m_i})
   // with m_i = row_log_mass_i, so the same start here is c_0,i = e^{−λ m_i} / (N scale).
   // Then r_1 = (1/K) / (Aᵀ c_0), summed in float64 (c_0 spans down to K^-λ).
-  const double c0_factor = 1.0 / (static_cast<double>(n) * static_cast<double>(sinkhorn_storage_scale<Store>()));
+  const double c0_factor =
+      1.0 / (static_cast<double>(n) * static_cast<double>(sinkhorn_storage_scale<Store>()));
   for (std::int64_t i = 0; i < n; ++i) {
     b.c[static_cast<std::size_t>(i)] =
-        std::exp(-options_.lambda * static_cast<double>(b.row_log_mass[static_cast<std::size_t>(i)])) * c0_factor;
+        std::exp(-options_.lambda *
+                 static_cast<double>(b.row_log_mass[static_cast<std::size_t>(i)])) *
+        c0_factor;
   }
-  sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes, b.col_sums.data());
+  sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
+                              b.col_sums.data());
   auto update_r = [&](std::vector<double>* r, std::int64_t iteration) {
     for (std::int64_t j = 0; j < k; ++j) {
       const double s = b.col_sums[static_cast<std::size_t>(j)];
       if (!(s > 0.0) || !std::isfinite(s)) {  // A >= floor > 0, so only float64 range exhaustion
-        SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': column " << j << " sum " << s << " at iteration "
-                                            << iteration << " left float64's range",
+        SELA_FAIL_HINT("sinkhorn",
+                       "head '" << head_ << "': column " << j << " sum " << s << " at iteration "
+                                << iteration << " left float64's range",
                        "lambda is too large for these logits; use a smaller lambda");
       }
       (*r)[static_cast<std::size_t>(j)] = inv_k / s;
@@ -482,59 +534,103 @@ void SinkhornSolver::run(SinkhornResult* result) {
   };
   update_r(&b.r, 0);
 
+  // Over-relaxation (options.over_relaxation = ω > 1): c ← c^(1−ω) c_new^ω, r likewise,
+  // with a safeguard: when the stopping value grows from one check to the next (or stops
+  // being finite), r goes back to its value at the previous check and ω to 1 for good.
+  double omega = options_.over_relaxation;
+  double last_check_error = std::numeric_limits<double>::infinity();
+  std::vector<double> r_at_check = b.r;
+  // r is handed to the float32 kernels as r_rel = r / r_scale with r_scale the geometric
+  // middle of r's range, so that r_rel spans at most e^±87 around 1 before it would leave
+  // float32's normal range (r can span many decades when N < K or λ is large).
   double r_scale = 1.0;
-  for (std::int64_t iteration = 0;; ++iteration) {
-    // r is handed to the float32 pass as r_rel = r / r_scale with r_scale the geometric
-    // middle of r's range, so that r_rel spans at most e^±87 around 1 before it would leave
-    // float32's normal range (r can span many decades when N < K or λ is large).
+  auto set_r_rel = [&]() {
     const auto [r_min_at, r_max_at] = std::minmax_element(b.r.begin(), b.r.end());
-    const double r_min = *r_min_at, r_max = *r_max_at;
-    r_scale = std::sqrt(r_max) * std::sqrt(r_min);
+    r_scale = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
     for (std::int64_t j = 0; j < k; ++j) {
-      b.r_rel[static_cast<std::size_t>(j)] = static_cast<float>(b.r[static_cast<std::size_t>(j)] / r_scale);
+      b.r_rel[static_cast<std::size_t>(j)] =
+          static_cast<float>(b.r[static_cast<std::size_t>(j)] / r_scale);
     }
+  };
+  for (std::int64_t iteration = 0;; ++iteration) {
+    set_r_rel();
     const bool measure = iteration % options_.check_every == 0;
     std::int64_t bad_rows = 0;
-    double change = sinkhorn_pass<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, b.c.data(),
-                                         b.col_sums.data(), measure, workspace, workspace_bytes, &bad_rows);
+    double change =
+        sinkhorn_pass<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, omega, b.c.data(),
+                             b.col_sums.data(), measure, workspace, workspace_bytes, &bad_rows);
+    if (omega != 1.0) {
+      // A diverging relaxed iteration leaves float32's range (rows without mass) or float64's
+      // (column sums 0 or inf) within a few passes: the safeguard below catches it as NaN.
+      bool diverged = bad_rows > 0;
+      for (double sum : b.col_sums) diverged = diverged || !(sum > 0.0) || !std::isfinite(sum);
+      if (diverged) {
+        bad_rows = 0;
+        change = std::numeric_limits<double>::quiet_NaN();
+      }
+    }
     if (bad_rows > 0) {
-      SELA_FAIL_HINT("sinkhorn", "head '" << head_ << "': " << bad_rows << " rows lost all their mass at iteration "
-                                          << iteration << " (A r underflowed float32)",
+      SELA_FAIL_HINT("sinkhorn",
+                     "head '" << head_ << "': " << bad_rows
+                              << " rows lost all their mass at iteration " << iteration
+                              << " (A r underflowed float32)",
                      "use a smaller lambda or f32 storage");
     }
     result->iterations = iteration + 1;
-    update_r(&b.r_next, iteration + 1);
+    if (omega != 1.0 && (measure || !std::isfinite(change)) && !(change < last_check_error)) {
+      omega = 1.0;  // the safeguard: back to the last good r, plain steps from now on
+      result->over_relaxation_stopped_at = iteration;
+      b.r = r_at_check;
+      if (result->iterations >= options_.max_iters) break;
+      continue;
+    }
     if (measure) {
       result->stop_error = change;
+      last_check_error = change;
+      r_at_check = b.r;
       if (change <= options_.tol) {
         result->converged = true;
         break;
       }
     }
     if (result->iterations >= options_.max_iters) break;
+    update_r(&b.r_next, iteration + 1);
+    if (omega != 1.0) {
+      for (std::int64_t j = 0; j < k; ++j) {
+        const std::size_t jj = static_cast<std::size_t>(j);
+        b.r_next[jj] *= sinkhorn_relaxation_factor(b.r[jj], b.r_next[jj], omega);
+      }
+    }
     b.r.swap(b.r_next);
   }
   // Column marginal of (c_t, r_t): K r_t,k (Aᵀ c_t)_k − 1.
   for (std::int64_t j = 0; j < k; ++j) {
-    result->col_marginal_error = std::max(
-        result->col_marginal_error,
-        std::fabs(static_cast<double>(k) * b.r[static_cast<std::size_t>(j)] * b.col_sums[static_cast<std::size_t>(j)] - 1.0));
+    result->col_marginal_error =
+        std::max(result->col_marginal_error,
+                 std::fabs(static_cast<double>(k) * b.r[static_cast<std::size_t>(j)] *
+                               b.col_sums[static_cast<std::size_t>(j)] -
+                           1.0));
   }
   result->iterate_seconds = seconds_since(start);
 
   const auto label_start = Clock::now();
+  set_r_rel();  // the r of the last pass (or, after a safeguard stop at the cap, the restored r)
   result->labels.resize(static_cast<std::size_t>(n));
-  result->row_marginal_error = sinkhorn_labels<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, b.c.data(),
-                                                      result->labels.data(), &result->floor_mass);
+  result->row_marginal_error =
+      sinkhorn_labels<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, b.c.data(),
+                             result->labels.data(), &result->floor_mass);
   result->label_seconds = seconds_since(label_start);
   result->storage_scale = sinkhorn_storage_scale<Store>();
-  result->bytes_per_iteration = static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(stride) * sizeof(Store);
+  result->bytes_per_iteration =
+      static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(stride) * sizeof(Store);
 }
 
 SinkhornResult SinkhornSolver::solve() {
-  SELA_CHECK(head_open_, "sinkhorn", "solve before begin_head (or after a failed append or a solve)");
-  SELA_CHECK(rows_appended_ == n_, "sinkhorn",
-             "head '" << head_ << "': solve with " << rows_appended_ << " of " << n_ << " rows appended");
+  SELA_CHECK(head_open_, "sinkhorn",
+             "solve before begin_head (or after a failed append or a solve)");
+  SELA_CHECK(
+      rows_appended_ == n_, "sinkhorn",
+      "head '" << head_ << "': solve with " << rows_appended_ << " of " << n_ << " rows appended");
   head_open_ = false;
   SinkhornResult result;
   result.head = head_;
@@ -543,10 +639,17 @@ SinkhornResult SinkhornSolver::solve() {
   result.lambda = options_.lambda;
   result.storage = storage_name(options_.storage);
   result.device = "cpu";
+  result.over_relaxation = options_.over_relaxation;
   switch (options_.storage) {
-    case SinkhornStorage::f32: run<float>(&result); break;
-    case SinkhornStorage::f16: run<Half>(&result); break;
-    case SinkhornStorage::bf16: run<BFloat16>(&result); break;
+    case SinkhornStorage::f32:
+      run<float>(&result);
+      break;
+    case SinkhornStorage::f16:
+      run<Half>(&result);
+      break;
+    case SinkhornStorage::bf16:
+      run<BFloat16>(&result);
+      break;
   }
   result.r = buffers_->r;
   result.c = buffers_->c;

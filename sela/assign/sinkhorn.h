@@ -21,7 +21,7 @@
 // over the data (begin_head, append_logits, solve), or passes them at once (solve(logits)).
 // Heads are solved one after the other with the same solver, which keeps its buffers.
 //
-//   sela::assign::SinkhornOptions options;          // λ = 25, tol = 0.1, storage f16
+//   sela::assign::SinkhornOptions options;          // λ = 25, tol = 0.1, storage bf16
 //   sela::assign::SinkhornSolver solver(options);
 //   solver.begin_head(n, k, "head0");
 //   for (batch : data) solver.append_logits(batch_logits, batch_rows);   // (rows, k) f32
@@ -47,22 +47,26 @@ namespace sela::assign {
 // How the fast path stores A: float32, IEEE half (times 2^15), or bfloat16.
 enum class SinkhornStorage : std::uint8_t { f32, f16, bf16 };
 
-const char* storage_name(SinkhornStorage storage);          // "f32", "f16", "bf16"
-SinkhornStorage parse_storage(const std::string& name);     // Error on anything else
+const char* storage_name(SinkhornStorage storage);           // "f32", "f16", "bf16"
+SinkhornStorage parse_storage(const std::string& name);      // Error on anything else
 std::size_t storage_element_bytes(SinkhornStorage storage);  // 4 or 2
 
 // floor_mass above which a result carries a warning (use f32 storage or a smaller λ).
 constexpr double kSinkhornFloorMassWarning = 1e-3;
 
 struct SinkhornOptions {
-  double lambda = 25.0;          // λ: 25 for ImageNet, 10 for CIFAR in the paper
-  double tol = 0.1;              // stop when Σ_i |c_i/c_new_i − 1| <= tol ...
-  std::int64_t check_every = 10; // ... measured at iterations 0, 10, 20, ... (0-based)
-  std::int64_t max_iters = 2000; // iteration cap: reaching it is a warning, never silent
-  SinkhornStorage storage = SinkhornStorage::f16;
-  Device device = Device::cpu();  // cuda: an Error until the CUDA half is built
-  int verbose = 0;               // 1: memory plan and a summary line per head on `log`
-  std::ostream* log = nullptr;   // warnings and verbose lines; nullptr means std::cerr
+  double lambda = 25.0;           // λ: 25 for ImageNet, 10 for CIFAR in the paper
+  double tol = 0.1;               // stop when Σ_i |c_i/c_new_i − 1| <= tol ...
+  std::int64_t check_every = 10;  // ... measured at iterations 0, 10, 20, ... (0-based)
+  std::int64_t max_iters = 2000;  // iteration cap: reaching it is a warning, never silent
+  // Over-relaxation ω in [1, 2): c ← c^(1−ω) c_new^ω and r likewise (DESIGN.md), with a
+  // safeguard that returns to the last checked r and to ω = 1 when the stopping value grows
+  // (reported in the result's warning). 1 = off, the published algorithm: the default.
+  double over_relaxation = 1.0;
+  SinkhornStorage storage = SinkhornStorage::bf16;  // see sinkhorn_cpu.h and docs/perf.md
+  Device device = Device::cpu();                    // cuda: an Error until the CUDA half is built
+  int verbose = 0;              // 1: memory plan and a summary line per head on `log`
+  std::ostream* log = nullptr;  // warnings and verbose lines; nullptr means std::cerr
   // Largest plan allowed, in bytes; 0 means the memory the system reports as available.
   std::uint64_t memory_limit_bytes = 0;
 };
@@ -70,14 +74,14 @@ struct SinkhornOptions {
 // What one head's solve needs, computed before anything is allocated.
 struct SinkhornMemoryPlan {
   std::int64_t n = 0, k = 0, row_stride = 0;
-  SinkhornStorage storage = SinkhornStorage::f16;
+  SinkhornStorage storage = SinkhornStorage::bf16;
   std::uint64_t matrix_bytes = 0;     // A: n · row_stride · element bytes
   std::uint64_t vector_bytes = 0;     // c, labels (n each), r and column sums (k each)
   std::uint64_t workspace_bytes = 0;  // per-thread column partials
   std::uint64_t total_bytes = 0;
-  std::uint64_t limit_bytes = 0;      // what it was checked against
-  std::string where;                  // "host memory"
-  std::string describe() const;       // one line for logs and errors
+  std::uint64_t limit_bytes = 0;  // what it was checked against
+  std::string where;              // "host memory"
+  std::string describe() const;   // one line for logs and errors
 };
 
 struct SinkhornResult {
@@ -97,11 +101,13 @@ struct SinkhornResult {
   std::vector<double> c;  // (N)
   double storage_scale = 1.0;
 
-  std::int64_t iterations = 0;       // passes made (the reference counts the same way)
-  bool converged = false;            // the stopping rule was met before the cap
-  double stop_error = 0.0;           // the last Σ_i |c_i/c_new_i − 1| measured
-  double row_marginal_error = 0.0;   // max_i |N Σ_k P_ik − 1|
-  double col_marginal_error = 0.0;   // max_k |K Σ_i P_ik − 1|
+  std::int64_t iterations = 0;                   // passes made (the reference counts the same way)
+  double over_relaxation = 1.0;                  // ω asked for (1: off)
+  std::int64_t over_relaxation_stopped_at = -1;  // iteration where the safeguard gave up on ω
+  bool converged = false;                        // the stopping rule was met before the cap
+  double stop_error = 0.0;                       // the last Σ_i |c_i/c_new_i − 1| measured
+  double row_marginal_error = 0.0;               // max_i |N Σ_k P_ik − 1|
+  double col_marginal_error = 0.0;               // max_k |K Σ_i P_ik − 1|
   // The largest share of any row's plan mass that rests on entries of A stored at the
   // storage's floor (sinkhorn_cpu.h), i.e. entries too small for the storage: above
   // kSinkhornFloorMassWarning the solution is limited by the storage (a warning).
@@ -109,10 +115,10 @@ struct SinkhornResult {
 
   std::int64_t cluster_min = 0, cluster_max = 0, clusters_empty = 0;  // label counts
 
-  double prepare_seconds = 0.0;  // logits → stored A (summed over append calls)
-  double iterate_seconds = 0.0;  // Sinkhorn-Knopp iterations
-  double label_seconds = 0.0;    // argmax and marginal errors
-  double total_seconds = 0.0;    // the three above
+  double prepare_seconds = 0.0;           // logits → stored A (summed over append calls)
+  double iterate_seconds = 0.0;           // Sinkhorn-Knopp iterations
+  double label_seconds = 0.0;             // argmax and marginal errors
+  double total_seconds = 0.0;             // the three above
   std::uint64_t bytes_per_iteration = 0;  // bytes of A read per pass
 
   std::string warning;  // empty when the solve was clean; also written to the log stream
@@ -121,7 +127,8 @@ struct SinkhornResult {
 // The published float64 algorithm (softmax, power λ, two matrix-vector products per
 // iteration). Uses options.lambda, tol, check_every, max_iters, log; ignores storage.
 SinkhornResult sinkhorn_reference(const float* logits /* (n, k) */, std::int64_t n, std::int64_t k,
-                                  const SinkhornOptions& options, const std::string& head = "head0");
+                                  const SinkhornOptions& options,
+                                  const std::string& head = "head0");
 
 class SinkhornSolver {
  public:
@@ -153,8 +160,10 @@ class SinkhornSolver {
 
  private:
   struct Buffers;
-  template <typename Store> void append_rows(const float* logits, std::int64_t rows);
-  template <typename Store> void run(SinkhornResult* result);
+  template <typename Store>
+  void append_rows(const float* logits, std::int64_t rows);
+  template <typename Store>
+  void run(SinkhornResult* result);
 
   SinkhornOptions options_;
   std::unique_ptr<Buffers> buffers_;

@@ -48,22 +48,43 @@ struct BFloat16 {
 };
 
 // The constant factor each storage type multiplies A by (absorbed by c).
-template <typename Store> constexpr float sinkhorn_storage_scale();
-template <> constexpr float sinkhorn_storage_scale<float>() { return 1.0f; }
-template <> constexpr float sinkhorn_storage_scale<Half>() { return 32768.0f; }
-template <> constexpr float sinkhorn_storage_scale<BFloat16>() { return 1.0f; }
+template <typename Store>
+constexpr float sinkhorn_storage_scale();
+template <>
+constexpr float sinkhorn_storage_scale<float>() {
+  return 1.0f;
+}
+template <>
+constexpr float sinkhorn_storage_scale<Half>() {
+  return 32768.0f;
+}
+template <>
+constexpr float sinkhorn_storage_scale<BFloat16>() {
+  return 1.0f;
+}
 
 // The smallest value stored for A (see above), in stored units.
-template <typename Store> constexpr float sinkhorn_storage_floor();
-template <> constexpr float sinkhorn_storage_floor<float>() { return 7.888609052210118e-31f; }     // 2^-100
-template <> constexpr float sinkhorn_storage_floor<Half>() { return 5.9604644775390625e-08f; }     // 2^-24
-template <> constexpr float sinkhorn_storage_floor<BFloat16>() { return 7.888609052210118e-31f; }  // 2^-100
+template <typename Store>
+constexpr float sinkhorn_storage_floor();
+template <>
+constexpr float sinkhorn_storage_floor<float>() {
+  return 7.888609052210118e-31f;
+}  // 2^-100
+template <>
+constexpr float sinkhorn_storage_floor<Half>() {
+  return 5.9604644775390625e-08f;
+}  // 2^-24
+template <>
+constexpr float sinkhorn_storage_floor<BFloat16>() {
+  return 7.888609052210118e-31f;
+}  // 2^-100
 
 // Value conversions, exposed for tests and for the labels kernel's users.
 float sinkhorn_load(Half value);
 float sinkhorn_load(BFloat16 value);
 inline float sinkhorn_load(float value) { return value; }
-template <typename Store> Store sinkhorn_store(float value);  // round to nearest even
+template <typename Store>
+Store sinkhorn_store(float value);  // round to nearest even
 
 // Row stride (in elements) used for K columns: K rounded up to 32 (a 64-byte row of Half).
 std::int64_t sinkhorn_row_stride(std::int64_t k);
@@ -95,13 +116,19 @@ void sinkhorn_column_sums(const Store* a, std::int64_t n, std::int64_t k, std::i
 // One Sinkhorn-Knopp pass. In: r_rel (stride; padding 0) with true r = r_scale · r_rel,
 // and c (n) from the previous pass. Out: c (n) replaced by c_new_i = 1/(N (A r)_i) with
 // N = n_total (the number of rows of the whole problem), and col_sums (k) = Σ_i A_ik c_new_i.
-// When measure_change is set, returns Σ_i |c_i/c_new_i − 1| (else 0). A row whose dot with
-// r is not positive and finite is counted in *bad_rows (its c_new is set to 0).
+// With omega != 1 (over-relaxation) c is replaced by c_i^(1−ω) c_new_i^ω instead, and the
+// column sums use that c. When measure_change is set, returns Σ_i |c_i/c_new_i − 1| (the
+// plain step's change, else 0). A row whose dot with r is not positive and finite is
+// counted in *bad_rows (its c is set to 0).
 template <typename Store>
 double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_t stride,
-                     std::int64_t n_total, const float* r_rel, double r_scale, double* c,
-                     double* col_sums, bool measure_change, void* workspace,
+                     std::int64_t n_total, const float* r_rel, double r_scale, double omega,
+                     double* c, double* col_sums, bool measure_change, void* workspace,
                      std::size_t workspace_bytes, std::int64_t* bad_rows);
+
+// x^(1−ω)·y^ω / y = (x/y)^(1−ω), exact to double rounding also for x/y near 1 (where the
+// over-relaxed iteration spends its time), cheaply: a short series there, pow elsewhere.
+double sinkhorn_relaxation_factor(double x, double y, double omega);
 
 // Labels y_i = argmax_k A_ik r_rel_k (first index on ties) and the row marginal error of
 // the plan P = diag(c) A diag(r): returns max_i |N c_i (A r)_i − 1|. *floor_mass (if
@@ -109,7 +136,7 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
 // share of a row's plan that rests on entries the storage could not represent.
 template <typename Store>
 double sinkhorn_labels(const Store* a, std::int64_t n, std::int64_t k, std::int64_t stride,
-                       std::int64_t n_total, const float* r_rel, double r_scale,
-                       const double* c, std::int64_t* labels, double* floor_mass);
+                       std::int64_t n_total, const float* r_rel, double r_scale, const double* c,
+                       std::int64_t* labels, double* floor_mass);
 
 }  // namespace sela::assign

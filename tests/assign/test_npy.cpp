@@ -3,12 +3,12 @@
 // 2.0 headers, 1-D, 2-D and scalar shapes); clear Errors for Fortran order, another dtype,
 // truncated data, a bad magic and a malformed header.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <functional>
-#include <unistd.h>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,7 +26,8 @@ std::string temp_path(const std::string& name) {
 
 // Writes a file as numpy.save would: magic, version, little-endian header length, the
 // dict text padded with spaces to a 64-byte boundary and ended by '\n', then the data.
-void write_raw(const std::string& path, int major, const std::string& dict, const std::string& data) {
+void write_raw(const std::string& path, int major, const std::string& dict,
+               const std::string& data) {
   const std::size_t prefix = 6 + 2 + (major == 1 ? 2 : 4);
   const std::size_t total = (prefix + dict.size() + 1 + 63) / 64 * 64;
   std::string header = dict + std::string(total - prefix - dict.size() - 1, ' ') + "\n";
@@ -35,7 +36,8 @@ void write_raw(const std::string& path, int major, const std::string& dict, cons
   out.put(static_cast<char>(major));
   out.put(0);
   std::uint32_t length = static_cast<std::uint32_t>(header.size());
-  for (int byte = 0; byte < (major == 1 ? 2 : 4); ++byte) out.put(static_cast<char>((length >> (8 * byte)) & 0xFF));
+  for (int byte = 0; byte < (major == 1 ? 2 : 4); ++byte)
+    out.put(static_cast<char>((length >> (8 * byte)) & 0xFF));
   out << header << data;
 }
 
@@ -90,7 +92,8 @@ TEST_CASE("npy round trips float32, float64 and int64 arrays") {
 TEST_CASE("npy reads files as numpy.save writes them: versions 1.0 and 2.0, every shape form") {
   const std::string path = temp_path("numpy.npy");
   const std::vector<float> values = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -8.5f};
-  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", bytes_of(values));
+  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
+            bytes_of(values));
   std::vector<std::int64_t> shape;
   CHECK(read_npy_f32(path, &shape) == values);
   CHECK(shape == std::vector<std::int64_t>{2, 3});
@@ -101,7 +104,8 @@ TEST_CASE("npy reads files as numpy.save writes them: versions 1.0 and 2.0, ever
   CHECK(read_npy_header(path).major_version == 2);
 
   // Keys in another order and double quotes are still the same dict.
-  write_raw(path, 1, "{\"shape\": (3, 2), \"fortran_order\": False, \"descr\": \"<f4\"}", bytes_of(values));
+  write_raw(path, 1, "{\"shape\": (3, 2), \"fortran_order\": False, \"descr\": \"<f4\"}",
+            bytes_of(values));
   CHECK(read_npy_f32(path, &shape) == values);
   CHECK(shape == std::vector<std::int64_t>{3, 2});
 
@@ -115,7 +119,8 @@ TEST_CASE("npy reads files as numpy.save writes them: versions 1.0 and 2.0, ever
 TEST_CASE("npy gives clear Errors for Fortran order, another dtype, truncated data and bad files") {
   const std::string path = temp_path("bad.npy");
   const std::vector<float> values(6, 1.0f);
-  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", bytes_of(values));
+  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
+            bytes_of(values));
   std::string what = error_text([&] { read_npy_f32(path, nullptr); });
   CHECK(what.find("Fortran") != std::string::npos);
 
@@ -126,20 +131,25 @@ TEST_CASE("npy gives clear Errors for Fortran order, another dtype, truncated da
   write_raw(path, 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (6,), }", bytes_of(values));
   CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("big-endian") != std::string::npos);
 
-  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", bytes_of(values));
+  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }",
+            bytes_of(values));
   what = error_text([&] { read_npy_f32(path, nullptr); });
   CHECK(what.find("truncated") != std::string::npos);
 
   write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, }", bytes_of(values));
-  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("malformed header") != std::string::npos);
-  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", bytes_of(values));
-  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("malformed header") != std::string::npos);
+  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("malformed header") !=
+        std::string::npos);
+  write_raw(path, 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }",
+            bytes_of(values));
+  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("malformed header") !=
+        std::string::npos);
 
   {
     std::ofstream out(path, std::ios::binary);
     out << "PK\x03\x04 this is a zip file, not an npy";
   }
-  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("not a NumPy .npy file") != std::string::npos);
+  CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("not a NumPy .npy file") !=
+        std::string::npos);
   std::remove(path.c_str());
   CHECK(error_text([&] { read_npy_f32(path, nullptr); }).find("cannot open") != std::string::npos);
 }

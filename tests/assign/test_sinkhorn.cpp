@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -21,7 +22,7 @@
 
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
-#include "sela/assign/hungarian.h"
+#include "sela/assign/linear_assignment.h"
 #include "sela/assign/sinkhorn.h"
 
 using namespace sela::assign;
@@ -41,10 +42,13 @@ std::vector<double> log_softmax(const std::vector<float>& z, std::int64_t n, std
   std::vector<double> out(z.size());
   for (std::int64_t i = 0; i < n; ++i) {
     double m = -1e300, total = 0.0;
-    for (std::int64_t j = 0; j < k; ++j) m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
-    for (std::int64_t j = 0; j < k; ++j) total += std::exp(static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m);
+    for (std::int64_t j = 0; j < k; ++j)
+      m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+    for (std::int64_t j = 0; j < k; ++j)
+      total += std::exp(static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m);
     for (std::int64_t j = 0; j < k; ++j) {
-      out[static_cast<std::size_t>(i * k + j)] = static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m - std::log(total);
+      out[static_cast<std::size_t>(i * k + j)] =
+          static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - m - std::log(total);
     }
   }
   return out;
@@ -77,20 +81,25 @@ Comparison compare(const std::vector<float>& z, std::int64_t n, std::int64_t k, 
   const double log_beta = mean_log(ref.r) - mean_log(fast.r);
   for (std::int64_t j = 0; j < k; ++j) {
     const double a = std::log(fast.r[static_cast<std::size_t>(j)]) + log_beta;
-    out.r_log_error = std::max(out.r_log_error, std::fabs(a - std::log(ref.r[static_cast<std::size_t>(j)])));
+    out.r_log_error =
+        std::max(out.r_log_error, std::fabs(a - std::log(ref.r[static_cast<std::size_t>(j)])));
   }
   for (std::int64_t i = 0; i < n; ++i) {
     double m = -1e300;
-    for (std::int64_t j = 0; j < k; ++j) m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+    for (std::int64_t j = 0; j < k; ++j)
+      m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
     // log_p_ik = z_ik − L_i, so L_i − m_i = z_i0 − log_p_i0 − m_i.
-    const double l_minus_m = static_cast<double>(z[static_cast<std::size_t>(i * k)]) - log_p[static_cast<std::size_t>(i * k)] - m;
-    const double converted = std::log(fast.c[static_cast<std::size_t>(i)]) + std::log(fast.storage_scale) +
-                             lambda * l_minus_m - log_beta;
-    out.c_log_error = std::max(out.c_log_error, std::fabs(converted - std::log(ref.c[static_cast<std::size_t>(i)])));
+    const double l_minus_m = static_cast<double>(z[static_cast<std::size_t>(i * k)]) -
+                             log_p[static_cast<std::size_t>(i * k)] - m;
+    const double converted = std::log(fast.c[static_cast<std::size_t>(i)]) +
+                             std::log(fast.storage_scale) + lambda * l_minus_m - log_beta;
+    out.c_log_error = std::max(out.c_log_error,
+                               std::fabs(converted - std::log(ref.c[static_cast<std::size_t>(i)])));
     // The reference's margin: gap between its best and second-best λ log p_ik + log r_k.
     double best = -1e300, second = -1e300;
     for (std::int64_t j = 0; j < k; ++j) {
-      double g = lambda * log_p[static_cast<std::size_t>(i * k + j)] + std::log(ref.r[static_cast<std::size_t>(j)]);
+      double g = lambda * log_p[static_cast<std::size_t>(i * k + j)] +
+                 std::log(ref.r[static_cast<std::size_t>(j)]);
       if (g > best) {
         second = best;
         best = g;
@@ -98,7 +107,8 @@ Comparison compare(const std::vector<float>& z, std::int64_t n, std::int64_t k, 
         second = g;
       }
     }
-    const bool same = fast.labels[static_cast<std::size_t>(i)] == ref.labels[static_cast<std::size_t>(i)];
+    const bool same =
+        fast.labels[static_cast<std::size_t>(i)] == ref.labels[static_cast<std::size_t>(i)];
     out.all_agree += same ? 1 : 0;
     if (best - second >= margin) {
       ++out.clear_rows;
@@ -109,9 +119,11 @@ Comparison compare(const std::vector<float>& z, std::int64_t n, std::int64_t k, 
 }
 
 // Σ_i log p(y_i | x_i) of a labelling.
-double objective(const std::vector<double>& log_p, std::int64_t k, const std::vector<std::int64_t>& labels) {
+double objective(const std::vector<double>& log_p, std::int64_t k,
+                 const std::vector<std::int64_t>& labels) {
   double total = 0.0;
-  for (std::size_t i = 0; i < labels.size(); ++i) total += log_p[i * static_cast<std::size_t>(k) + static_cast<std::size_t>(labels[i])];
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    total += log_p[i * static_cast<std::size_t>(k) + static_cast<std::size_t>(labels[i])];
   return total;
 }
 
@@ -126,7 +138,8 @@ TEST_CASE("fast solver agrees with the float64 reference (labels, r, c, marginal
     SinkhornStorage storage;
     double log_tol;
   };
-  const StorageCase storages[] = {{SinkhornStorage::f32, 1e-4}, {SinkhornStorage::f16, 2e-3}, {SinkhornStorage::bf16, 1e-2}};
+  const StorageCase storages[] = {
+      {SinkhornStorage::f32, 1e-4}, {SinkhornStorage::f16, 2e-3}, {SinkhornStorage::bf16, 1e-2}};
   const double margin = 0.02;  // "clear margin": best − second best of λ log p + log r ≥ 0.02
   struct Shape {
     std::int64_t n, k;
@@ -135,7 +148,10 @@ TEST_CASE("fast solver agrees with the float64 reference (labels, r, c, marginal
     for (double lambda : {1.0, 10.0, 25.0}) {
       for (float spread : {2.0f, 0.05f}) {  // peaked rows, near-uniform rows
         const std::int64_t n = shape.n, k = shape.k;
-        auto z = random_logits(n, k, spread, static_cast<std::uint32_t>(n * 31 + k + static_cast<int>(lambda * 7) + (spread > 1 ? 1 : 0)));
+        auto z =
+            random_logits(n, k, spread,
+                          static_cast<std::uint32_t>(n * 31 + k + static_cast<int>(lambda * 7) +
+                                                     (spread > 1 ? 1 : 0)));
         SinkhornOptions options = quiet_options(&log);
         options.lambda = lambda;
         options.tol = 1e-5 * static_cast<double>(n);  // mean |c/c_new − 1| of 1e-5 per row
@@ -154,11 +170,13 @@ TEST_CASE("fast solver agrees with the float64 reference (labels, r, c, marginal
           REQUIRE(fast.converged);
           REQUIRE(fast.labels.size() == static_cast<std::size_t>(n));
           Comparison cmp = compare(z, n, k, lambda, fast, ref, margin);
-          MESSAGE("N=" << n << " K=" << k << " lambda=" << lambda << " spread=" << spread << " " << storage_name(sc.storage)
-                       << ": iters " << fast.iterations << " (ref " << ref.iterations << "), clear " << cmp.clear_rows
-                       << " agree " << cmp.clear_agree << ", all agree " << cmp.all_agree << ", log r err "
-                       << cmp.r_log_error << ", log c err " << cmp.c_log_error << ", col err " << fast.col_marginal_error
-                       << " ref " << ref.col_marginal_error << ", floor mass " << fast.floor_mass);
+          MESSAGE("N=" << n << " K=" << k << " lambda=" << lambda << " spread=" << spread << " "
+                       << storage_name(sc.storage) << ": iters " << fast.iterations << " (ref "
+                       << ref.iterations << "), clear " << cmp.clear_rows << " agree "
+                       << cmp.clear_agree << ", all agree " << cmp.all_agree << ", log r err "
+                       << cmp.r_log_error << ", log c err " << cmp.c_log_error << ", col err "
+                       << fast.col_marginal_error << " ref " << ref.col_marginal_error
+                       << ", floor mass " << fast.floor_mass);
           // f16 keeps A only down to e^-27 below the row maximum: where the plan needs smaller
           // entries (peaked rows at large λ) its answer is storage-limited, and it must say so.
           // f32 and bf16 (range e^-69) must never be in that regime on these logits.
@@ -168,11 +186,16 @@ TEST_CASE("fast solver agrees with the float64 reference (labels, r, c, marginal
             continue;
           }
           CHECK(fast.warning.empty());
+          // Same start, same updates, same stopping rule: the same iteration count, give or
+          // take one check where the stopping value sits at the tolerance within rounding.
+          CHECK(std::llabs(fast.iterations - ref.iterations) <= options.check_every);
           // The test must have rows to judge: at least a fifth of them with a clear margin.
           CHECK(cmp.clear_rows * 5 >= n);
           CHECK(cmp.clear_agree * 1000 >= cmp.clear_rows * 999);
-          CHECK_MESSAGE(cmp.r_log_error <= sc.log_tol, "max |log r - log r_ref| = " << cmp.r_log_error);
-          CHECK_MESSAGE(cmp.c_log_error <= sc.log_tol, "max |log c - log c_ref| = " << cmp.c_log_error);
+          CHECK_MESSAGE(cmp.r_log_error <= sc.log_tol,
+                        "max |log r - log r_ref| = " << cmp.r_log_error);
+          CHECK_MESSAGE(cmp.c_log_error <= sc.log_tol,
+                        "max |log c - log c_ref| = " << cmp.c_log_error);
           // Marginals of the plan: rows are exact by construction (float32 dot rounding),
           // columns within what the stopping rule allows (mean row change 1e-6).
           CHECK(fast.row_marginal_error <= 1e-5);
@@ -197,11 +220,15 @@ TEST_CASE("at large lambda the labels approach the exact equipartitioned assignm
       std::vector<double> cost(static_cast<std::size_t>(n * n));
       for (std::int64_t i = 0; i < n; ++i) {
         for (std::int64_t col = 0; col < n; ++col) {
-          cost[static_cast<std::size_t>(i * n + col)] = -log_p[static_cast<std::size_t>(i * k + col / copies)];
+          cost[static_cast<std::size_t>(i * n + col)] =
+              -log_p[static_cast<std::size_t>(i * k + col / copies)];
         }
       }
+      std::vector<std::int64_t> columns = sela::solve_linear_assignment(cost.data(), n, n);
       double optimum_cost = 0.0;
-      std::vector<std::int64_t> columns = min_cost_assignment(cost.data(), n, n, &optimum_cost);
+      for (std::int64_t i = 0; i < n; ++i) {
+        optimum_cost += cost[static_cast<std::size_t>(i * n + columns[static_cast<std::size_t>(i)])];
+      }
       const double optimum = -optimum_cost;
 
       SinkhornOptions options = quiet_options(&log);
@@ -221,14 +248,15 @@ TEST_CASE("at large lambda the labels approach the exact equipartitioned assignm
       // in sample units can move the regularised optimum from the exact one (3 nats for
       // K = 12 against optima of −35 to −80 nats); the argmax rounding must stay inside it.
       // And the labels must be (nearly) equipartitioned: every cluster within ±2 of N/K.
-      const double bound = static_cast<double>(n) * std::log(static_cast<double>(k)) / options.lambda;
+      const double bound =
+          static_cast<double>(n) * std::log(static_cast<double>(k)) / options.lambda;
       CHECK_MESSAGE(std::fabs(ours - optimum) <= bound, "ours " << ours << " optimum " << optimum);
       CHECK_MESSAGE(std::fabs(theirs - optimum) <= bound, "reference " << theirs);
       CHECK(fast.cluster_min >= copies - 2);
       CHECK(fast.cluster_max <= copies + 2);
-      MESSAGE("K=" << k << " seed " << seed << ": optimum " << optimum << ", sinkhorn " << ours << " (reference "
-                   << theirs << "), clusters " << fast.cluster_min << ".." << fast.cluster_max << ", iterations "
-                   << fast.iterations);
+      MESSAGE("K=" << k << " seed " << seed << ": optimum " << optimum << ", sinkhorn " << ours
+                   << " (reference " << theirs << "), clusters " << fast.cluster_min << ".."
+                   << fast.cluster_max << ", iterations " << fast.iterations);
       (void)columns;
     }
   }
@@ -293,7 +321,8 @@ TEST_CASE("reaching the iteration cap is a warning with both marginal errors, ne
 
 TEST_CASE("N < K, K = 1 and N = 1 are solved") {
   std::ostringstream log;
-  for (SinkhornStorage storage : {SinkhornStorage::f32, SinkhornStorage::f16, SinkhornStorage::bf16}) {
+  for (SinkhornStorage storage :
+       {SinkhornStorage::f32, SinkhornStorage::f16, SinkhornStorage::bf16}) {
     SinkhornOptions options = quiet_options(&log);
     options.storage = storage;
     SinkhornSolver solver(options);
@@ -373,8 +402,8 @@ TEST_CASE("misuse of the batch API is an Error") {
   CHECK_THROWS_AS(solver.solve(), sela::Error);
   solver.begin_head(10, 4, "h");
   solver.append_logits(z.data(), 6);
-  CHECK_THROWS_AS(solver.solve(), sela::Error);                       // 6 of 10 rows
-  CHECK_THROWS_AS(solver.append_logits(z.data(), 5), sela::Error);    // 11 > 10 rows
+  CHECK_THROWS_AS(solver.solve(), sela::Error);                         // 6 of 10 rows
+  CHECK_THROWS_AS(solver.append_logits(z.data(), 5), sela::Error);      // 11 > 10 rows
   CHECK_THROWS_AS(solver.set_options(SinkhornOptions{}), sela::Error);  // while filling
   solver.append_logits(z.data() + 24, 4);
   CHECK(solver.solve().labels.size() == 10);
@@ -397,15 +426,18 @@ TEST_CASE("batches, at once, head reuse and repeated runs give bit-identical res
   SinkhornResult at_once = solver.solve(z.data(), n, k, "h0");
   solver.solve(other.data(), 300, 1000, "h1");  // a head of another shape in between
   solver.begin_head(n, k, "h0");
-  for (std::int64_t start = 0; start < n; start += 256) solver.append_logits(z.data() + start * k, std::min<std::int64_t>(256, n - start));
+  for (std::int64_t start = 0; start < n; start += 256)
+    solver.append_logits(z.data() + start * k, std::min<std::int64_t>(256, n - start));
   SinkhornResult batched = solver.solve();
   SinkhornSolver fresh(options);
   SinkhornResult again = fresh.solve(z.data(), n, k, "h0");
   for (const SinkhornResult* other_result : {&batched, &again}) {
     CHECK(other_result->iterations == at_once.iterations);
     CHECK(other_result->labels == at_once.labels);
-    CHECK(std::memcmp(other_result->r.data(), at_once.r.data(), at_once.r.size() * sizeof(double)) == 0);
-    CHECK(std::memcmp(other_result->c.data(), at_once.c.data(), at_once.c.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(other_result->r.data(), at_once.r.data(),
+                      at_once.r.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(other_result->c.data(), at_once.c.data(),
+                      at_once.c.size() * sizeof(double)) == 0);
   }
   // Another thread count changes the summation order only: same labels, r within 1e-6.
   const int saved = sela::cpu::num_threads();
@@ -414,9 +446,65 @@ TEST_CASE("batches, at once, head reuse and repeated runs give bit-identical res
   SinkhornResult other_threads = single.solve(z.data(), n, k, "h0");
   sela::cpu::set_num_threads(saved);
   std::int64_t same = 0;
-  for (std::int64_t i = 0; i < n; ++i) same += other_threads.labels[static_cast<std::size_t>(i)] == at_once.labels[static_cast<std::size_t>(i)];
+  for (std::int64_t i = 0; i < n; ++i)
+    same += other_threads.labels[static_cast<std::size_t>(i)] ==
+            at_once.labels[static_cast<std::size_t>(i)];
   CHECK(same * 1000 >= n * 999);
   for (std::int64_t j = 0; j < k; ++j) {
-    CHECK(std::fabs(other_threads.r[static_cast<std::size_t>(j)] / at_once.r[static_cast<std::size_t>(j)] - 1.0) <= 1e-5);
+    CHECK(std::fabs(other_threads.r[static_cast<std::size_t>(j)] /
+                        at_once.r[static_cast<std::size_t>(j)] -
+                    1.0) <= 1e-5);
   }
+}
+
+TEST_CASE(
+    "over-relaxation: fewer iterations, the same labels, and a safeguard that is never silent") {
+  const std::int64_t n = 3000, k = 100;
+  auto z = random_logits(n, k, 1.0f, 31);
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.storage = SinkhornStorage::f32;
+  options.tol = 1e-3;
+  SinkhornSolver solver(options);
+  SinkhornResult plain = solver.solve(z.data(), n, k);
+  REQUIRE(plain.converged);
+  options.over_relaxation = 1.4;
+  solver.set_options(options);
+  SinkhornResult relaxed = solver.solve(z.data(), n, k);
+  CHECK(relaxed.converged);
+  CHECK(relaxed.over_relaxation == 1.4);
+  CHECK(relaxed.over_relaxation_stopped_at == -1);
+  CHECK(relaxed.warning.empty());
+  CHECK(relaxed.iterations < plain.iterations);
+  // Both stop within the same tolerance of the same fixed point: the same labels.
+  std::int64_t same = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    same +=
+        relaxed.labels[static_cast<std::size_t>(i)] == plain.labels[static_cast<std::size_t>(i)];
+  CHECK(same * 1000 >= n * 999);
+  CHECK(relaxed.col_marginal_error <= 1e-3);
+  CHECK(relaxed.row_marginal_error <= 1e-3);
+  MESSAGE("plain " << plain.iterations << " iterations, omega 1.4: " << relaxed.iterations
+                   << ", labels equal " << same << "/" << n);
+
+  // Too large an omega diverges; the safeguard returns to plain steps and says so.
+  options.over_relaxation = 1.95;
+  solver.set_options(options);
+  SinkhornResult unstable = solver.solve(z.data(), n, k);
+  CHECK(unstable.converged);
+  CHECK(unstable.over_relaxation_stopped_at >= 0);
+  CHECK(unstable.warning.find("over-relaxation") != std::string::npos);
+  CHECK(log.str().find("over-relaxation") != std::string::npos);
+  same = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    same +=
+        unstable.labels[static_cast<std::size_t>(i)] == plain.labels[static_cast<std::size_t>(i)];
+  CHECK(same * 1000 >= n * 999);
+  MESSAGE("omega 1.95: stopped at " << unstable.over_relaxation_stopped_at << ", "
+                                    << unstable.iterations << " iterations");
+
+  options.over_relaxation = 2.0;
+  CHECK_THROWS_AS(solver.set_options(options), sela::Error);
+  options.over_relaxation = 0.9;
+  CHECK_THROWS_AS(solver.set_options(options), sela::Error);
 }

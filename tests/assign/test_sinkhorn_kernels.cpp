@@ -34,26 +34,57 @@ std::vector<float> random_logits(std::int64_t n, std::int64_t k, float spread, s
   return z;
 }
 
-template <typename Store> Store poison_value();
-template <> float poison_value<float>() { return kNaN; }
-template <> Half poison_value<Half>() { return Half{0x7E00}; }
-template <> BFloat16 poison_value<BFloat16>() { return BFloat16{0x7FC0}; }
+template <typename Store>
+Store poison_value();
+template <>
+float poison_value<float>() {
+  return kNaN;
+}
+template <>
+Half poison_value<Half>() {
+  return Half{0x7E00};
+}
+template <>
+BFloat16 poison_value<BFloat16>() {
+  return BFloat16{0x7FC0};
+}
 
-template <typename Store> const char* store_name();
-template <> const char* store_name<float>() { return "f32"; }
-template <> const char* store_name<Half>() { return "f16"; }
-template <> const char* store_name<BFloat16>() { return "bf16"; }
+template <typename Store>
+const char* store_name();
+template <>
+const char* store_name<float>() {
+  return "f32";
+}
+template <>
+const char* store_name<Half>() {
+  return "f16";
+}
+template <>
+const char* store_name<BFloat16>() {
+  return "bf16";
+}
 
 // Relative rounding of one stored value (half an ulp of the significand) plus the float32
 // evaluation of λ(z − max) and exp (|v|·2^-23 + 4e-7 relative, |v| <= 88).
-template <typename Store> double storage_rtol();
-template <> double storage_rtol<float>() { return 88.0 * 1.2e-7 + 4e-7; }
-template <> double storage_rtol<Half>() { return std::ldexp(1.0, -11) + 88.0 * 1.2e-7 + 4e-7; }
-template <> double storage_rtol<BFloat16>() { return std::ldexp(1.0, -8) + 88.0 * 1.2e-7 + 4e-7; }
+template <typename Store>
+double storage_rtol();
+template <>
+double storage_rtol<float>() {
+  return 88.0 * 1.2e-7 + 4e-7;
+}
+template <>
+double storage_rtol<Half>() {
+  return std::ldexp(1.0, -11) + 88.0 * 1.2e-7 + 4e-7;
+}
+template <>
+double storage_rtol<BFloat16>() {
+  return std::ldexp(1.0, -8) + 88.0 * 1.2e-7 + 4e-7;
+}
 
 // A stored as Store, then loaded back as double: the exact input the other kernels see.
 template <typename Store>
-std::vector<Store> stored_matrix(const std::vector<float>& z, std::int64_t n, std::int64_t k, float lambda) {
+std::vector<Store> stored_matrix(const std::vector<float>& z, std::int64_t n, std::int64_t k,
+                                 float lambda) {
   const std::int64_t stride = sinkhorn_row_stride(k);
   std::vector<Store> a(static_cast<std::size_t>(n * stride), poison_value<Store>());
   REQUIRE(sinkhorn_store_rows<Store>(z.data(), n, k, lambda, a.data(), stride, nullptr) == -1);
@@ -81,7 +112,8 @@ void check_round_to_nearest(float value) {
     const double other = sinkhorn_load(neighbour);
     if (!std::isfinite(other)) continue;
     const double other_err = std::fabs(other - static_cast<double>(value));
-    CHECK_MESSAGE(err <= other_err, store_name<Store>() << " rounding of " << value << " gave " << got);
+    CHECK_MESSAGE(err <= other_err, store_name<Store>()
+                                        << " rounding of " << value << " gave " << got);
     if (err == other_err) CHECK_MESSAGE((bits & 1u) == 0, "tie not rounded to even for " << value);
   }
 }
@@ -119,31 +151,41 @@ void check_store_rows() {
   for (float lambda : {1.0f, 10.0f, 25.0f}) {
     for (std::int64_t k : {1, 7, 16, 37, 100}) {
       const std::int64_t n = 53, stride = sinkhorn_row_stride(k);
-      auto z = random_logits(n, k, 2.0f, static_cast<std::uint32_t>(k * 131 + static_cast<int>(lambda)));
+      auto z =
+          random_logits(n, k, 2.0f, static_cast<std::uint32_t>(k * 131 + static_cast<int>(lambda)));
       std::vector<Store> a(static_cast<std::size_t>(n * stride), poison_value<Store>());
       std::vector<float> log_mass(static_cast<std::size_t>(n), kNaN);
-      REQUIRE(sinkhorn_store_rows<Store>(z.data(), n, k, lambda, a.data(), stride, log_mass.data()) == -1);
+      REQUIRE(sinkhorn_store_rows<Store>(z.data(), n, k, lambda, a.data(), stride,
+                                         log_mass.data()) == -1);
       const double scale = sinkhorn_storage_scale<Store>();
       std::int64_t failures = 0;
       for (std::int64_t i = 0; i < n; ++i) {
         double row_max = -1e300, mass = 0.0;
-        for (std::int64_t j = 0; j < k; ++j) row_max = std::max(row_max, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
-        for (std::int64_t j = 0; j < k; ++j) mass += std::exp(static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - row_max);
+        for (std::int64_t j = 0; j < k; ++j)
+          row_max = std::max(row_max, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+        for (std::int64_t j = 0; j < k; ++j)
+          mass += std::exp(static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - row_max);
         // log Σ exp(z − max) in float32: float sum of k terms (k·2^-24) and the log's rounding.
-        CHECK_MESSAGE(close(log_mass[static_cast<std::size_t>(i)], std::log(mass), 1e-6 * static_cast<double>(k), 1e-6), "row " << i);
+        CHECK_MESSAGE(close(log_mass[static_cast<std::size_t>(i)], std::log(mass),
+                            1e-6 * static_cast<double>(k), 1e-6),
+                      "row " << i);
         for (std::int64_t j = 0; j < stride; ++j) {
           const double got = loaded(a, i, j, stride);
           if (j >= k) {
             failures += got == 0.0 ? 0 : 1;  // padding must be exactly 0
             continue;
           }
-          const double v = static_cast<double>(lambda) * (static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - row_max);
+          const double v = static_cast<double>(lambda) *
+                           (static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - row_max);
           // Never below the storage floor: values under it are stored as the floor.
-          const double ref = std::max(scale * std::exp(v), static_cast<double>(sinkhorn_storage_floor<Store>()));
+          const double ref =
+              std::max(scale * std::exp(v), static_cast<double>(sinkhorn_storage_floor<Store>()));
           // atol: half of the storage's smallest subnormal step (Half: 2^-25, in scaled units).
           const double atol = std::is_same<Store, Half>::value ? std::ldexp(1.0, -25) : 0.0;
           if (!close(got, ref, atol, storage_rtol<Store>())) {
-            if (++failures < 5) MESSAGE(store_name<Store>() << " A(" << i << "," << j << ") = " << got << ", ref " << ref);
+            if (++failures < 5)
+              MESSAGE(store_name<Store>()
+                      << " A(" << i << "," << j << ") = " << got << ", ref " << ref);
           }
         }
       }
@@ -168,7 +210,8 @@ TEST_CASE("sinkhorn_store_rows reports the first row holding NaN or Inf") {
   CHECK(sinkhorn_store_rows<float>(z.data(), n, k, 10.0f, a.data(), stride, nullptr) == 417);
   z[static_cast<std::size_t>(2 * k)] = -std::numeric_limits<float>::infinity();
   CHECK(sinkhorn_store_rows<float>(z.data(), n, k, 10.0f, a.data(), stride, nullptr) == 2);
-  CHECK_THROWS_AS(sinkhorn_store_rows<float>(z.data(), n, k, 10.0f, a.data(), stride + 1, nullptr), sela::Error);
+  CHECK_THROWS_AS(sinkhorn_store_rows<float>(z.data(), n, k, 10.0f, a.data(), stride + 1, nullptr),
+                  sela::Error);
 }
 
 template <typename Store>
@@ -191,10 +234,13 @@ void check_pass_kernels(std::int64_t n, std::int64_t k) {
   // Column sums, plain and weighted with weights spanning 1e-80..1: float64 throughout,
   // so only summation-order rounding remains (rtol 1e-12).
   std::vector<double> weights(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) weights[static_cast<std::size_t>(i)] = std::pow(10.0, -80.0 * uniform(gen));
-  for (const double* w : {static_cast<const double*>(nullptr), static_cast<const double*>(weights.data())}) {
+  for (std::int64_t i = 0; i < n; ++i)
+    weights[static_cast<std::size_t>(i)] = std::pow(10.0, -80.0 * uniform(gen));
+  for (const double* w :
+       {static_cast<const double*>(nullptr), static_cast<const double*>(weights.data())}) {
     std::vector<double> sums(static_cast<std::size_t>(k), static_cast<double>(kNaN));
-    sinkhorn_column_sums<Store>(a.data(), n, k, stride, w, workspace.data(), workspace.size(), sums.data());
+    sinkhorn_column_sums<Store>(a.data(), n, k, stride, w, workspace.data(), workspace.size(),
+                                sums.data());
     for (std::int64_t j = 0; j < k; ++j) {
       double ref = 0.0;
       for (std::int64_t i = 0; i < n; ++i) ref += loaded(a, i, j, stride) * (w ? w[i] : 1.0);
@@ -207,31 +253,38 @@ void check_pass_kernels(std::int64_t n, std::int64_t k) {
   const double dot_rtol = std::ldexp(1.0, -24) * (static_cast<double>(k) / 16.0 + 8.0) * 4.0;
   std::vector<double> cols(static_cast<std::size_t>(k), static_cast<double>(kNaN));
   std::int64_t bad = -1;
-  const double change = sinkhorn_pass<Store>(a.data(), n, k, stride, n, r_rel.data(), r_scale, c.data(), cols.data(),
-                                             true, workspace.data(), workspace.size(), &bad);
+  const double change =
+      sinkhorn_pass<Store>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 1.0, c.data(),
+                           cols.data(), true, workspace.data(), workspace.size(), &bad);
   CHECK(bad == 0);
   std::vector<double> c_ref(static_cast<std::size_t>(n));
   double change_ref = 0.0;
   for (std::int64_t i = 0; i < n; ++i) {
     double dot = 0.0;
-    for (std::int64_t j = 0; j < k; ++j) dot += loaded(a, i, j, stride) * static_cast<double>(r_rel[static_cast<std::size_t>(j)]);
+    for (std::int64_t j = 0; j < k; ++j)
+      dot += loaded(a, i, j, stride) * static_cast<double>(r_rel[static_cast<std::size_t>(j)]);
     c_ref[static_cast<std::size_t>(i)] = 1.0 / (static_cast<double>(n) * r_scale * dot);
-    change_ref += std::fabs(c_old[static_cast<std::size_t>(i)] / c_ref[static_cast<std::size_t>(i)] - 1.0);
-    CHECK_MESSAGE(close(c[static_cast<std::size_t>(i)], c_ref[static_cast<std::size_t>(i)], 0.0, dot_rtol), "row " << i);
+    change_ref +=
+        std::fabs(c_old[static_cast<std::size_t>(i)] / c_ref[static_cast<std::size_t>(i)] - 1.0);
+    CHECK_MESSAGE(
+        close(c[static_cast<std::size_t>(i)], c_ref[static_cast<std::size_t>(i)], 0.0, dot_rtol),
+        "row " << i);
   }
   CHECK(close(change, change_ref, 1e-12, 1e-4));
   for (std::int64_t j = 0; j < k; ++j) {
     double ref = 0.0;
-    for (std::int64_t i = 0; i < n; ++i) ref += loaded(a, i, j, stride) * c_ref[static_cast<std::size_t>(i)];
-    CHECK_MESSAGE(close(cols[static_cast<std::size_t>(j)], ref, 1e-300, dot_rtol + 5e-6), "column " << j);
+    for (std::int64_t i = 0; i < n; ++i)
+      ref += loaded(a, i, j, stride) * c_ref[static_cast<std::size_t>(i)];
+    CHECK_MESSAGE(close(cols[static_cast<std::size_t>(j)], ref, 1e-300, dot_rtol + 5e-6),
+                  "column " << j);
   }
 
   // Labels: argmax_k A_ik r_rel_k; a near tie may go either way in float32, so the chosen
   // value must be within 2^-22 (relative) of the best, and exactly the first best otherwise.
   std::vector<std::int64_t> labels(static_cast<std::size_t>(n), -7);
   double floor_mass = -1.0;
-  const double row_error =
-      sinkhorn_labels<Store>(a.data(), n, k, stride, n, r_rel.data(), r_scale, c.data(), labels.data(), &floor_mass);
+  const double row_error = sinkhorn_labels<Store>(a.data(), n, k, stride, n, r_rel.data(), r_scale,
+                                                  c.data(), labels.data(), &floor_mass);
   double row_error_ref = 0.0, floor_mass_ref = 0.0;
   for (std::int64_t i = 0; i < n; ++i) {
     double best = -1.0, dot = 0.0, floor_dot = 0.0;
@@ -248,17 +301,26 @@ void check_pass_kernels(std::int64_t n, std::int64_t k) {
     const std::int64_t got = labels[static_cast<std::size_t>(i)];
     REQUIRE(got >= 0);
     REQUIRE(got < k);
-    const double chosen = loaded(a, i, got, stride) * static_cast<double>(r_rel[static_cast<std::size_t>(got)]);
+    const double chosen =
+        loaded(a, i, got, stride) * static_cast<double>(r_rel[static_cast<std::size_t>(got)]);
     CHECK_MESSAGE((got == best_j || chosen >= best * (1.0 - std::ldexp(1.0, -22))), "row " << i);
     floor_mass_ref = std::max(floor_mass_ref, floor_dot / dot);
-    row_error_ref = std::max(row_error_ref, std::fabs(static_cast<double>(n) * r_scale * c[static_cast<std::size_t>(i)] * dot - 1.0));
+    row_error_ref = std::max(
+        row_error_ref,
+        std::fabs(static_cast<double>(n) * r_scale * c[static_cast<std::size_t>(i)] * dot - 1.0));
   }
   CHECK(close(row_error, row_error_ref, dot_rtol, 0.0));
   CHECK(close(floor_mass, floor_mass_ref, 1e-30, dot_rtol));
 }
 
 TEST_CASE("sinkhorn column sums, pass and labels match float64 loops") {
-  for (auto [n, k] : {std::pair<std::int64_t, std::int64_t>{1, 1}, {5, 3}, {300, 17}, {1027, 64}, {2500, 250}}) {
+  // The last shape holds 2.9M values: several chunks (threads) once there are 2+ threads.
+  for (auto [n, k] : {std::pair<std::int64_t, std::int64_t>{1, 1},
+                      {5, 3},
+                      {300, 17},
+                      {1027, 64},
+                      {2500, 250},
+                      {9001, 300}}) {
     check_pass_kernels<float>(n, k);
     check_pass_kernels<Half>(n, k);
     check_pass_kernels<BFloat16>(n, k);
@@ -266,12 +328,15 @@ TEST_CASE("sinkhorn column sums, pass and labels match float64 loops") {
 }
 
 TEST_CASE("sinkhorn_pass is deterministic for a thread count and checks its workspace") {
-  const std::int64_t n = 4099, k = 129, stride = sinkhorn_row_stride(k);
+  // 20011 x 160 = 3.2M values: three chunks with three threads (a chunk needs 2^20 values).
+  const std::int64_t n = 20011, k = 129, stride = sinkhorn_row_stride(k);
   auto z = random_logits(n, k, 0.5f, 99);
   std::vector<Half> a = stored_matrix<Half>(z, n, k, 25.0f);
   std::vector<float> r_rel(static_cast<std::size_t>(stride), 0.0f);
-  for (std::int64_t j = 0; j < k; ++j) r_rel[static_cast<std::size_t>(j)] = 0.5f + 0.001f * static_cast<float>(j);
+  for (std::int64_t j = 0; j < k; ++j)
+    r_rel[static_cast<std::size_t>(j)] = 0.5f + 0.001f * static_cast<float>(j);
   const int saved = sela::cpu::num_threads();
+  std::vector<double> one_thread;
   for (int threads : {1, 2, 3}) {
     sela::cpu::set_num_threads(threads);
     std::vector<char> workspace(sinkhorn_workspace_bytes(n, stride));
@@ -279,25 +344,35 @@ TEST_CASE("sinkhorn_pass is deterministic for a thread count and checks its work
     for (std::vector<double>* out : {&first, &second}) {
       std::vector<double> c(static_cast<std::size_t>(n), 1.0 / static_cast<double>(n));
       std::vector<double> cols(static_cast<std::size_t>(k), static_cast<double>(kNaN));
-      double change = sinkhorn_pass<Half>(a.data(), n, k, stride, n, r_rel.data(), 1.0, c.data(), cols.data(), true,
-                                          workspace.data(), workspace.size(), nullptr);
+      double change =
+          sinkhorn_pass<Half>(a.data(), n, k, stride, n, r_rel.data(), 1.0, 1.0, c.data(),
+                              cols.data(), true, workspace.data(), workspace.size(), nullptr);
       *out = cols;
       out->push_back(change);
       out->insert(out->end(), c.begin(), c.end());
     }
-    CHECK_MESSAGE(std::memcmp(first.data(), second.data(), first.size() * sizeof(double)) == 0, threads << " threads");
+    CHECK_MESSAGE(std::memcmp(first.data(), second.data(), first.size() * sizeof(double)) == 0,
+                  threads << " threads");
+    // Another thread count only regroups the float64 sums of float32 blocks.
+    if (threads == 1) {
+      one_thread = first;
+    } else {
+      for (std::size_t e = 0; e < first.size(); ++e)
+        CHECK(close(first[e], one_thread[e], 1e-300, 1e-6));
+    }
   }
   sela::cpu::set_num_threads(1);
   std::vector<char> small(sinkhorn_workspace_bytes(n, stride));
   sela::cpu::set_num_threads(3);
   std::vector<double> c(static_cast<std::size_t>(n), 1.0), cols(static_cast<std::size_t>(k));
-  CHECK_THROWS_AS(sinkhorn_pass<Half>(a.data(), n, k, stride, n, r_rel.data(), 1.0, c.data(), cols.data(), false,
-                                      small.data(), small.size(), nullptr),
+  CHECK_THROWS_AS(sinkhorn_pass<Half>(a.data(), n, k, stride, n, r_rel.data(), 1.0, 1.0, c.data(),
+                                      cols.data(), false, small.data(), small.size(), nullptr),
                   sela::Error);
   sela::cpu::set_num_threads(saved);
 }
 
-TEST_CASE("entries below the storage range are stored at the floor and the mass on them is measured") {
+TEST_CASE(
+    "entries below the storage range are stored at the floor and the mass on them is measured") {
   // Row 0: A = [1, e^-200, e^-300] → [1, floor, floor]; with r_rel = [1e-35, 1, 0.5] its
   // products are [1e-35, floor, floor/2]: label 1, and the floor holds 1.5 floor / (1e-35 +
   // 1.5 floor) of its mass. Row 1 is ordinary.
@@ -314,9 +389,67 @@ TEST_CASE("entries below the storage range are stored at the floor and the mass 
   const std::vector<double> c = {1.0, 1.0};
   std::vector<std::int64_t> labels(2, -1);
   double floor_mass = -1.0;
-  sinkhorn_labels<float>(a.data(), n, k, stride, n, r_rel.data(), 1.0, c.data(), labels.data(), &floor_mass);
+  sinkhorn_labels<float>(a.data(), n, k, stride, n, r_rel.data(), 1.0, c.data(), labels.data(),
+                         &floor_mass);
   CHECK(labels[0] == 1);
   CHECK(labels[1] == 1);
   const double floor = sinkhorn_storage_floor<float>();
   CHECK(close(floor_mass, 1.5 * floor / (1e-35 + 1.5 * floor), 0.0, 1e-6));
+}
+
+TEST_CASE("over-relaxed pass: c = c_old^(1-omega) c_new^omega and the column sums use it") {
+  // The factor against pow in float64, on both sides of its series/pow switch (|x/y - 1| = 1e-3).
+  for (double omega : {1.2, 1.5, 1.9}) {
+    for (double delta :
+         {-0.3, -2e-3, -1e-3, -3e-4, -1e-7, 0.0, 1e-9, 5e-4, 9.9e-4, 1.5e-3, 0.7, 5.0}) {
+      const double y = 0.37, x = y * (1.0 + delta);
+      const double ref = std::pow(x / y, 1.0 - omega);
+      CHECK_MESSAGE(close(sinkhorn_relaxation_factor(x, y, omega), ref, 0.0, 1e-12),
+                    "omega " << omega << " delta " << delta);
+    }
+  }
+  const std::int64_t n = 203, k = 45, stride = sinkhorn_row_stride(k);
+  auto z = random_logits(n, k, 0.5f, 123);
+  std::vector<BFloat16> a = stored_matrix<BFloat16>(z, n, k, 10.0f);
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> uniform(0.1f, 1.0f);
+  std::vector<float> r_rel(static_cast<std::size_t>(stride), 0.0f);
+  for (std::int64_t j = 0; j < k; ++j) r_rel[static_cast<std::size_t>(j)] = uniform(gen);
+  std::vector<double> c(static_cast<std::size_t>(n));
+  for (double& v : c) v = uniform(gen) / static_cast<double>(n);
+  const std::vector<double> c_old = c;
+  std::vector<char> workspace(sinkhorn_workspace_bytes(n, stride));
+  std::vector<double> cols(static_cast<std::size_t>(k), static_cast<double>(kNaN));
+  const double omega = 1.5, r_scale = 0.8;
+  const double change =
+      sinkhorn_pass<BFloat16>(a.data(), n, k, stride, n, r_rel.data(), r_scale, omega, c.data(),
+                              cols.data(), true, workspace.data(), workspace.size(), nullptr);
+  const double dot_rtol = std::ldexp(1.0, -24) * (static_cast<double>(k) / 16.0 + 8.0) * 4.0;
+  std::vector<double> c_ref(static_cast<std::size_t>(n));
+  double change_ref = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    double dot = 0.0;
+    for (std::int64_t j = 0; j < k; ++j)
+      dot += loaded(a, i, j, stride) * static_cast<double>(r_rel[static_cast<std::size_t>(j)]);
+    const double c_new = 1.0 / (static_cast<double>(n) * r_scale * dot);
+    const double old = c_old[static_cast<std::size_t>(i)];
+    change_ref += std::fabs(old / c_new - 1.0);
+    c_ref[static_cast<std::size_t>(i)] = std::pow(old, 1.0 - omega) * std::pow(c_new, omega);
+    // c_new carries the dot's float32 rounding (dot_rtol) raised to the power ω.
+    CHECK_MESSAGE(close(c[static_cast<std::size_t>(i)], c_ref[static_cast<std::size_t>(i)], 0.0,
+                        2.0 * dot_rtol),
+                  "row " << i);
+  }
+  CHECK(close(change, change_ref, 1e-12, 1e-4));
+  for (std::int64_t j = 0; j < k; ++j) {
+    double ref = 0.0;
+    for (std::int64_t i = 0; i < n; ++i)
+      ref += loaded(a, i, j, stride) * c_ref[static_cast<std::size_t>(i)];
+    CHECK_MESSAGE(close(cols[static_cast<std::size_t>(j)], ref, 1e-300, 3.0 * dot_rtol + 5e-6),
+                  "column " << j);
+  }
+  CHECK_THROWS_AS(
+      sinkhorn_pass<BFloat16>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 2.0, c.data(),
+                              cols.data(), false, workspace.data(), workspace.size(), nullptr),
+      sela::Error);
 }
