@@ -7,52 +7,27 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <random>
 #include <type_traits>
 #include <vector>
 
 #include "engine/error.h"
 #include "kernels/cpu/batchnorm.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
+
+using sela::test::as;
+using sela::test::central_differences;
+using sela::test::count_bad;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::widen;
 
 struct BnShape {
   std::int64_t batch, channels, spatial;
   std::int64_t size() const { return batch * channels * spatial; }
 };
-
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed, double lo = -2.0,
-                                  double hi = 2.0) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-template <typename T>
-std::vector<T> poisoned(std::int64_t n) {
-  return std::vector<T>(static_cast<std::size_t>(n), std::numeric_limits<T>::quiet_NaN());
-}
-
-template <typename T>
-std::int64_t count_bad(const std::vector<T>& got, const std::vector<double>& ref, double atol,
-                       double rtol) {
-  REQUIRE(got.size() == ref.size());
-  std::int64_t bad = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<double>(got[i]);
-    if (!(std::isfinite(g) && std::abs(g - ref[i]) <= atol + rtol * std::abs(ref[i]))) ++bad;
-  }
-  return bad;
-}
 
 // Naive statistics of channel c: mean and biased variance (two passes, double).
 void reference_stats(const BnShape& s, const std::vector<double>& x, std::int64_t c, double* mean,
@@ -76,12 +51,12 @@ void check_forward_train(const BnShape& s, bool affine, bool track, std::uint64_
   const double eps = 1e-5, momentum = 0.1;
   const auto x_d = random_values(s.size(), seed, -1.0, 3.0);
   const auto gamma_d = random_values(s.channels, seed + 1, 0.5, 1.5);
-  const auto beta_d = random_values(s.channels, seed + 2);
-  const auto rm_d = random_values(s.channels, seed + 3);
+  const auto beta_d = random_values(s.channels, seed + 2, -2.0, 2.0);
+  const auto rm_d = random_values(s.channels, seed + 3, -2.0, 2.0);
   const auto rv_d = random_values(s.channels, seed + 4, 0.5, 2.0);
   const auto x = as<T>(x_d), gamma = as<T>(gamma_d), beta = as<T>(beta_d);
   auto running_mean = as<T>(rm_d), running_var = as<T>(rv_d);
-  const std::vector<double> x_r(x.begin(), x.end());  // the input as the kernel sees it
+  const auto x_r = widen(x);  // the input as the kernel sees it
 
   auto y = poisoned<T>(s.size());
   auto save_mean = poisoned<T>(s.channels), save_invstd = poisoned<T>(s.channels);
@@ -122,7 +97,7 @@ void check_forward_train(const BnShape& s, bool affine, bool track, std::uint64_
   } else {
     // Untouched.
     const auto initial = as<T>(rm_d);
-    CHECK(count_bad(running_mean, std::vector<double>(initial.begin(), initial.end()), 0, 0) == 0);
+    CHECK(count_bad(running_mean, widen(initial), 0, 0) == 0);
   }
 }
 
@@ -159,7 +134,7 @@ TEST_CASE("batch_norm_forward_train keeps float precision when |mean| >> std") {
   const auto noise = random_values(s.size(), 7, -1.0, 1.0);
   std::vector<float> x(noise.size());
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(1000.0 + noise[i]);
-  const std::vector<double> x_r(x.begin(), x.end());
+  const auto x_r = widen(x);
   auto y = poisoned<float>(s.size());
   std::vector<float> mean(2), invstd(2);
   sela::cpu::batch_norm_forward_train<float>(s.batch, s.channels, s.spatial, x.data(), nullptr,
@@ -184,9 +159,11 @@ TEST_CASE(
   for (const auto& s : kShapes) {
     CAPTURE(s.spatial);
     const double eps = 1e-3;
-    const auto x = random_values(s.size(), 1);
-    const auto gamma = random_values(s.channels, 2), beta = random_values(s.channels, 3);
-    const auto rm = random_values(s.channels, 4), rv = random_values(s.channels, 5, 0.1, 2.0);
+    const auto x = random_values(s.size(), 1, -2.0, 2.0);
+    const auto gamma = random_values(s.channels, 2, -2.0, 2.0),
+               beta = random_values(s.channels, 3, -2.0, 2.0);
+    const auto rm = random_values(s.channels, 4, -2.0, 2.0),
+               rv = random_values(s.channels, 5, 0.1, 2.0);
     std::vector<double> want(x.size());
     for (std::int64_t n = 0; n < s.batch; ++n)
       for (std::int64_t c = 0; c < s.channels; ++c)
@@ -223,23 +200,6 @@ double train_loss(const BnShape& s, const std::vector<double>& x, const std::vec
   return total;
 }
 
-// Central difference of f along each entry of v.
-template <typename F>
-std::vector<double> numeric_gradient(std::vector<double>* v, const F& f) {
-  const double h = 1e-6;
-  std::vector<double> grad(v->size());
-  for (std::size_t i = 0; i < v->size(); ++i) {
-    const double keep = (*v)[i];
-    (*v)[i] = keep + h;
-    const double up = f();
-    (*v)[i] = keep - h;
-    const double down = f();
-    (*v)[i] = keep;
-    grad[i] = (up - down) / (2 * h);
-  }
-  return grad;
-}
-
 }  // namespace
 
 TEST_CASE("batch_norm_backward_train matches finite differences through the batch statistics") {
@@ -249,10 +209,10 @@ TEST_CASE("batch_norm_backward_train matches finite differences through the batc
     CAPTURE(s.batch);
     CAPTURE(s.channels);
     CAPTURE(s.spatial);
-    auto x = random_values(s.size(), ++seed);
+    auto x = random_values(s.size(), ++seed, -2.0, 2.0);
     auto gamma = random_values(s.channels, ++seed, 0.5, 1.5);
-    auto beta = random_values(s.channels, ++seed);
-    const auto weight = random_values(s.size(), ++seed);  // = grad_y
+    auto beta = random_values(s.channels, ++seed, -2.0, 2.0);
+    const auto weight = random_values(s.size(), ++seed, -2.0, 2.0);  // = grad_y
 
     std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
     sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(),
@@ -264,9 +224,9 @@ TEST_CASE("batch_norm_backward_train matches finite differences through the batc
         s.batch, s.channels, s.spatial, x.data(), weight.data(), gamma.data(), mean.data(),
         invstd.data(), grad_x.data(), grad_gamma.data(), grad_beta.data());
     auto loss = [&] { return train_loss(s, x, gamma, beta, weight); };
-    const auto num_x = numeric_gradient(&x, loss);
-    const auto num_gamma = numeric_gradient(&gamma, loss);
-    const auto num_beta = numeric_gradient(&beta, loss);
+    const auto num_x = central_differences(&x, loss, 1e-6);
+    const auto num_gamma = central_differences(&gamma, loss, 1e-6);
+    const auto num_beta = central_differences(&beta, loss, 1e-6);
     CHECK(count_bad(grad_x, num_x, 1e-7, 1e-5) == 0);
     CHECK(count_bad(grad_gamma, num_gamma, 1e-7, 1e-5) == 0);
     CHECK(count_bad(grad_beta, num_beta, 1e-7, 1e-5) == 0);
@@ -291,8 +251,8 @@ TEST_CASE("batch_norm_backward_train matches finite differences through the batc
 
 TEST_CASE("batch_norm_backward_train without gamma and without parameter gradients") {
   const BnShape s{3, 4, 5};
-  auto x = random_values(s.size(), 61);
-  const auto weight = random_values(s.size(), 62);
+  auto x = random_values(s.size(), 61, -2.0, 2.0);
+  const auto weight = random_values(s.size(), 62, -2.0, 2.0);
   std::vector<double> ones(s.channels, 1.0), zeros(s.channels, 0.0);
   std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
   sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(), nullptr,
@@ -302,13 +262,14 @@ TEST_CASE("batch_norm_backward_train without gamma and without parameter gradien
   sela::cpu::batch_norm_backward_train<double>(s.batch, s.channels, s.spatial, x.data(),
                                                weight.data(), nullptr, mean.data(), invstd.data(),
                                                grad_x.data(), nullptr, nullptr);
-  const auto num_x = numeric_gradient(&x, [&] { return train_loss(s, x, ones, zeros, weight); });
+  auto loss = [&] { return train_loss(s, x, ones, zeros, weight); };
+  const auto num_x = central_differences(&x, loss, 1e-6);
   CHECK(count_bad(grad_x, num_x, 1e-7, 1e-5) == 0);
 }
 
 TEST_CASE("batch_norm_backward_train large shape: float vs double, 1 and 2 threads") {
   const BnShape s{8, 16, 400};
-  const auto x = random_values(s.size(), 71), w = random_values(s.size(), 72);
+  const auto x = random_values(s.size(), 71, -2.0, 2.0), w = random_values(s.size(), 72, -2.0, 2.0);
   const auto gamma = random_values(s.channels, 73, 0.5, 1.5);
   std::vector<double> mean(s.channels), invstd(s.channels), y(x.size());
   sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(),
@@ -358,15 +319,17 @@ TEST_CASE("batch_norm_backward_train large shape: float vs double, 1 and 2 threa
 
 TEST_CASE("batch_norm_backward_eval matches finite differences of the eval forward") {
   const BnShape s{3, 4, 5};
-  auto x = random_values(s.size(), 81);
-  const auto gamma = random_values(s.channels, 82), beta = random_values(s.channels, 83);
-  const auto rm = random_values(s.channels, 84), rv = random_values(s.channels, 85, 0.1, 2.0);
-  const auto weight = random_values(s.size(), 86);
+  auto x = random_values(s.size(), 81, -2.0, 2.0);
+  const auto gamma = random_values(s.channels, 82, -2.0, 2.0),
+             beta = random_values(s.channels, 83, -2.0, 2.0);
+  const auto rm = random_values(s.channels, 84, -2.0, 2.0),
+             rv = random_values(s.channels, 85, 0.1, 2.0);
+  const auto weight = random_values(s.size(), 86, -2.0, 2.0);
   const double eps = 1e-5;
   auto grad_x = poisoned<double>(s.size());
   sela::cpu::batch_norm_backward_eval<double>(s.batch, s.channels, s.spatial, weight.data(),
                                               gamma.data(), rv.data(), eps, grad_x.data());
-  const auto numeric = numeric_gradient(&x, [&] {
+  auto eval_loss = [&] {  // sum(weight * batch_norm_forward_eval(x))
     std::vector<double> y(x.size());
     sela::cpu::batch_norm_forward_eval<double>(s.batch, s.channels, s.spatial, x.data(),
                                                gamma.data(), beta.data(), rm.data(), rv.data(), eps,
@@ -374,7 +337,8 @@ TEST_CASE("batch_norm_backward_eval matches finite differences of the eval forwa
     double total = 0;
     for (std::size_t i = 0; i < y.size(); ++i) total += weight[i] * y[i];
     return total;
-  });
+  };
+  const auto numeric = central_differences(&x, eval_loss, 1e-6);
   CHECK(count_bad(grad_x, numeric, 1e-7, 1e-6) == 0);
 
   const auto w_f = as<float>(weight), g_f = as<float>(gamma), rv_f = as<float>(rv);

@@ -31,10 +31,15 @@
 #include "engine/error.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::Conv2dShape;
+using sela::test::as;
+using sela::test::central_differences;
+using sela::test::check_close;
+using sela::test::poisoned;
 
 Conv2dShape make_shape(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
                        std::int64_t o, std::int64_t kh, std::int64_t kw, std::int64_t stride_h,
@@ -83,16 +88,6 @@ std::vector<double> random_vector(std::int64_t size, std::mt19937& rng) {
   std::vector<double> v(static_cast<std::size_t>(size));
   for (double& x : v) x = normal(rng);
   return v;
-}
-
-template <typename T>
-std::vector<T> cast(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-template <typename T>
-std::vector<T> poisoned(std::int64_t size) {
-  return std::vector<T>(static_cast<std::size_t>(size), std::numeric_limits<T>::quiet_NaN());
 }
 
 // Naive cross-correlation in double: 7 loops (n, o, y, x, c, i, j).
@@ -154,25 +149,6 @@ std::vector<Conv<T>> implementations() {
   return out;
 }
 
-// |got - want| <= atol + rtol*|want| everywhere (NaN/Inf fail); reports the first misses.
-template <typename T>
-void check_close(const std::vector<T>& got, const std::vector<double>& want, double atol,
-                 double rtol, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  int failures = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    double g = static_cast<double>(got[i]);
-    bool ok = std::fabs(g - want[i]) <= atol + rtol * std::fabs(want[i]);
-    if (!ok && failures++ < 3) {
-      INFO(what << "[" << i << "] = " << g << ", reference " << want[i] << " (atol " << atol
-                << ", rtol " << rtol << ")");
-      CHECK(ok);
-    }
-  }
-  INFO(what << ": " << failures << " of " << got.size() << " elements out of tolerance");
-  CHECK(failures == 0);
-}
-
 double max_abs(const std::vector<double>& v) {
   double m = 0;
   for (double x : v) m = std::max(m, std::fabs(x));
@@ -186,7 +162,7 @@ template <typename T>
 void check_forward_against(const Conv<T>& conv, const Conv2dShape& s, const std::vector<double>& x,
                            const std::vector<double>& w, const std::vector<double>* b,
                            const std::vector<double>& want) {
-  std::vector<T> xt = cast<T>(x), wt = cast<T>(w), bt = b ? cast<T>(*b) : std::vector<T>();
+  std::vector<T> xt = as<T>(x), wt = as<T>(w), bt = b ? as<T>(*b) : std::vector<T>();
   std::vector<T> y = poisoned<T>(output_size(s));
   conv.forward(s, xt.data(), wt.data(), b ? bt.data() : nullptr, y.data());
   double terms = double(s.in_channels * s.kernel_h * s.kernel_w);
@@ -230,24 +206,6 @@ std::vector<std::size_t> sample_indices(std::size_t size, std::size_t limit, std
   return all;
 }
 
-// Central differences of L with respect to the entries `indices` of `param`.
-std::vector<double> finite_differences(const std::function<double()>& loss,
-                                       std::vector<double>& param,
-                                       const std::vector<std::size_t>& indices) {
-  const double h = 1e-2;
-  std::vector<double> out;
-  for (std::size_t i : indices) {
-    double saved = param[i];
-    param[i] = saved + h;
-    double up = loss();
-    param[i] = saved - h;
-    double down = loss();
-    param[i] = saved;
-    out.push_back((up - down) / (2 * h));
-  }
-  return out;
-}
-
 // Backward of every double implementation against finite differences, and of every float
 // implementation against the double im2col backward.
 void check_backward(const Conv2dShape& s, std::mt19937& rng, std::size_t sample_limit) {
@@ -259,9 +217,9 @@ void check_backward(const Conv2dShape& s, std::mt19937& rng, std::size_t sample_
   auto x_idx = sample_indices(x.size(), sample_limit, rng);
   auto w_idx = sample_indices(w.size(), sample_limit, rng);
   auto b_idx = sample_indices(b.size(), sample_limit, rng);
-  std::vector<double> fd_x = finite_differences(loss, x, x_idx);
-  std::vector<double> fd_w = finite_differences(loss, w, w_idx);
-  std::vector<double> fd_b = finite_differences(loss, b, b_idx);
+  std::vector<double> fd_x = central_differences(&x, x_idx, loss, 1e-2);
+  std::vector<double> fd_w = central_differences(&w, w_idx, loss, 1e-2);
+  std::vector<double> fd_b = central_differences(&b, b_idx, loss, 1e-2);
   auto pick = [](const std::vector<double>& v, const std::vector<std::size_t>& idx) {
     std::vector<double> out;
     for (std::size_t i : idx) out.push_back(v[i]);
@@ -285,7 +243,7 @@ void check_backward(const Conv2dShape& s, std::mt19937& rng, std::size_t sample_
     if (conv.name == "im2col") grad_x_double = gx, grad_w_double = gw, grad_b_double = gb;
   }
 
-  std::vector<float> xf = cast<float>(x), wf = cast<float>(w), rf = cast<float>(r);
+  std::vector<float> xf = as<float>(x), wf = as<float>(w), rf = as<float>(r);
   double oh_ow = double(s.out_height() * s.out_width());
   for (const Conv<float>& conv : implementations<float>()) {
     std::vector<float> gx = poisoned<float>(input_size(s));
@@ -341,10 +299,10 @@ TEST_CASE("conv2d gives the same result on repeated and interleaved calls (cache
     sela::cpu::conv2d_forward<float>(s, x.data(), w.data(), nullptr, y.data());
     return y;
   };
-  std::vector<float> xa = cast<float>(random_vector(input_size(a), rng));
-  std::vector<float> wa = cast<float>(random_vector(weight_size(a), rng));
-  std::vector<float> xb = cast<float>(random_vector(input_size(b), rng));
-  std::vector<float> wb = cast<float>(random_vector(weight_size(b), rng));
+  std::vector<float> xa = as<float>(random_vector(input_size(a), rng));
+  std::vector<float> wa = as<float>(random_vector(weight_size(a), rng));
+  std::vector<float> xb = as<float>(random_vector(input_size(b), rng));
+  std::vector<float> wb = as<float>(random_vector(weight_size(b), rng));
   std::vector<float> first = run(a, xa, wa);
   std::vector<float> other = run(b, xb, wb);
   CHECK(run(a, xa, wa) == first);

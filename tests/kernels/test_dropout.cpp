@@ -10,28 +10,20 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
-#include <random>
 #include <vector>
 
 #include "engine/error.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(-2.0, 2.0);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
+using sela::test::as;
+using sela::test::central_differences;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::within_tolerance;
 
 }  // namespace
 
@@ -68,15 +60,15 @@ TEST_CASE(
   const std::int64_t n = 1000000;
   const std::uint64_t seed = 20240607, offset = 77;
   const float p = 0.3f;
-  const auto x = as<float>(random_values(n, 1));
+  const auto x = as<float>(random_values(n, 1, -2.0, 2.0));
 
   sela::cpu::set_num_threads(1);
-  std::vector<float> y1(static_cast<std::size_t>(n), std::nanf(""));
+  auto y1 = poisoned<float>(n);
   std::vector<std::uint8_t> mask1(static_cast<std::size_t>(n), 7);
   sela::cpu::dropout_forward<float>(n, x.data(), p, seed, offset, y1.data(), mask1.data());
 
   sela::cpu::set_num_threads(2);
-  std::vector<float> y2(static_cast<std::size_t>(n), std::nanf(""));
+  auto y2 = poisoned<float>(n);
   std::vector<std::uint8_t> mask2(static_cast<std::size_t>(n), 7);
   sela::cpu::dropout_forward<float>(n, x.data(), p, seed, offset, y2.data(), mask2.data());
   CHECK(mask1 == mask2);
@@ -84,7 +76,7 @@ TEST_CASE(
 
   // Split at a point that is not a multiple of 4 (mid Philox block): two calls with offsets.
   const std::int64_t split = 333335;
-  std::vector<float> y3(static_cast<std::size_t>(n), std::nanf(""));
+  auto y3 = poisoned<float>(n);
   std::vector<std::uint8_t> mask3(static_cast<std::size_t>(n), 7);
   sela::cpu::dropout_forward<float>(split, x.data(), p, seed, offset, y3.data(), mask3.data());
   sela::cpu::dropout_forward<float>(n - split, x.data() + split, p, seed, offset + split,
@@ -101,8 +93,7 @@ TEST_CASE(
     if (mask1[i] != (keep ? 1 : 0)) ++bad_mask;
     kept += mask1[i] == 1 ? 1 : 0;
     const double want = keep ? static_cast<double>(x[i]) * keep_scale : 0.0;
-    if (!(std::isfinite(y1[i]) && std::abs(y1[i] - want) <= 1e-30 + 2e-7 * std::abs(want)))
-      ++bad_value;
+    if (!within_tolerance(y1[i], want, 1e-30, 2e-7)) ++bad_value;
     if (!keep && y1[i] != 0.0f) ++bad_value;
   }
   CHECK(bad_mask == 0);
@@ -115,7 +106,7 @@ TEST_CASE(
 
 TEST_CASE("dropout: different seeds and offsets give different masks; float and double share one") {
   const std::int64_t n = 4096;
-  const auto x = random_values(n, 2);
+  const auto x = random_values(n, 2, -2.0, 2.0);
   const auto x_f = as<float>(x);
   std::vector<std::uint8_t> a(n), b(n), c(n), d(n);
   std::vector<double> y(n);
@@ -158,8 +149,8 @@ TEST_CASE("dropout keep rule at the boundary: kept when u == p, dropped when u <
 
 TEST_CASE("dropout with p == 0 copies x and keeps every element") {
   const std::int64_t n = 1001;
-  const auto x = as<float>(random_values(n, 3));
-  std::vector<float> y(n, std::nanf(""));
+  const auto x = as<float>(random_values(n, 3, -2.0, 2.0));
+  auto y = poisoned<float>(n);
   std::vector<std::uint8_t> mask(n, 9);
   sela::cpu::dropout_forward<float>(n, x.data(), 0.0f, 5, 0, y.data(), mask.data());
   CHECK(y == x);
@@ -180,16 +171,14 @@ TEST_CASE("dropout_backward matches the closed form and finite differences in fl
   const std::int64_t n = 333;
   const double p = 0.4;
   const std::uint64_t seed = 99, offset = 5;
-  auto x = random_values(n, 4);
-  const auto weight = random_values(n, 5);  // loss = sum(weight * dropout(x)), same mask
+  auto x = random_values(n, 4, -2.0, 2.0);
+  const auto weight = random_values(n, 5, -2.0, 2.0);  // loss = sum(weight * dropout(x)), same mask
   std::vector<double> y(n);
   std::vector<std::uint8_t> mask(n);
   sela::cpu::dropout_forward<double>(n, x.data(), p, seed, offset, y.data(), mask.data());
-  std::vector<double> grad(n, std::nan(""));
+  auto grad = poisoned<double>(n);
   sela::cpu::dropout_backward<double>(n, weight.data(), mask.data(), p, grad.data());
 
-  const double h = 1e-6;
-  std::int64_t bad = 0, bad_closed = 0;
   std::vector<double> out(n);
   std::vector<std::uint8_t> scratch(n);
   auto loss = [&] {
@@ -198,31 +187,23 @@ TEST_CASE("dropout_backward matches the closed form and finite differences in fl
     for (std::int64_t i = 0; i < n; ++i) total += weight[i] * out[i];
     return total;
   };
+  const auto numeric = central_differences(&x, loss, 1e-6);
+  std::int64_t bad = 0, bad_closed = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const double keep = x[i];
-    x[i] = keep + h;
-    const double up = loss();
-    x[i] = keep - h;
-    const double down = loss();
-    x[i] = keep;
-    const double numeric = (up - down) / (2 * h);
-    if (!(std::isfinite(grad[i]) && std::abs(grad[i] - numeric) <= 1e-7 + 1e-6 * std::abs(numeric)))
-      ++bad;
+    if (!within_tolerance(grad[i], numeric[i], 1e-7, 1e-6)) ++bad;
     const double closed = mask[i] ? weight[i] / (1 - p) : 0.0;
-    if (!(std::abs(grad[i] - closed) <= 1e-15 + 1e-15 * std::abs(closed))) ++bad_closed;
+    if (!within_tolerance(grad[i], closed, 1e-15, 1e-15)) ++bad_closed;
   }
   CHECK(bad == 0);
   CHECK(bad_closed == 0);
 
   // float agrees with double.
   const auto w_f = as<float>(weight);
-  std::vector<float> grad_f(n, std::nanf(""));
+  auto grad_f = poisoned<float>(n);
   sela::cpu::dropout_backward<float>(n, w_f.data(), mask.data(), static_cast<float>(p),
                                      grad_f.data());
   std::int64_t bad_f = 0;
   for (std::int64_t i = 0; i < n; ++i)
-    if (!(std::isfinite(grad_f[i]) &&
-          std::abs(grad_f[i] - grad[i]) <= 1e-7 + 3e-7 * std::abs(grad[i])))
-      ++bad_f;
+    if (!within_tolerance(grad_f[i], grad[i], 1e-7, 3e-7)) ++bad_f;
   CHECK(bad_f == 0);
 }

@@ -7,63 +7,26 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <random>
 #include <type_traits>
 #include <vector>
 
 #include "engine/error.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::set_num_threads;
+using sela::test::as;
+using sela::test::central_differences;
+using sela::test::check_close;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::widen;
 
 // Sizes: tiny, odd, one vector register, and past the threading grain (32768).
 const std::int64_t kSizes[] = {1, 3, 7, 33, 100, 1000, 70001};
-
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed, double lo = -2.0,
-                                  double hi = 2.0) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-template <typename T>
-std::vector<double> widen(const std::vector<T>& v) {
-  return std::vector<double>(v.begin(), v.end());
-}
-
-template <typename T>
-std::vector<T> poisoned(std::int64_t n) {
-  return std::vector<T>(static_cast<std::size_t>(n), std::numeric_limits<T>::quiet_NaN());
-}
-
-// Every got[i] finite and |got[i] - ref[i]| <= atol + rtol * |ref[i]|; reports the first
-// failure and the number of failures.
-template <typename T>
-void check_close(const char* what, const std::vector<T>& got, const std::vector<double>& ref,
-                 double atol, double rtol) {
-  REQUIRE(got.size() == ref.size());
-  std::size_t failures = 0, first = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<double>(got[i]);
-    const bool ok = std::isfinite(g) && std::abs(g - ref[i]) <= atol + rtol * std::abs(ref[i]);
-    if (!ok && failures++ == 0) first = i;
-  }
-  INFO(what << ": " << failures << " of " << got.size() << " outside atol " << atol << " + rtol "
-            << rtol << "; first at " << first << ": got "
-            << (failures ? static_cast<double>(got[first]) : 0.0) << ", want "
-            << (failures ? ref[first] : 0.0));
-  CHECK(failures == 0);
-}
 
 template <typename T>
 double rtol_for() {
@@ -75,8 +38,8 @@ void check_binary_and_unary_ops() {
   const double rtol = rtol_for<T>();
   for (std::int64_t n : kSizes) {
     CAPTURE(n);
-    const auto a_ref = random_values(n, 11 + static_cast<std::uint64_t>(n));
-    const auto b_ref = random_values(n, 29 + static_cast<std::uint64_t>(n));
+    const auto a_ref = random_values(n, 11 + static_cast<std::uint64_t>(n), -2.0, 2.0);
+    const auto b_ref = random_values(n, 29 + static_cast<std::uint64_t>(n), -2.0, 2.0);
     // Round the references through T first so only the op itself is measured.
     const auto a = as<T>(a_ref), b = as<T>(b_ref);
     const auto a_d = widen(a), b_d = widen(b);
@@ -85,39 +48,39 @@ void check_binary_and_unary_ops() {
     auto out = poisoned<T>(n);
     sela::cpu::fill<T>(n, T(0.375), out.data());
     for (auto& w : want) w = 0.375;
-    check_close("fill", out, want, 0, 0);
+    check_close(out, want, 0, 0, "fill");
 
     out = poisoned<T>(n);
     sela::cpu::add<T>(n, a.data(), b.data(), out.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = a_d[i] + b_d[i];
-    check_close("add", out, want, 1e-30, rtol);
+    check_close(out, want, 1e-30, rtol, "add");
 
     out = poisoned<T>(n);
     sela::cpu::mul<T>(n, a.data(), b.data(), out.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = a_d[i] * b_d[i];
-    check_close("mul", out, want, 1e-30, rtol);
+    check_close(out, want, 1e-30, rtol, "mul");
 
     out = poisoned<T>(n);
     sela::cpu::scale<T>(n, T(-1.75), a.data(), out.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = -1.75 * a_d[i];
-    check_close("scale", out, want, 1e-30, rtol);
+    check_close(out, want, 1e-30, rtol, "scale");
 
     auto y = b;  // axpy accumulates into y
     sela::cpu::axpy<T>(n, T(0.625), a.data(), y.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = b_d[i] + 0.625 * a_d[i];
     // Two roundings (alpha * x, then the add) unless fused: error up to eps * |alpha * x|.
-    check_close("axpy", y, want, 4 * rtol, 2 * rtol);
+    check_close(y, want, 4 * rtol, 2 * rtol, "axpy");
 
     out = poisoned<T>(n);
     sela::cpu::relu_forward<T>(n, a.data(), out.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = a_d[i] > 0 ? a_d[i] : 0.0;
-    check_close("relu_forward", out, want, 0, 0);
+    check_close(out, want, 0, 0, "relu_forward");
 
     // In place: add into a copy of a.
     auto in_place = a;
     sela::cpu::add<T>(n, in_place.data(), b.data(), in_place.data());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = a_d[i] + b_d[i];
-    check_close("add in place", in_place, want, 1e-30, rtol);
+    check_close(in_place, want, 1e-30, rtol, "add in place");
   }
 }
 
@@ -147,38 +110,30 @@ TEST_CASE("relu_backward matches central finite differences in float64") {
   // Inputs are kept at least 0.1 away from the kink at 0 so that a step of 1e-6 never
   // crosses it: there the derivative is 0 or 1 exactly.
   const std::int64_t n = 257;
-  auto x = random_values(n, 5);
+  auto x = random_values(n, 5, -2.0, 2.0);
   for (double& v : x) v = v >= 0 ? v + 0.1 : v - 0.1;
-  const auto weight = random_values(n, 6);  // loss = sum(weight * relu(x))
+  const auto weight = random_values(n, 6, -2.0, 2.0);  // loss = sum(weight * relu(x))
   auto y = poisoned<double>(n);
   sela::cpu::relu_forward<double>(n, x.data(), y.data());
   auto grad_x = poisoned<double>(n);
   sela::cpu::relu_backward<double>(n, y.data(), weight.data(), grad_x.data());
 
-  const double h = 1e-6;
-  std::vector<double> numeric(static_cast<std::size_t>(n));
-  std::vector<double> probe(static_cast<std::size_t>(n)), out(static_cast<std::size_t>(n));
-  auto loss = [&](const std::vector<double>& input) {
-    sela::cpu::relu_forward<double>(n, input.data(), out.data());
+  std::vector<double> out(static_cast<std::size_t>(n));
+  auto loss = [&] {
+    sela::cpu::relu_forward<double>(n, x.data(), out.data());
     double total = 0;
     for (std::size_t i = 0; i < out.size(); ++i) total += weight[i] * out[i];
     return total;
   };
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    probe = x;
-    probe[i] = x[i] + h;
-    const double up = loss(probe);
-    probe[i] = x[i] - h;
-    numeric[i] = (up - loss(probe)) / (2 * h);
-  }
-  check_close("relu_backward vs finite differences", grad_x, numeric, 1e-8, 1e-6);
+  const auto numeric = central_differences(&x, loss, 1e-6);
+  check_close(grad_x, numeric, 1e-8, 1e-6, "relu_backward vs finite differences");
 
   // float agrees with double.
   const auto x_f = as<float>(x), w_f = as<float>(weight);
   auto y_f = poisoned<float>(n), gx_f = poisoned<float>(n);
   sela::cpu::relu_forward<float>(n, x_f.data(), y_f.data());
   sela::cpu::relu_backward<float>(n, y_f.data(), w_f.data(), gx_f.data());
-  check_close("relu_backward float vs double", gx_f, grad_x, 1e-7, 1e-6);
+  check_close(gx_f, grad_x, 1e-7, 1e-6, "relu_backward float vs double");
 }
 
 TEST_CASE("add_row_bias adds bias[c] to every row") {
@@ -190,8 +145,8 @@ TEST_CASE("add_row_bias adds bias[c] to every row") {
       CAPTURE(threads);
       CAPTURE(rows);
       CAPTURE(cols);
-      const auto m = random_values(rows * cols, 41);
-      const auto bias = random_values(cols, 43);
+      const auto m = random_values(rows * cols, 41, -2.0, 2.0);
+      const auto bias = random_values(cols, 43, -2.0, 2.0);
       auto out_d = m;
       sela::cpu::add_row_bias<double>(rows, cols, bias.data(), out_d.data());
       auto out_f = as<float>(m);
@@ -200,8 +155,8 @@ TEST_CASE("add_row_bias adds bias[c] to every row") {
       std::vector<double> want(m.size());
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < cols; ++c) want[r * cols + c] = m[r * cols + c] + bias[c];
-      check_close("add_row_bias double", out_d, want, 1e-15, 1e-15);
-      check_close("add_row_bias float", out_f, want, 1e-6, 1e-6);
+      check_close(out_d, want, 1e-15, 1e-15, "add_row_bias double");
+      check_close(out_f, want, 1e-6, 1e-6, "add_row_bias float");
     }
   }
   set_num_threads(0);

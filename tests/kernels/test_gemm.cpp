@@ -11,7 +11,6 @@
 // sum of |a*b| is below k) and rtol = 8*eps, eps of the element type; NaN/Inf fail.
 #include <doctest/doctest.h>
 
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -21,11 +20,13 @@
 #include "engine/error.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::gemm;
 using sela::cpu::gemm_builtin;
+using sela::test::within_tolerance;
 
 struct Case {
   bool transpose_a, transpose_b;
@@ -73,7 +74,7 @@ void check_case(GemmFn<T> fn, const Case& c, std::mt19937& rng) {
       }
       double ref = c.alpha * sum + (c.beta == 0 ? 0.0 : c.beta * double(c_in[i * ldc + j]));
       double got = c_out[i * ldc + j];
-      bool ok = std::fabs(got - ref) <= atol + rtol * std::fabs(ref);  // false for NaN/Inf
+      bool ok = within_tolerance(got, ref, atol, rtol);  // false for NaN/Inf
       if (!ok && failures++ < 3) {
         INFO("C(" << i << "," << j << ") = " << got << ", reference " << ref);
         CHECK(ok);

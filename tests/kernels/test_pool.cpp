@@ -18,10 +18,16 @@
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/pool.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::Pool2dShape;
+using sela::test::as;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::widen;
+using sela::test::within_tolerance;
 
 Pool2dShape make_shape(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
                        std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
@@ -50,14 +56,6 @@ std::vector<Pool2dShape> test_shapes() {
       make_shape(1, 2, 5, 4, 5, 4, 1, 1),        // global pooling
       make_shape(1, 1, 33, 3, 4, 2, 3, 1, 2, 1),
   };
-}
-
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(-3.0, 3.0);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
 }
 
 // Distinct values spaced 0.01 apart in random order: no ties, and a finite-difference step
@@ -109,15 +107,14 @@ void reference_forward(const Pool2dShape& s, const std::vector<double>& input,
 
 template <typename T>
 void check_forward(const Pool2dShape& s, std::uint64_t seed) {
-  const auto input_d = random_values(input_size(s), seed);
-  const std::vector<T> input(input_d.begin(), input_d.end());
-  const std::vector<double> rounded(input.begin(), input.end());
+  const auto input_d = random_values(input_size(s), seed, -3.0, 3.0);
+  const auto input = as<T>(input_d);
+  const auto rounded = widen(input);
   std::vector<double> want;
   std::vector<std::int64_t> want_arg;
   reference_forward(s, rounded, &want, &want_arg);
 
-  std::vector<T> output(static_cast<std::size_t>(output_size(s)),
-                        std::numeric_limits<T>::quiet_NaN());
+  auto output = poisoned<T>(output_size(s));
   std::vector<std::int32_t> argmax(output.size(), -7);
   sela::cpu::max_pool2d_forward<T>(s, input.data(), output.data(), argmax.data());
   std::int64_t bad = 0;
@@ -171,7 +168,7 @@ TEST_CASE("max_pool2d ties: the first maximum in scan order wins (also for an al
   for (float value : {2.5f, -std::numeric_limits<float>::infinity()}) {
     CAPTURE(value);
     std::vector<float> input(static_cast<std::size_t>(input_size(s)), value);
-    std::vector<float> output(static_cast<std::size_t>(output_size(s)), std::nanf(""));
+    auto output = poisoned<float>(output_size(s));
     std::vector<std::int32_t> argmax(output.size(), -7);
     sela::cpu::max_pool2d_forward<float>(s, input.data(), output.data(), argmax.data());
     for (std::int64_t oh = 0; oh < s.out_height(); ++oh)
@@ -211,11 +208,11 @@ TEST_CASE("max_pool2d_backward matches central finite differences in float64") {
     CAPTURE(describe(s));
     const std::int64_t in_n = input_size(s), out_n = output_size(s);
     const auto x = spaced_values(in_n, ++seed);
-    const auto weight = random_values(out_n, ++seed);  // loss = sum(weight * pool(x))
+    const auto weight = random_values(out_n, ++seed, -3.0, 3.0);  // loss = sum(weight * pool(x))
     std::vector<double> y(static_cast<std::size_t>(out_n));
     std::vector<std::int32_t> argmax(static_cast<std::size_t>(out_n));
     sela::cpu::max_pool2d_forward<double>(s, x.data(), y.data(), argmax.data());
-    std::vector<double> grad(static_cast<std::size_t>(in_n), std::nan(""));
+    auto grad = poisoned<double>(in_n);
     sela::cpu::max_pool2d_backward<double>(s, weight.data(), argmax.data(), grad.data());
 
     // loss(x + h e_i) - loss(x - h e_i), summed per output so that the large common part
@@ -234,9 +231,7 @@ TEST_CASE("max_pool2d_backward matches central finite differences in float64") {
       double difference = 0;
       for (std::int64_t o = 0; o < out_n; ++o) difference += weight[o] * (up[o] - down[o]);
       const double numeric = difference / (2 * h);
-      if (!(std::isfinite(grad[i]) &&
-            std::abs(grad[i] - numeric) <= 1e-7 + 1e-6 * std::abs(numeric)))
-        ++bad;
+      if (!within_tolerance(grad[i], numeric, 1e-7, 1e-6)) ++bad;
     }
     CHECK(bad == 0);
   }
@@ -251,10 +246,10 @@ TEST_CASE("max_pool2d_backward (float) matches a reference scatter; overwrites g
     for (const auto& s : shapes) {
       CAPTURE(threads);
       CAPTURE(describe(s));
-      const auto x_d = random_values(input_size(s), ++seed);
-      const std::vector<float> x(x_d.begin(), x_d.end());
-      const auto g_d = random_values(output_size(s), ++seed);
-      const std::vector<float> grad_out(g_d.begin(), g_d.end());
+      const auto x_d = random_values(input_size(s), ++seed, -3.0, 3.0);
+      const auto x = as<float>(x_d);
+      const auto g_d = random_values(output_size(s), ++seed, -3.0, 3.0);
+      const auto grad_out = as<float>(g_d);
       std::vector<float> y(grad_out.size());
       std::vector<std::int32_t> argmax(grad_out.size());
       sela::cpu::max_pool2d_forward<float>(s, x.data(), y.data(), argmax.data());
@@ -265,13 +260,11 @@ TEST_CASE("max_pool2d_backward (float) matches a reference scatter; overwrites g
       for (std::int64_t p = 0; p < s.batch * s.channels; ++p)
         for (std::int64_t o = 0; o < out_plane; ++o)
           want[p * plane + argmax[p * out_plane + o]] += grad_out[p * out_plane + o];
-      std::vector<float> grad_in(x.size(), std::nanf(""));  // poisoned: must be overwritten
+      auto grad_in = poisoned<float>(input_size(s));  // must be overwritten
       sela::cpu::max_pool2d_backward<float>(s, grad_out.data(), argmax.data(), grad_in.data());
       std::int64_t bad = 0;
       for (std::size_t i = 0; i < want.size(); ++i)
-        if (!(std::isfinite(grad_in[i]) &&
-              std::abs(grad_in[i] - want[i]) <= 1e-6 + 1e-6 * std::abs(want[i])))
-          ++bad;
+        if (!within_tolerance(grad_in[i], want[i], 1e-6, 1e-6)) ++bad;
       CHECK(bad == 0);
     }
   }

@@ -15,29 +15,15 @@
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/reduce.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::set_num_threads;
-
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed, double lo = -1.0,
-                                  double hi = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-// |got - ref| <= atol + rtol * |ref| and got finite.
-bool close(double got, double ref, double atol, double rtol) {
-  return std::isfinite(got) && std::abs(got - ref) <= atol + rtol * std::abs(ref);
-}
+using sela::test::as;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::within_tolerance;
 
 template <typename T>
 void check_sum(std::int64_t n, std::uint64_t seed) {
@@ -55,7 +41,7 @@ void check_sum(std::int64_t n, std::uint64_t seed) {
   CAPTURE(n);
   CAPTURE(static_cast<double>(got));
   CAPTURE(static_cast<double>(ref));
-  CHECK(close(static_cast<double>(got), static_cast<double>(ref), atol, rtol));
+  CHECK(within_tolerance(static_cast<double>(got), static_cast<double>(ref), atol, rtol));
 }
 
 }  // namespace
@@ -106,7 +92,8 @@ TEST_CASE("sum_rows matches column sums in long double") {
       CAPTURE(threads);
       CAPTURE(rows);
       CAPTURE(cols);
-      const auto x = random_values(rows * cols, 17 + static_cast<std::uint64_t>(rows * cols));
+      const auto x =
+          random_values(rows * cols, 17 + static_cast<std::uint64_t>(rows * cols), -1.0, 1.0);
       std::vector<long double> ref(static_cast<std::size_t>(cols), 0.0L), abs_ref(ref);
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < cols; ++c) {
@@ -114,17 +101,17 @@ TEST_CASE("sum_rows matches column sums in long double") {
           abs_ref[c] += std::abs(x[r * cols + c]);
         }
       const auto x_f = as<float>(x);
-      std::vector<double> out_d(static_cast<std::size_t>(cols), std::nan(""));
-      std::vector<float> out_f(static_cast<std::size_t>(cols), std::nanf(""));
+      auto out_d = poisoned<double>(cols);
+      auto out_f = poisoned<float>(cols);
       sela::cpu::sum_rows<double>(rows, cols, x.data(), out_d.data());
       sela::cpu::sum_rows<float>(rows, cols, x_f.data(), out_f.data());
       std::int64_t bad_d = 0, bad_f = 0;
       for (std::int64_t c = 0; c < cols; ++c) {
         const double atol = 1e-13 * static_cast<double>(abs_ref[c]) + 1e-300;
-        if (!close(out_d[c], static_cast<double>(ref[c]), atol, 1e-15)) ++bad_d;
+        if (!within_tolerance(out_d[c], static_cast<double>(ref[c]), atol, 1e-15)) ++bad_d;
         // float: inputs rounded to float (error <= 6e-8 |x| each), then a double sum.
         const double atol_f = 6e-8 * static_cast<double>(abs_ref[c]) + 1e-30;
-        if (!close(out_f[c], static_cast<double>(ref[c]), atol_f, 1.2e-7)) ++bad_f;
+        if (!within_tolerance(out_f[c], static_cast<double>(ref[c]), atol_f, 1.2e-7)) ++bad_f;
       }
       CHECK(bad_d == 0);
       CHECK(bad_f == 0);
@@ -202,7 +189,7 @@ TEST_CASE("argmax_rows: first maximum on ties, first NaN wins") {
 
 TEST_CASE("argmax_rows of random distinct values (float vs double agree)") {
   const std::int64_t rows = 301, cols = 129;
-  const auto x = random_values(rows * cols, 55);
+  const auto x = random_values(rows * cols, 55, -1.0, 1.0);
   const auto x_f = as<float>(x);
   std::vector<std::int64_t> out_d(rows, -1), out_f(rows, -1);
   sela::cpu::argmax_rows<double>(rows, cols, x.data(), out_d.data());

@@ -3,27 +3,22 @@
 // decay, nesterov), float against double, 1 and 2 threads, and the configuration checks.
 #include <doctest/doctest.h>
 
-#include <cmath>
 #include <cstdint>
-#include <limits>
-#include <random>
 #include <vector>
 
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/sgd.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
 using sela::cpu::SgdConfig;
-
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
+using sela::test::as;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::widen;
+using sela::test::within_tolerance;
 
 // One parameter through `steps` updates, in double, element by element, exactly as the
 // PyTorch documentation writes the algorithm.
@@ -66,28 +61,26 @@ SgdConfig config(double lr, double momentum, double dampening, double weight_dec
 template <typename T>
 void check_steps(std::int64_t n, const SgdConfig& cfg, int steps, std::uint64_t seed, double atol,
                  double rtol) {
-  const auto start = random_values(n, seed);
+  const auto start = random_values(n, seed, -1.0, 1.0);
   std::vector<std::vector<double>> grads;
   for (int t = 0; t < steps; ++t)
-    grads.push_back(random_values(n, seed + 100 + static_cast<std::uint64_t>(t)));
-  std::vector<T> param(start.begin(), start.end());
+    grads.push_back(random_values(n, seed + 100 + static_cast<std::uint64_t>(t), -1.0, 1.0));
+  auto param = as<T>(start);
   // The reference starts from the same (rounded) values the kernel sees.
-  const std::vector<double> start_rounded(param.begin(), param.end());
+  const auto start_rounded = widen(param);
   std::vector<std::vector<double>> grads_rounded;
   // Poisoned: on the first step the buffer must only be written.
-  std::vector<T> buffer(static_cast<std::size_t>(n), std::numeric_limits<T>::quiet_NaN());
+  auto buffer = poisoned<T>(n);
   for (int t = 0; t < steps; ++t) {
-    const std::vector<T> g(grads[t].begin(), grads[t].end());
-    grads_rounded.emplace_back(g.begin(), g.end());
+    const auto g = as<T>(grads[t]);
+    grads_rounded.push_back(widen(g));
     sela::cpu::sgd_update<T>(n, param.data(), g.data(), cfg.momentum != 0 ? buffer.data() : nullptr,
                              cfg, t == 0);
   }
   const auto want = reference_sgd(start_rounded, grads_rounded, cfg);
   std::int64_t bad = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const double got = static_cast<double>(param[i]);
-    if (!(std::isfinite(got) && std::abs(got - want[i]) <= atol + rtol * std::abs(want[i]))) ++bad;
-  }
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!within_tolerance(static_cast<double>(param[i]), want[i], atol, rtol)) ++bad;
   CHECK(bad == 0);
 }
 

@@ -16,39 +16,16 @@
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/softmax.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace {
 
-std::vector<double> random_values(std::int64_t n, std::uint64_t seed, double lo = -4.0,
-                                  double hi = 4.0) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<double> v(static_cast<std::size_t>(n));
-  for (double& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-std::vector<T> as(const std::vector<double>& v) {
-  return std::vector<T>(v.begin(), v.end());
-}
-
-template <typename T>
-std::vector<T> poisoned(std::int64_t n) {
-  return std::vector<T>(static_cast<std::size_t>(n), std::numeric_limits<T>::quiet_NaN());
-}
-
-template <typename T>
-std::int64_t count_bad(const std::vector<T>& got, const std::vector<double>& ref, double atol,
-                       double rtol) {
-  REQUIRE(got.size() == ref.size());
-  std::int64_t bad = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<double>(got[i]);
-    if (!(std::isfinite(g) && std::abs(g - ref[i]) <= atol + rtol * std::abs(ref[i]))) ++bad;
-  }
-  return bad;
-}
+using sela::test::as;
+using sela::test::central_differences;
+using sela::test::count_bad;
+using sela::test::poisoned;
+using sela::test::random_values;
+using sela::test::widen;
 
 // log_softmax in long double: x - log(sum exp(x - max)) - max.
 std::vector<double> reference_log_softmax(std::int64_t rows, std::int64_t cols,
@@ -74,7 +51,7 @@ template <typename T>
 void check_log_softmax(std::int64_t rows, std::int64_t cols, double lo, double hi,
                        std::uint64_t seed, double atol, double rtol) {
   const auto x = as<T>(random_values(rows * cols, seed, lo, hi));
-  const std::vector<double> x_r(x.begin(), x.end());
+  const auto x_r = widen(x);
   const auto want = reference_log_softmax(rows, cols, x_r);
   auto y = poisoned<T>(rows * cols);
   sela::cpu::log_softmax_forward<T>(rows, cols, x.data(), y.data());
@@ -110,27 +87,22 @@ TEST_CASE("log_softmax_backward matches finite differences in float64; float agr
     const std::int64_t rows = shape.first, cols = shape.second, n = rows * cols;
     CAPTURE(rows);
     CAPTURE(cols);
-    auto x = random_values(n, 10 + static_cast<std::uint64_t>(n));
-    const auto weight = random_values(n, 20 + static_cast<std::uint64_t>(n));  // = grad_y
+    auto x = random_values(n, 10 + static_cast<std::uint64_t>(n), -4.0, 4.0);
+    const auto weight =
+        random_values(n, 20 + static_cast<std::uint64_t>(n), -4.0, 4.0);  // = grad_y
     std::vector<double> y(n);
     sela::cpu::log_softmax_forward<double>(rows, cols, x.data(), y.data());
     auto grad = poisoned<double>(n);
     sela::cpu::log_softmax_backward<double>(rows, cols, y.data(), weight.data(), grad.data());
 
-    const double h = 1e-6;
-    std::vector<double> numeric(n), out(n);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double keep = x[i];
-      double loss[2];
-      for (int side = 0; side < 2; ++side) {
-        x[i] = keep + (side == 0 ? h : -h);
-        sela::cpu::log_softmax_forward<double>(rows, cols, x.data(), out.data());
-        loss[side] = 0;
-        for (std::int64_t k = 0; k < n; ++k) loss[side] += weight[k] * out[k];
-      }
-      x[i] = keep;
-      numeric[i] = (loss[0] - loss[1]) / (2 * h);
-    }
+    std::vector<double> out(n);
+    auto loss = [&] {  // sum(weight * log_softmax(x))
+      sela::cpu::log_softmax_forward<double>(rows, cols, x.data(), out.data());
+      double total = 0;
+      for (std::int64_t k = 0; k < n; ++k) total += weight[k] * out[k];
+      return total;
+    };
+    const auto numeric = central_differences(&x, loss, 1e-6);
     CHECK(count_bad(grad, numeric, 1e-7, 1e-6) == 0);
 
     const auto y_f = as<float>(y), w_f = as<float>(weight);
@@ -161,7 +133,7 @@ TEST_CASE("cross_entropy_forward: mean of -log_softmax at the targets; writes lo
       CAPTURE(threads);
       CAPTURE(rows);
       CAPTURE(cols);
-      const auto logits = random_values(rows * cols, ++seed);
+      const auto logits = random_values(rows * cols, ++seed, -4.0, 4.0);
       const auto targets = random_targets(rows, cols, ++seed);
       const auto want_lp = reference_log_softmax(rows, cols, logits);
       long double want = 0;
@@ -192,7 +164,7 @@ TEST_CASE("cross_entropy_backward matches finite differences of the loss in floa
     const std::int64_t rows = shape.first, cols = shape.second, n = rows * cols;
     CAPTURE(rows);
     CAPTURE(cols);
-    auto logits = random_values(n, 60 + static_cast<std::uint64_t>(n));
+    auto logits = random_values(n, 60 + static_cast<std::uint64_t>(n), -4.0, 4.0);
     const auto targets = random_targets(rows, cols, 70 + static_cast<std::uint64_t>(n));
     const double grad_loss = 0.7;
     std::vector<double> lp(n);
@@ -226,7 +198,7 @@ TEST_CASE("cross_entropy_backward matches finite differences of the loss in floa
 
 TEST_CASE("cross_entropy: a target outside [0, cols) is an Error naming the row and the value") {
   const std::int64_t rows = 4, cols = 5;
-  const auto logits = random_values(rows * cols, 80);
+  const auto logits = random_values(rows * cols, 80, -4.0, 4.0);
   for (std::int64_t bad : {std::int64_t{5}, std::int64_t{-1}, std::int64_t{1000000}}) {
     CAPTURE(bad);
     std::vector<std::int64_t> targets = {0, 4, bad, 1};
