@@ -1,8 +1,10 @@
 // The `sela` program: one binary, subcommands, `--help` on each (DESIGN.md, "The sela
 // program"). main() only dispatches and turns sela::Error into one clear message and a
 // non-zero exit; each subcommand lives in its own tools/*.cpp file.
+#include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <unistd.h>
 #include <iostream>
 #include <map>
 #include <string>
@@ -41,9 +43,23 @@ int run_bench(const sela::tools::Args& args) {
                  "use train-step or sinkhorn");
 }
 
+// OpenMP threads that spin while waiting at a barrier are fast on an idle machine and
+// catastrophic on a busy one: measured here with one other busy process on the 2 cores,
+// a width-0.25 alexnet-32 step took 2.1 s with libgomp's default (spinning) policy and
+// 0.25 s with OMP_WAIT_POLICY=passive (docs/perf.md). libgomp reads the variable when it
+// is loaded, before main(), so the program sets it and re-executes itself once, unless the
+// user chose a policy.
+void prefer_passive_openmp_waits(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);
+  // execv only returns on failure: carry on with the default policy.
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefer_passive_openmp_waits(argv);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
