@@ -26,6 +26,7 @@
 #include "kernels/cpu/parallel.h"
 #include "sela/assign/metrics.h"
 #include "sela/assign/sinkhorn.h"
+#include "sela/checkpoint_model.h"
 #include "sela/evaluate.h"
 #include "sela/run_files.h"
 
@@ -49,23 +50,6 @@ std::vector<double> label_schedule(std::int64_t steps, std::int64_t epochs, std:
 }
 
 namespace {
-
-// The first `count` samples of another data set (for --limit-samples and quick runs).
-class PrefixDataset : public data::Dataset {
- public:
-  PrefixDataset(const data::Dataset& base, std::int64_t count)
-      : data::Dataset(base.info(), std::vector<std::int64_t>(base.true_classes().begin(),
-                                                             base.true_classes().begin() + count)),
-        base_(base) {}
-  data::ImageView image(std::int64_t index, data::Image* scratch) const override {
-    check_index(index);
-    return base_.image(index, scratch);
-  }
-  std::string sample_name(std::int64_t index) const override { return base_.sample_name(index); }
-
- private:
-  const data::Dataset& base_;
-};
 
 std::vector<std::int64_t> random_equipartition(std::int64_t n, std::int64_t k, std::uint64_t seed) {
   std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
@@ -93,8 +77,8 @@ json fingerprint(const TrainConfig& config, std::int64_t n, std::int64_t in_chan
           {"data", config.data}};
 }
 
-json config_json(const TrainConfig& c) {
-  return {{"data", c.data}, {"test_data", c.test_data}, {"arch", c.arch},
+json config_json(const TrainConfig& c, std::int64_t in_channels) {
+  return {{"data", c.data}, {"in_channels", in_channels}, {"test_data", c.test_data}, {"arch", c.arch},
           {"width_mult", c.width_mult}, {"clusters", c.clusters}, {"lambda", c.lambda},
           {"label_steps", c.label_steps}, {"label_spacing", c.label_spacing},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
@@ -121,8 +105,7 @@ class Run {
   void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
 
   TrainConfig config_;
-  std::unique_ptr<data::Dataset> full_train_;
-  std::unique_ptr<data::Dataset> subset_;
+  std::unique_ptr<data::Dataset> train_data_;  // the source, or its first --limit-samples
   const data::Dataset* train_ = nullptr;
   std::int64_t n_ = 0;
   std::shared_ptr<SelaNet> model_;
@@ -137,12 +120,11 @@ class Run {
 };
 
 void Run::open_data() {
-  full_train_ = data::open_dataset(config_.data);
-  train_ = full_train_.get();
-  if (config_.limit_samples > 0 && config_.limit_samples < full_train_->size()) {
-    subset_ = std::make_unique<PrefixDataset>(*full_train_, config_.limit_samples);
-    train_ = subset_.get();
+  train_data_ = data::open_dataset(config_.data);
+  if (config_.limit_samples > 0 && config_.limit_samples < train_data_->size()) {
+    train_data_ = std::make_unique<PrefixDataset>(std::move(train_data_), config_.limit_samples);
   }
+  train_ = train_data_.get();
   n_ = train_->size();
   for (std::int64_t k : config_.clusters) {
     SELA_CHECK(k >= 1 && k <= n_, "sela train",
@@ -176,7 +158,7 @@ void Run::start_fresh() {
   for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
     labels_.push_back(random_equipartition(n_, config_.clusters[t], config_.seed * 1000 + 17 + t));
   }
-  write_file_atomic(config_.out + "/config.json", config_json(config_).dump(2) + "\n");
+  write_file_atomic(config_.out + "/config.json", config_json(config_, model_->config().in_channels).dump(2) + "\n");
   write_file_atomic(config_.out + "/labels.csv", labels_csv(labels_));
   std::remove((config_.out + "/metrics.jsonl").c_str());
 }
@@ -199,7 +181,7 @@ void Run::save_checkpoint(std::int64_t epochs_done) {
                 {"fingerprint", fingerprint(config_, n_, model_->config().in_channels)}};
   save_tensors(tensors, config_.out + "/checkpoint.safetensors", {{"sela_state", state.dump()}});
   save_state(*model_, config_.out + "/weights.safetensors",
-             {{"arch", config_.arch}, {"config", config_json(config_).dump()}});
+             {{"arch", config_.arch}, {"config", config_json(config_, model_->config().in_channels).dump()}});
 }
 
 void Run::resume_from_checkpoint() {

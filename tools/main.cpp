@@ -21,6 +21,9 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  train                train a network by self-labelling (no flags: the default run)\n"
+    "  label                re-solve pseudo-labels of a data set with a trained run\n"
+    "  eval                 clustering metrics, kNN and linear probes (--probes) of a run\n"
+    "  viz                  cluster grid (--out) or training curves (--curves) as PNG\n"
     "  data                 summarise a data set, measure the loader, write a sample grid\n"
     "  bench train-step     time full training steps (forward, backward, SGD)\n"
     "  bench sinkhorn       time the Sinkhorn-Knopp label assignment\n"
@@ -68,6 +71,9 @@ int main(int argc, char** argv) {
   sela::tools::Args args(argv + 2, argv + argc);
   try {
     if (command == "train") return sela::tools::run_train(args);
+    if (command == "label") return sela::tools::run_label(args);
+    if (command == "eval") return sela::tools::run_eval(args);
+    if (command == "viz") return sela::tools::run_viz(args);
     if (command == "bench") return run_bench(args);
     if (command == "data") return sela::tools::run_data_command(args);
     std::cerr << "error: unknown command '" << command << "'\n\n" << kUsage;
