@@ -37,9 +37,9 @@ struct TrainConfig {
   double width_mult = 0.25;
   std::vector<std::int64_t> clusters{10, 10, 30, 30, 50};  // K of each head
   double lambda = 10.0;
-  std::int64_t label_steps = 6;
+  std::int64_t label_steps = 10;
   std::string label_spacing = "quadratic";  // quadratic | linear
-  std::int64_t epochs = 8;
+  std::int64_t epochs = 15;
   std::int64_t batch_size = 128;
   double lr = 0.05;
   double momentum = 0.9;
