@@ -244,6 +244,7 @@ void Run::label_step(std::int64_t epoch) {
         normalized_mutual_info(labels_[t].data(), result.labels.data(), n_);
     json head = {{"head", t}, {"k", k}, {"iterations", result.iterations},
                  {"converged", result.converged}, {"seconds", result.total_seconds},
+                 {"absorptions", result.absorptions},
                  {"row_marginal_error", result.row_marginal_error},
                  {"col_marginal_error", result.col_marginal_error},
                  {"cluster_min", result.cluster_min}, {"cluster_max", result.cluster_max},

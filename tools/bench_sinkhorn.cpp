@@ -11,7 +11,8 @@
 // argmax; reading the .npy file is reported apart. --repeat R runs the whole solve R times
 // (the first one warms the pages up) and reports the median. With --reference the float64
 // reference also runs (small problems only) and the label agreement is printed. With
-// --json the last line is one JSON object.
+// --json the last line is one JSON object. --absorb 0 turns off the stabilisation by
+// absorption (sinkhorn.h), to time the plain fast path or to see the floor's effect.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -98,6 +99,9 @@ int run_bench_sinkhorn(const Args& args) {
             "over-relaxation omega in [1, 2) with a safeguard (1: off, the published algorithm)");
   flags.add("device", "cpu", "cpu or cuda");
   flags.add("storage", "bf16", "how A is stored: f32, f16 or bf16");
+  flags.add("absorb", "1",
+            "1: stabilise by absorption where the storage's floor would limit the answer "
+            "(the default); 0: the plain fast path");
   flags.add("threads", "0", "CPU threads (0: all)");
   flags.add("seed", "1", "seed of the random logits");
   flags.add("centres", "0", "latent centres of the random logits (0: 3K)");
@@ -120,6 +124,7 @@ int run_bench_sinkhorn(const Args& args) {
   options.max_iters = flags.get_int("max-iters");
   options.over_relaxation = flags.get_double("omega");
   options.storage = assign::parse_storage(flags.get("storage"));
+  options.absorb = flags.get_int("absorb") != 0;
   options.device = Device::parse(flags.get("device"));
   options.verbose = static_cast<int>(flags.get_int("verbose"));
   const std::int64_t repeat = flags.get_int("repeat");
@@ -165,7 +170,8 @@ int run_bench_sinkhorn(const Args& args) {
 
   std::cout << "sela bench sinkhorn: N=" << n << " K=" << k << " lambda=" << options.lambda
             << " tol=" << options.tol << " storage=" << assign::storage_name(options.storage)
-            << " threads=" << sela::cpu::num_threads() << " device=" << options.device.str();
+            << " threads=" << sela::cpu::num_threads() << " device=" << options.device.str()
+            << " absorb=" << (options.absorb ? 1 : 0);
   if (options.over_relaxation != 1.0)
     std::cout << " over-relaxation omega=" << options.over_relaxation;
   std::cout << "\n";
@@ -193,6 +199,10 @@ int run_bench_sinkhorn(const Args& args) {
             << result.row_marginal_error << " column " << result.col_marginal_error
             << "; clusters min/max/empty " << result.cluster_min << "/" << result.cluster_max << "/"
             << result.clusters_empty << "\n";
+  if (result.absorptions > 0) {
+    std::cout << "absorptions: " << result.absorptions << " (the last before iteration "
+              << result.last_absorption_at << "); floor mass " << result.floor_mass << "\n";
+  }
   if (result.over_relaxation_stopped_at >= 0) {
     std::cout << "over-relaxation stopped by the safeguard at iteration "
               << result.over_relaxation_stopped_at << "\n";
@@ -233,7 +243,9 @@ int run_bench_sinkhorn(const Args& args) {
          << ", \"clusters_empty\": " << result.clusters_empty
          << ", \"omega\": " << options.over_relaxation
          << ", \"omega_stopped_at\": " << result.over_relaxation_stopped_at
-         << ", \"floor_mass\": " << result.floor_mass << ", \"repeat\": " << repeat;
+         << ", \"floor_mass\": " << result.floor_mass
+         << ", \"absorb\": " << (options.absorb ? "true" : "false")
+         << ", \"absorptions\": " << result.absorptions << ", \"repeat\": " << repeat;
     if (agreement >= 0.0) json << ", \"reference_agreement\": " << agreement;
     json << "}";
     std::cout << json.str() << std::endl;

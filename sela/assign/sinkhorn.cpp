@@ -8,16 +8,27 @@
 // When it stops it returns (r_t, c_t) — the pair the reference returns — and the labels
 // argmax_k A_ik r_t,k. c_0 = 1/N is taken in the reference's row scaling, so both
 // produce the same sequence up to the storage's rounding.
+//
+// Absorption (sinkhorn.h) happens between passes, after r_{t+1} is known: the solver holds
+// the column potential G (double; its float32 rounding is what the kernel folds in) and the
+// row shifts M, so that the stored A is K0_ik e^{G_k − M_i} with K0 the original
+// scale·exp(λ(z − max)); the iterated (c, r) are in the units of the stored A and are
+// converted back (c e^{−M}, r e^{G}) for the result. The check that decides is a bound on
+// the largest share of a row's plan resting on floored entries, floor·Σ_k r_k / (A r)_i:
+// first with (A r)_i >= scale·min_k r_k (O(K)), then, only when that fires, with
+// (A r)_i = 1/(N c_i) of the last pass (O(N)), corrected for the change of r since.
 #include "sela/assign/sinkhorn.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
@@ -119,9 +130,14 @@ void finish_warnings(const SinkhornOptions& options, SinkhornResult* result) {
     warning << "sinkhorn head '" << result->head << "': up to " << 100.0 * result->floor_mass
             << "% of a sample's plan rests on entries of A below the range of storage "
             << result->storage
-            << " (stored at its floor), so the solution is limited by the storage; use storage f32 "
-               "(or bf16"
-            << " instead of f16) or a smaller lambda for these logits";
+            << " (stored at its floor), so the solution is limited by the storage; "
+            << (options.absorb
+                    ? "absorption (" + std::to_string(result->absorptions) +
+                          " made) could not remove it: use storage f32 (or bf16 instead of f16) or "
+                          "a smaller lambda for these logits"
+                    : std::string("enable absorption (SinkhornOptions::absorb), use storage "
+                                  "f32 (or bf16 instead of f16) or a smaller lambda for these "
+                                  "logits"));
   }
   if (result->over_relaxation_stopped_at >= 0) {
     if (!warning.str().empty()) warning << "; ";
@@ -139,7 +155,8 @@ void log_summary(const SinkhornOptions& options, const SinkhornResult& result) {
   log_stream(options) << "sinkhorn head '" << result.head << "': N=" << result.n
                       << " K=" << result.k << " lambda=" << result.lambda
                       << " storage=" << result.storage << " omega=" << result.over_relaxation
-                      << ": " << result.iterations << " iterations, stop error "
+                      << ": " << result.iterations << " iterations, " << result.absorptions
+                      << " absorptions, stop error "
                       << result.stop_error << ", marginal errors row " << result.row_marginal_error
                       << " column " << result.col_marginal_error << ", clusters min/max/empty "
                       << result.cluster_min << "/" << result.cluster_max << "/"
@@ -204,6 +221,13 @@ SinkhornStorage parse_storage(const std::string& name) {
   SELA_FAIL_HINT("sinkhorn", "unknown storage '" << name << "'", "use f32, f16 or bf16");
 }
 
+double sinkhorn_absorb_floor_share(SinkhornStorage storage) {
+  const double unit_roundoff = storage == SinkhornStorage::f32   ? 0x1p-24
+                               : storage == SinkhornStorage::f16 ? 0x1p-11
+                                                                 : 0x1p-9;
+  return std::min(unit_roundoff, kSinkhornAbsorbFloorShareMax);
+}
+
 std::size_t storage_element_bytes(SinkhornStorage storage) {
   return storage == SinkhornStorage::f32 ? 4 : 2;
 }
@@ -212,7 +236,12 @@ std::string SinkhornMemoryPlan::describe() const {
   std::ostringstream out;
   out << "N=" << n << " x K=" << k << " (row stride " << row_stride << "), storage "
       << storage_name(storage) << ": A " << format_bytes(matrix_bytes) << " + vectors "
-      << format_bytes(vector_bytes) << " + workspace " << format_bytes(workspace_bytes) << " = "
+      << format_bytes(vector_bytes) << " + workspace " << format_bytes(workspace_bytes)
+      << " + absorption " << format_bytes(logits_bytes)
+      << (logits_bytes >= static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(k) * 4
+              ? " (float32 copy of the logits for the batch API, row shifts)"
+              : " (row shifts)")
+      << " = "
       << format_bytes(total_bytes) << " in " << where << " (limit " << format_bytes(limit_bytes)
       << ")";
   return out.str();
@@ -349,6 +378,12 @@ struct SinkhornSolver::Buffers {
   std::vector<double> col_sums;     // (K)
   std::vector<float> r_rel;         // (stride), padding 0
   std::vector<double> workspace;    // per-chunk column partials (doubles for alignment)
+  // Absorption (options.absorb):
+  HostBlock logits;                       // (N, K) float32 copy made by append_logits
+  std::vector<double> column_potential;   // (K) G: log-scaling folded into A so far
+  std::vector<float> column_potential_f;  // (stride) G as float32, what the kernel used
+  std::vector<double> row_shift;          // (N) M_i of the stored A (empty: all 0)
+  std::vector<double> row_shift_new;      // (N) M_i of the A being stored
 };
 
 SinkhornSolver::SinkhornSolver(SinkhornOptions options)
@@ -367,6 +402,11 @@ void SinkhornSolver::set_options(const SinkhornOptions& options) {
 }
 
 SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
+  return plan_for(n, k, options_.absorb);
+}
+
+SinkhornMemoryPlan SinkhornSolver::plan_for(std::int64_t n, std::int64_t k,
+                                            bool keep_logits) const {
   SinkhornMemoryPlan plan;
   plan.n = n;
   plan.k = k;
@@ -386,7 +426,17 @@ SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
       static_cast<std::uint64_t>(n) * (sizeof(double) + sizeof(std::int64_t) + sizeof(float)) +
       static_cast<std::uint64_t>(plan.row_stride) * (4 * sizeof(double) + sizeof(float));
   plan.workspace_bytes = sinkhorn_workspace_bytes(n, plan.row_stride);
-  plan.total_bytes = plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes;
+  if (options_.absorb) {
+    plan.logits_bytes =
+        static_cast<std::uint64_t>(n) * 2 * sizeof(double) +
+        static_cast<std::uint64_t>(plan.row_stride) * (sizeof(double) + sizeof(float));
+    if (keep_logits) {
+      plan.logits_bytes +=
+          static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(k) * sizeof(float);
+    }
+  }
+  plan.total_bytes =
+      plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes + plan.logits_bytes;
   plan.limit_bytes =
       options_.memory_limit_bytes != 0 ? options_.memory_limit_bytes : available_host_bytes();
   return plan;
@@ -394,13 +444,21 @@ SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
 
 std::uint64_t SinkhornSolver::allocated_bytes() const {
   const Buffers& b = *buffers_;
-  return b.matrix.bytes() + b.c.capacity() * sizeof(double) +
+  return b.matrix.bytes() + b.logits.bytes() +
+         (b.column_potential.capacity() + b.row_shift.capacity() + b.row_shift_new.capacity()) *
+             sizeof(double) +
+         b.column_potential_f.capacity() * sizeof(float) + b.c.capacity() * sizeof(double) +
          b.row_log_mass.capacity() * sizeof(float) +
          (b.r.capacity() + b.r_next.capacity() + b.col_sums.capacity()) * sizeof(double) +
          b.r_rel.capacity() * sizeof(float) + b.workspace.capacity() * sizeof(double);
 }
 
 void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::string& head) {
+  open_head(n, k, head, options_.absorb);
+}
+
+void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string& head,
+                               bool keep_logits) {
   const char* op = "sinkhorn";
   check_problem(n, k, head, op);
   if (options_.device.is_cuda()) {
@@ -415,7 +473,8 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
 #endif
   }
   head_open_ = false;
-  SinkhornMemoryPlan memory = plan(n, k);
+  borrowed_logits_ = nullptr;
+  SinkhornMemoryPlan memory = plan_for(n, k, keep_logits);
   if (options_.verbose >= 1) {
     log_stream(options_) << "sinkhorn head '" << head << "' memory plan: " << memory.describe()
                          << "\n";
@@ -428,7 +487,9 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
   if (memory.total_bytes > usable) {
     SELA_FAIL_HINT(
         op, "head '" << head << "' does not fit: " << memory.describe(),
-        "use 16-bit storage (f16 or bf16), fewer samples per solve, or a machine with more memory");
+        "use 16-bit storage (f16 or bf16), fewer samples per solve, solve(logits) at once instead "
+        "of batches (no copy of the logits is kept), absorb = false, or a machine with more "
+        "memory");
   }
   Buffers& b = *buffers_;
   try {
@@ -442,12 +503,18 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
     b.col_sums.assign(static_cast<std::size_t>(k), 0.0);
     b.r_rel.assign(stride, 0.0f);
     b.workspace.resize((memory.workspace_bytes + sizeof(double) - 1) / sizeof(double));
+    if (keep_logits) {
+      b.logits.ensure(static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(k) *
+                          sizeof(float),
+                      "the logits of head '" + head + "' (kept for absorption)");
+    }
   } catch (const std::bad_alloc&) {
     SELA_FAIL_HINT(op,
                    "head '" << head << "': out of memory while allocating " << memory.describe(),
                    "use 16-bit storage or fewer samples per solve");
   }
   head_ = head;
+  keep_logits_ = keep_logits;
   n_ = n;
   k_ = k;
   stride_ = memory.row_stride;
@@ -493,6 +560,10 @@ void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
       append_rows<BFloat16>(logits, rows);
       break;
   }
+  if (keep_logits_) {
+    std::memcpy(static_cast<float*>(buffers_->logits.get()) + rows_appended_ * k_, logits,
+                static_cast<std::size_t>(rows * k_) * sizeof(float));
+  }
   rows_appended_ += rows;
   prepare_seconds_ += seconds_since(start);
 }
@@ -500,8 +571,12 @@ void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
 template <typename Store>
 void SinkhornSolver::run(SinkhornResult* result) {
   Buffers& b = *buffers_;
-  const Store* a = static_cast<const Store*>(b.matrix.get());
+  Store* a = static_cast<Store*>(b.matrix.get());
   const std::int64_t n = n_, k = k_, stride = stride_;
+  const float* logits = borrowed_logits_ != nullptr
+                            ? borrowed_logits_
+                            : (keep_logits_ ? static_cast<const float*>(b.logits.get()) : nullptr);
+  const bool absorb = options_.absorb && logits != nullptr;
   const std::size_t workspace_bytes = b.workspace.size() * sizeof(double);
   void* workspace = b.workspace.data();
   const double inv_k = 1.0 / static_cast<double>(k);
@@ -552,7 +627,92 @@ void SinkhornSolver::run(SinkhornResult* result) {
           static_cast<float>(b.r[static_cast<std::size_t>(j)] / r_scale);
     }
   };
+  // Absorption (see the top of this file). G and M start at 0: the stored A is K0.
+  // Entries below this are stored with less than the storage's relative precision: the
+  // floor for f32 and bf16 (float32's exponent range), the smallest normal half (2^-14,
+  // i.e. e^-20 below the row maximum) for f16, whose subnormals keep 1 to 10 bits.
+  const double floor_value =
+      std::is_same<Store, Half>::value ? 0x1p-14
+                                       : static_cast<double>(sinkhorn_storage_floor<Store>());
+  const double scale = static_cast<double>(sinkhorn_storage_scale<Store>());
+  b.column_potential.assign(static_cast<std::size_t>(k), 0.0);
+  b.row_shift.clear();
+  bool absorbed_last_iteration = false;
+  const double absorb_above = sinkhorn_absorb_floor_share(options_.storage);
+  auto floored_share_bound = [&](std::int64_t iteration) {
+    double r_sum = 0.0, r_min = std::numeric_limits<double>::infinity();
+    for (double v : b.r) {
+      r_sum += v;
+      r_min = std::min(r_min, v);
+    }
+    const double cheap = floor_value * r_sum / (scale * r_min);
+    if (!(cheap > absorb_above) || iteration == 0) return cheap;
+    // (A r_old)_i = 1/(N c_i) from the last pass; (A r)_i >= (A r_old)_i · min_k r_k/r_old,k.
+    double c_max = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) c_max = std::max(c_max, b.c[static_cast<std::size_t>(i)]);
+    double worst_ratio = 0.0;
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::size_t jj = static_cast<std::size_t>(j);
+      worst_ratio = std::max(worst_ratio, b.r_next[jj] / b.r[jj]);
+    }
+    return std::min(cheap, floor_value * r_sum * static_cast<double>(n) * c_max * worst_ratio);
+  };
+  auto absorb_scaling = [&](std::int64_t iteration) {
+    // G_new = G + log r, shifted to max 0 and rounded to float32 (the kernel's values).
+    double top = -std::numeric_limits<double>::infinity();
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::size_t jj = static_cast<std::size_t>(j);
+      top = std::max(top, b.column_potential[jj] + std::log(b.r[jj]));
+    }
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::size_t jj = static_cast<std::size_t>(j);
+      const float g = static_cast<float>(b.column_potential[jj] + std::log(b.r[jj]) - top);
+      b.column_potential_f[jj] = g;
+      const double factor = std::exp(b.column_potential[jj] - static_cast<double>(g));
+      b.r[jj] *= factor;  // ≈ e^top for every k: r is reset to a constant
+      r_at_check[jj] *= factor;
+      b.column_potential[jj] = static_cast<double>(g);
+    }
+    b.row_shift_new.resize(static_cast<std::size_t>(n));
+    sinkhorn_store_rows_absorbed<Store>(logits, n, k, static_cast<float>(options_.lambda),
+                                        b.column_potential_f.data(), a, stride,
+                                        b.row_shift_new.data());
+    // c in the units of the new A: c e^{M_new − M_old}.
+    const bool had_shift = !b.row_shift.empty();
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::size_t ii = static_cast<std::size_t>(i);
+      b.c[ii] *= std::exp(b.row_shift_new[ii] - (had_shift ? b.row_shift[ii] : 0.0));
+    }
+    b.row_shift.swap(b.row_shift_new);
+    ++result->absorptions;
+    result->last_absorption_at = iteration;
+  };
+  if (absorb) b.column_potential_f.assign(static_cast<std::size_t>(stride), 0.0f);
+
   for (std::int64_t iteration = 0;; ++iteration) {
+    if (absorb && iteration == 0) {
+      // Before the first pass r_1 comes from the column sums of A with c_0: where A misses
+      // floored entries r_1 is wrong too, and the iteration would start on another path
+      // than the reference's. So absorb it and compute r_1 again from the new A (a few
+      // rounds: each brings the unpopular columns' entries into range).
+      for (int round = 0; round < 4 && floored_share_bound(0) > absorb_above; ++round) {
+        absorb_scaling(0);
+        sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
+                                    b.col_sums.data());
+        update_r(&b.r, 0);
+        r_at_check = b.r;
+        absorbed_last_iteration = true;
+      }
+    } else if (absorb) {
+      // Never twice in a row: right after an absorption the bound is K·floor/scale, so a
+      // second one could not help (an extreme K with f16), and would only cost time.
+      if (!absorbed_last_iteration && floored_share_bound(iteration) > absorb_above) {
+        absorb_scaling(iteration);
+        absorbed_last_iteration = true;
+      } else {
+        absorbed_last_iteration = false;
+      }
+    }
     set_r_rel();
     const bool measure = iteration % options_.check_every == 0;
     std::int64_t bad_rows = 0;
@@ -651,8 +811,16 @@ SinkhornResult SinkhornSolver::solve() {
       run<BFloat16>(&result);
       break;
   }
-  result.r = buffers_->r;
-  result.c = buffers_->c;
+  // (c, r) in the units of the original A (r e^{G}, c e^{−M}), whatever was absorbed.
+  const Buffers& b = *buffers_;
+  result.r = b.r;
+  result.c = b.c;
+  if (result.absorptions > 0) {
+    for (std::size_t j = 0; j < result.r.size(); ++j)
+      result.r[j] *= std::exp(b.column_potential[j]);
+    for (std::size_t i = 0; i < result.c.size(); ++i) result.c[i] *= std::exp(-b.row_shift[i]);
+  }
+  borrowed_logits_ = nullptr;
   result.prepare_seconds = prepare_seconds_;
   result.total_seconds = result.prepare_seconds + result.iterate_seconds + result.label_seconds;
   count_clusters(&result);
@@ -663,8 +831,10 @@ SinkhornResult SinkhornSolver::solve() {
 
 SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::int64_t k,
                                      const std::string& head) {
-  begin_head(n, k, head);
+  // The caller's logits stay valid during the solve: absorption reads them, no copy.
+  open_head(n, k, head, false);
   append_logits(logits, n);
+  borrowed_logits_ = logits;
   return solve();
 }
 

@@ -17,6 +17,28 @@
 //    storing A), so it follows the reference's sequence of r and c up to the storage's
 //    rounding: the iteration counts and the labels match.
 //
+// Absorption (Schmitzer 2019; Chizat et al. 2018). A stored A keeps entries only down to
+// the storage's floor (e^-69 below the row maximum for f32/bf16, e^-27 for f16). When the
+// network is confident, λ(z − max) of most entries is below that, and an unpopular cluster
+// needs r_k ~ e^80 to attract its N/K samples: the plan then rests on floored entries and
+// the answer is the storage's, not the problem's. With options.absorb (the default) the
+// solver keeps the logits and, when a bound on the plan's mass on floored entries exceeds
+// sinkhorn_absorb_floor_share(storage), re-stores
+//     A_ik = scale · exp(λ(z_ik − m_i) + G_k − M_i),   M_i = max_k (λ(z_ik − m_i) + G_k)
+// with the column potential G = log of the scaling so far, folds e^{M_i} into c and resets
+// r to 1 (relative), then continues; result.r and result.c stay in the units of the
+// original A below, so nothing changes for callers. On logits that never need it (the
+// bound is checked in O(K) per iteration, in O(N) only when the cheap bound fires) the
+// iteration sequence is exactly the one without absorption. Where it is needed before the
+// first pass, r_1 is computed again from the re-stored A, so the sequence still starts
+// where the reference's does. (For f16 the bound counts entries below the smallest normal
+// half, whose subnormals keep too few bits.) Where absorption is off or cannot remove the
+// floor's share, the floor-mass warning stays, and says which.
+// Memory: solve(logits, n, k) reads the caller's logits (nothing is copied); the batch API
+// (begin_head/append_logits) keeps a float32 copy, N·K·4 bytes, in the memory plan. Not
+// 16-bit: bf16's spacing at λ(z − max) ≈ −80 is 0.5, an e^0.5 error on exactly the entries
+// absorption brings back.
+//
 // How it is used: a trainer feeds each head's logits in batches while the network runs
 // over the data (begin_head, append_logits, solve), or passes them at once (solve(logits)).
 // Heads are solved one after the other with the same solver, which keeps its buffers.
@@ -53,6 +75,13 @@ std::size_t storage_element_bytes(SinkhornStorage storage);  // 4 or 2
 
 // floor_mass above which a result carries a warning (use f32 storage or a smaller λ).
 constexpr double kSinkhornFloorMassWarning = 1e-3;
+// Bound on the share of a row's plan on floored entries above which the fast path absorbs
+// the scaling into A (options.absorb): the storage's unit roundoff (f32 2^-24, f16 2^-11,
+// bf16 2^-9), capped at this value, a tenth of kSinkhornFloorMassWarning. Below it the
+// floor changes a row no more than rounding its entries does; absorbing earlier only
+// re-rounds A more often, which costs iterations with 16-bit storage.
+constexpr double kSinkhornAbsorbFloorShareMax = 1e-4;
+double sinkhorn_absorb_floor_share(SinkhornStorage storage);
 
 struct SinkhornOptions {
   double lambda = 25.0;           // λ: 25 for ImageNet, 10 for CIFAR in the paper
@@ -64,6 +93,11 @@ struct SinkhornOptions {
   // (reported in the result's warning). 1 = off, the published algorithm: the default.
   double over_relaxation = 1.0;
   SinkhornStorage storage = SinkhornStorage::bf16;  // see sinkhorn_cpu.h and docs/perf.md
+  // Stabilisation by absorption (above): re-store A from the logits with the scaling folded
+  // in when the storage's floor would limit the answer. Costs nothing on logits that do not
+  // need it; the batch API then keeps a float32 copy of the logits (the memory plan says
+  // so). false: the plain fast path, which warns where the storage limits the answer.
+  bool absorb = true;
   Device device = Device::cpu();                    // cuda: an Error until the CUDA half is built
   int verbose = 0;              // 1: memory plan and a summary line per head on `log`
   std::ostream* log = nullptr;  // warnings and verbose lines; nullptr means std::cerr
@@ -78,6 +112,9 @@ struct SinkhornMemoryPlan {
   std::uint64_t matrix_bytes = 0;     // A: n · row_stride · element bytes
   std::uint64_t vector_bytes = 0;     // c, labels (n each), r and column sums (k each)
   std::uint64_t workspace_bytes = 0;  // per-thread column partials
+  // float32 copy of the logits for absorption (options.absorb, batch API only: n · k · 4;
+  // solve(logits, n, k) reads the caller's array) plus the row shifts (n doubles).
+  std::uint64_t logits_bytes = 0;
   std::uint64_t total_bytes = 0;
   std::uint64_t limit_bytes = 0;  // what it was checked against
   std::string where;              // "host memory"
@@ -112,6 +149,10 @@ struct SinkhornResult {
   // storage's floor (sinkhorn_cpu.h), i.e. entries too small for the storage: above
   // kSinkhornFloorMassWarning the solution is limited by the storage (a warning).
   double floor_mass = 0.0;
+  // Absorptions made (options.absorb): times A was re-stored from the logits with the
+  // scaling folded in, and the iteration before which the last one happened (-1: none).
+  std::int64_t absorptions = 0;
+  std::int64_t last_absorption_at = -1;
 
   std::int64_t cluster_min = 0, cluster_max = 0, clusters_empty = 0;  // label counts
 
@@ -160,6 +201,8 @@ class SinkhornSolver {
 
  private:
   struct Buffers;
+  SinkhornMemoryPlan plan_for(std::int64_t n, std::int64_t k, bool keep_logits) const;
+  void open_head(std::int64_t n, std::int64_t k, const std::string& head, bool keep_logits);
   template <typename Store>
   void append_rows(const float* logits, std::int64_t rows);
   template <typename Store>
@@ -171,6 +214,8 @@ class SinkhornSolver {
   std::int64_t n_ = 0, k_ = 0, stride_ = 0;
   std::int64_t rows_appended_ = 0;
   bool head_open_ = false;
+  bool keep_logits_ = false;               // append_logits copies the rows for absorption
+  const float* borrowed_logits_ = nullptr;  // solve(logits, ...): the caller's (n, k) array
   double prepare_seconds_ = 0.0;
 };
 

@@ -441,6 +441,71 @@ std::int64_t sinkhorn_store_rows(const float* logits, std::int64_t rows, std::in
 }
 
 template <typename Store>
+void sinkhorn_store_rows_absorbed(const float* logits, std::int64_t rows, std::int64_t k,
+                                  float lambda, const float* column_log_scale, Store* a,
+                                  std::int64_t stride, double* row_shift) {
+  const char* op = "sinkhorn_store_rows_absorbed";
+  check_shape(op, rows, k, stride);
+  SELA_CHECK(rows == 0 || (logits != nullptr && a != nullptr && column_log_scale != nullptr &&
+                           row_shift != nullptr),
+             op, "null pointer argument");
+  SELA_CHECK(std::isfinite(lambda) && lambda > 0.0f, op,
+             "lambda must be positive and finite, got " << lambda);
+  const float scale = sinkhorn_storage_scale<Store>();
+  const float floor_value = sinkhorn_storage_floor<Store>();
+  sela::cpu::parallel_chunks(
+      0, rows, row_grain(stride), [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) {
+          const float* z = logits + i * k;
+          Store* out = a + i * stride;
+#if SELA_SINKHORN_AVX512
+          // Two sweeps over the row: the maxima (of z, then of v), then the stored values.
+          __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+          for (std::int64_t j = 0; j < k; j += 16) {
+            vmax = _mm512_mask_max_ps(vmax, lanes_below(j, k), vmax,
+                                      _mm512_maskz_loadu_ps(lanes_below(j, k), z + j));
+          }
+          const __m512 vrow_max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+          const __m512 vlambda = _mm512_set1_ps(lambda);
+          __m512 vshift = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+          for (std::int64_t j = 0; j < k; j += 16) {
+            const __mmask16 m = lanes_below(j, k);
+            const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, z + j), vrow_max);
+            const __m512 v =
+                _mm512_fmadd_ps(x, vlambda, _mm512_maskz_loadu_ps(m, column_log_scale + j));
+            vshift = _mm512_mask_max_ps(vshift, m, vshift, v);
+          }
+          const float shift = _mm512_reduce_max_ps(vshift);
+          const __m512 vshift_all = _mm512_set1_ps(shift), vscale = _mm512_set1_ps(scale),
+                       vfloor = _mm512_set1_ps(floor_value);
+          for (std::int64_t j = 0; j < stride; j += 16) {
+            const __mmask16 m = lanes_below(j, k);
+            const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, z + j), vrow_max);
+            const __m512 v =
+                _mm512_fmadd_ps(x, vlambda, _mm512_maskz_loadu_ps(m, column_log_scale + j));
+            const __m512 e = _mm512_maskz_mov_ps(
+                m, _mm512_max_ps(_mm512_mul_ps(exp16_nonpositive(_mm512_sub_ps(v, vshift_all)),
+                                               vscale),
+                                 vfloor));
+            store16(out + j, e);
+          }
+#else
+      const float row_max = *std::max_element(z, z + k);
+      float shift = -std::numeric_limits<float>::infinity();
+      for (std::int64_t j = 0; j < k; ++j)
+        shift = std::max(shift, std::fma(z[j] - row_max, lambda, column_log_scale[j]));
+      for (std::int64_t j = 0; j < k; ++j) {
+        const float v = std::fma(z[j] - row_max, lambda, column_log_scale[j]);
+        out[j] = sinkhorn_store<Store>(std::max(exp_nonpositive(v - shift) * scale, floor_value));
+      }
+      for (std::int64_t j = k; j < stride; ++j) out[j] = sinkhorn_store<Store>(0.0f);
+#endif
+          row_shift[i] = static_cast<double>(shift);
+        }
+      });
+}
+
+template <typename Store>
 void sinkhorn_column_sums(const Store* a, std::int64_t n, std::int64_t k, std::int64_t stride,
                           const double* row_weights, void* workspace, std::size_t workspace_bytes,
                           double* col_sums) {
@@ -619,6 +684,9 @@ double sinkhorn_labels(const Store* a, std::int64_t n, std::int64_t k, std::int6
 #define SELA_SINKHORN_INSTANTIATE(Store)                                                         \
   template std::int64_t sinkhorn_store_rows<Store>(const float*, std::int64_t, std::int64_t,     \
                                                    float, Store*, std::int64_t, float*);         \
+  template void sinkhorn_store_rows_absorbed<Store>(const float*, std::int64_t, std::int64_t,   \
+                                                   float, const float*, Store*, std::int64_t,    \
+                                                   double*);                                     \
   template void sinkhorn_column_sums<Store>(const Store*, std::int64_t, std::int64_t,            \
                                             std::int64_t, const double*, void*, std::size_t,     \
                                             double*);                                            \

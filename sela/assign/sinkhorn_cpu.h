@@ -32,6 +32,9 @@
 // and Sinkhorn-Knopp would then diverge. The floor changes A only where the reference's
 // entries are below e^-27 (Half) or e^-69 relative to the row maximum; the labels kernel
 // measures how much of the plan's mass lies on floored entries, so the caller can warn.
+// Where the plan does need such entries (confident logits, unpopular clusters), the solver
+// re-stores A with its column scaling folded in (sinkhorn_store_rows_absorbed: absorption,
+// sinkhorn.h), so that the entries the plan rests on are again within range.
 #pragma once
 
 #include <cstddef>
@@ -104,6 +107,15 @@ template <typename Store>
 std::int64_t sinkhorn_store_rows(const float* logits, std::int64_t rows, std::int64_t k,
                                  float lambda, Store* a, std::int64_t stride,
                                  float* row_log_mass /* (rows) or null */);
+
+// Re-stores A for absorption (sinkhorn.h): with v_ik = λ (z_ik − max_k z_ik) + g_k and
+// M_i = max_k v_ik, writes A_ik = max(scale · exp(v_ik − M_i), floor) (padding zeros) and
+// row_shift_i = M_i. g is the column log-potential folded into A (k values, float32, as
+// used). The logits must be finite (they were checked by sinkhorn_store_rows).
+template <typename Store>
+void sinkhorn_store_rows_absorbed(const float* logits, std::int64_t rows, std::int64_t k,
+                                  float lambda, const float* column_log_scale /* (k) */, Store* a,
+                                  std::int64_t stride, double* row_shift /* (rows) */);
 
 // Weighted column sums s_k = Σ_i A_ik w_i in float64 (w = 1 when row_weights is null):
 // the first iteration's r comes from them with the starting c as weights. Float64 all the

@@ -508,3 +508,145 @@ TEST_CASE(
   options.over_relaxation = 0.9;
   CHECK_THROWS_AS(solver.set_options(options), sela::Error);
 }
+
+namespace {
+
+// Confident logits like a trained network's: 12·onehot(class) + N(0, 1) noise, with an
+// imbalanced class distribution (class j drawn with probability ∝ 0.7^j), so that the
+// unpopular clusters need r_k ~ e^80 to attract their N/K samples while λ(z − max) of
+// most entries lies below float32's range.
+std::vector<float> peaked_logits(std::int64_t n, std::int64_t k, float peak, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  std::vector<double> weights(static_cast<std::size_t>(k));
+  for (std::int64_t j = 0; j < k; ++j) weights[static_cast<std::size_t>(j)] = std::pow(0.7, j);
+  std::discrete_distribution<std::int64_t> pick(weights.begin(), weights.end());
+  std::vector<float> z(static_cast<std::size_t>(n * k));  // (N, K)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t cls = pick(gen);
+    for (std::int64_t j = 0; j < k; ++j)
+      z[static_cast<std::size_t>(i * k + j)] = noise(gen) + (j == cls ? peak : 0.0f);
+  }
+  return z;
+}
+
+}  // namespace
+
+namespace {
+
+// Fast path vs reference on peaked logits, every storage.
+void check_peaked(const std::vector<float>& z, std::int64_t n, std::int64_t k, double lambda,
+                  std::int64_t min_absorptions) {
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.lambda = lambda;
+  options.max_iters = 20000;  // the scaling travels far: more iterations than usual
+  SinkhornResult ref = sinkhorn_reference(z.data(), n, k, options);
+  MESSAGE("reference: " << ref.iterations << " iterations, converged " << ref.converged
+                        << ", col err " << ref.col_marginal_error << ", clusters "
+                        << ref.cluster_min << "/" << ref.cluster_max);
+  REQUIRE(ref.converged);
+  REQUIRE(ref.warning.empty());
+  for (SinkhornStorage storage :
+       {SinkhornStorage::f32, SinkhornStorage::bf16, SinkhornStorage::f16}) {
+    options.storage = storage;
+    SinkhornSolver solver(options);
+    SinkhornResult fast = solver.solve(z.data(), n, k);
+    Comparison cmp = compare(z, n, k, lambda, fast, ref, 0.02);
+    const std::string name = storage_name(storage);
+    CAPTURE(name);
+    MESSAGE(name << ": " << fast.iterations << " iterations (ref " << ref.iterations
+                 << "), converged " << fast.converged << ", absorptions " << fast.absorptions
+                 << " (last before iteration " << fast.last_absorption_at << "), clear "
+                 << cmp.clear_rows << " agree " << cmp.clear_agree << ", all agree "
+                 << cmp.all_agree << ", col err " << fast.col_marginal_error << ", floor mass "
+                 << fast.floor_mass << ", log r err " << cmp.r_log_error);
+    CHECK(fast.converged);  // no cap reached
+    CHECK(fast.warning.empty());
+    CHECK(fast.absorptions >= min_absorptions);
+    CHECK(fast.floor_mass <= kSinkhornFloorMassWarning);
+    CHECK(cmp.clear_rows * 2 >= n);  // the test has rows to judge
+    CHECK(cmp.clear_agree * 1000 >= cmp.clear_rows * 999);
+    // Both marginals: rows exact by construction, columns within what tol allows (as the
+    // reference's own error, 1e-4 here).
+    CHECK(fast.row_marginal_error <= 1e-5);
+    CHECK(fast.col_marginal_error <= 1e-3);
+    CHECK(ref.col_marginal_error <= 1e-3);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("peaked logits: without absorption the storage floor limits the answer, and says so") {
+  // The problem as met in training: λ(z − max) below float32's range for most entries.
+  const std::int64_t n = 6000, k = 10;
+  const double lambda = 10.0;
+  auto z = peaked_logits(n, k, 12.0f, 2024);
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.lambda = lambda;
+  options.absorb = false;
+  SinkhornResult ref = sinkhorn_reference(z.data(), n, k, options);
+  REQUIRE(ref.converged);
+  SinkhornSolver solver(options);
+  SinkhornResult plain = solver.solve(z.data(), n, k);
+  Comparison cmp = compare(z, n, k, lambda, plain, ref, 0.02);
+  MESSAGE("absorb off, bf16: floor mass " << plain.floor_mass << ", clear " << cmp.clear_rows
+                                          << " agree " << cmp.clear_agree);
+  CHECK(plain.absorptions == 0);
+  CHECK(plain.floor_mass > kSinkhornFloorMassWarning);
+  CHECK(plain.warning.find("below the range of storage bf16") != std::string::npos);
+  CHECK(plain.warning.find("enable absorption") != std::string::npos);
+  CHECK(log.str().find("below the range of storage") != std::string::npos);
+  CHECK(cmp.clear_agree * 10 < cmp.clear_rows * 9);  // far from the reference's labels
+}
+
+TEST_CASE("peaked logits: with absorption the fast path matches the float64 reference") {
+  // 12·onehot: the unpopular clusters need r ~ e^80: one or two absorptions.
+  check_peaked(peaked_logits(6000, 10, 12.0f, 2024), 6000, 10, 10.0, 1);
+}
+
+TEST_CASE("very peaked logits need several absorptions and still match the reference") {
+  // 30·onehot at λ = 10: p^λ spans e^-300 (float64 still holds it); the scaling has to
+  // travel e^200 or more, a few times the e^69 that one stored A can hold.
+  check_peaked(peaked_logits(4000, 12, 30.0f, 7), 4000, 12, 10.0, 3);
+}
+
+TEST_CASE("absorption: batches, at once and repeated runs give bit-identical results") {
+  const std::int64_t n = 3001, k = 10;
+  auto z = peaked_logits(n, k, 12.0f, 99);
+  std::ostringstream log;
+  SinkhornOptions options = quiet_options(&log);
+  options.lambda = 10.0;
+  SinkhornSolver solver(options);
+  SinkhornResult at_once = solver.solve(z.data(), n, k, "h0");  // reads the caller's logits
+  REQUIRE(at_once.absorptions >= 1);
+  CHECK(at_once.warning.empty());
+  solver.begin_head(n, k, "h0");  // the batch API keeps its own copy of the logits
+  std::vector<float> batch;
+  for (std::int64_t start = 0; start < n; start += 256) {
+    const std::int64_t rows = std::min<std::int64_t>(256, n - start);
+    batch.assign(z.begin() + start * k, z.begin() + (start + rows) * k);
+    solver.append_logits(batch.data(), rows);
+    std::fill(batch.begin(), batch.end(), std::nanf(""));  // the caller reuses its buffer
+  }
+  SinkhornResult batched = solver.solve();
+  SinkhornSolver fresh(options);
+  SinkhornResult again = fresh.solve(z.data(), n, k, "h0");
+  for (const SinkhornResult* other : {&batched, &again}) {
+    CHECK(other->absorptions == at_once.absorptions);
+    CHECK(other->iterations == at_once.iterations);
+    CHECK(other->labels == at_once.labels);
+    CHECK(std::memcmp(other->r.data(), at_once.r.data(), at_once.r.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(other->c.data(), at_once.c.data(), at_once.c.size() * sizeof(double)) == 0);
+  }
+  // The memory plan counts the copy the batch API keeps (and nothing without absorption).
+  SinkhornMemoryPlan plan = solver.plan(n, k);
+  CHECK(plan.logits_bytes >= static_cast<std::uint64_t>(n * k) * sizeof(float));
+  CHECK(plan.total_bytes ==
+        plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes + plan.logits_bytes);
+  CHECK(plan.describe().find("copy of the logits") != std::string::npos);
+  options.absorb = false;
+  solver.set_options(options);
+  CHECK(solver.plan(n, k).logits_bytes == 0);
+}

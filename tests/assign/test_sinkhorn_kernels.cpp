@@ -1,5 +1,6 @@
 // Tests of the CPU Sinkhorn kernels (sela/assign/sinkhorn_cpu.h) against naive float64
-// loops: storage conversions, storing A from logits, column sums, one pass, labels.
+// loops: storage conversions, storing A from logits (plain and with absorbed column
+// potentials), column sums, one pass, labels.
 // Inputs are fresh random values, outputs are poisoned (NaN) before each call, every
 // tolerance is atol + rtol·|ref| with the reason given next to it, and NaN/Inf in an output
 // fails the comparison.
@@ -198,6 +199,87 @@ TEST_CASE("sinkhorn_store_rows matches scale * exp(lambda (z - max z)) in float6
   check_store_rows<float>();
   check_store_rows<Half>();
   check_store_rows<BFloat16>();
+}
+
+// The absorption kernel: A_ik = max(scale·exp(v_ik − M_i), floor) with v_ik = λ(z_ik − max z_i)
+// + g_k and M_i = max_k v_ik, against the same formula in float64.
+template <typename Store>
+void check_store_rows_absorbed() {
+  for (float lambda : {1.0f, 10.0f, 25.0f}) {
+    for (std::int64_t k : {1, 7, 37, 100}) {
+      const std::int64_t n = 53, stride = sinkhorn_row_stride(k);
+      const auto seed = static_cast<std::uint32_t>(k * 17 + static_cast<int>(lambda) + 5);
+      auto z = random_logits(n, k, 2.0f, seed);
+      // Column potentials as the solver makes them: <= 0 with the largest 0, spanning e^-60.
+      std::mt19937 gen(seed + 1);
+      std::uniform_real_distribution<float> uniform(-60.0f, 0.0f);
+      std::vector<float> g(static_cast<std::size_t>(stride), kNaN);
+      for (std::int64_t j = 0; j < k; ++j) g[static_cast<std::size_t>(j)] = uniform(gen);
+      g[static_cast<std::size_t>(k / 2)] = 0.0f;
+      std::vector<Store> a(static_cast<std::size_t>(n * stride), poison_value<Store>());
+      std::vector<double> shift(static_cast<std::size_t>(n), std::nan(""));
+      sinkhorn_store_rows_absorbed<Store>(z.data(), n, k, lambda, g.data(), a.data(), stride,
+                                          shift.data());
+      const double scale = sinkhorn_storage_scale<Store>();
+      std::int64_t failures = 0, below_row_max = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        double row_max = -1e300, ref_shift = -1e300;
+        for (std::int64_t j = 0; j < k; ++j)
+          row_max = std::max(row_max, static_cast<double>(z[static_cast<std::size_t>(i * k + j)]));
+        std::vector<double> v(static_cast<std::size_t>(k));
+        double magnitude = 0.0;  // largest |term| entering a v: sets float32's rounding of v
+        for (std::int64_t j = 0; j < k; ++j) {
+          const double lz =
+              static_cast<double>(lambda) *
+              (static_cast<double>(z[static_cast<std::size_t>(i * k + j)]) - row_max);
+          v[static_cast<std::size_t>(j)] = lz + static_cast<double>(g[static_cast<std::size_t>(j)]);
+          magnitude =
+              std::max(magnitude, std::fabs(lz) + std::fabs(g[static_cast<std::size_t>(j)]));
+          ref_shift = std::max(ref_shift, v[static_cast<std::size_t>(j)]);
+        }
+        below_row_max += ref_shift < -1.0 ? 1 : 0;
+        // M_i: float32 rounding of λ(z − max) and of the sum with g (2 · 2^-24 relative each).
+        if (!close(shift[static_cast<std::size_t>(i)], ref_shift, 4e-7 * magnitude, 0.0))
+          ++failures;
+        for (std::int64_t j = 0; j < stride; ++j) {
+          const double got = loaded(a, i, j, stride);
+          if (j >= k) {
+            failures += got == 0.0 ? 0 : 1;  // padding must be exactly 0
+            continue;
+          }
+          const double ref =
+              std::max(scale * std::exp(v[static_cast<std::size_t>(j)] - ref_shift),
+                       static_cast<double>(sinkhorn_storage_floor<Store>()));
+          // rtol: the storage's rounding and exp's, plus the argument's float32 rounding
+          // (v and v − M: 1.2e-7 · magnitude), which exp turns into a relative error.
+          const double atol = std::is_same<Store, Half>::value ? std::ldexp(1.0, -25) : 0.0;
+          if (!close(got, ref, atol, storage_rtol<Store>() + 1.2e-7 * magnitude)) {
+            if (++failures < 5)
+              MESSAGE(store_name<Store>()
+                      << " absorbed A(" << i << "," << j << ") = " << got << ", ref " << ref);
+          }
+        }
+      }
+      CHECK_MESSAGE(failures == 0, store_name<Store>() << " lambda " << lambda << " k " << k);
+      // The test must exercise the shift: rows whose maximum of v is not their own maximum.
+      if (k >= 37) CHECK(below_row_max > 0);
+    }
+  }
+}
+
+TEST_CASE("sinkhorn_store_rows_absorbed matches max(scale * exp(v - max v), floor) in float64") {
+  check_store_rows_absorbed<float>();
+  check_store_rows_absorbed<Half>();
+  check_store_rows_absorbed<BFloat16>();
+  std::vector<float> z(4, 1.0f), g(32, 0.0f);
+  std::vector<float> a(32);
+  std::vector<double> shift(1);
+  CHECK_THROWS_AS(sinkhorn_store_rows_absorbed<float>(z.data(), 1, 4, 1.0f, g.data(), a.data(), 33,
+                                                      shift.data()),
+                  sela::Error);
+  CHECK_THROWS_AS(sinkhorn_store_rows_absorbed<float>(z.data(), 1, 4, 1.0f, nullptr, a.data(), 32,
+                                                      shift.data()),
+                  sela::Error);
 }
 
 TEST_CASE("sinkhorn_store_rows reports the first row holding NaN or Inf") {

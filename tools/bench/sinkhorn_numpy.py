@@ -22,6 +22,12 @@ Usage:
         M latent centres mu_m ~ N(0, 1)^K (M = 3K unless --centres), each sample picks a
         centre uniformly and adds N(0, noise^2) per logit. (The C++ generator draws the
         same distribution with its own random stream; the files are what both read.)
+    sinkhorn_numpy.py --make-logits F.npy --peak 12 [--imbalance 20] [--noise 1] ...
+        writes confident logits instead, like a trained network's: peak * onehot(class)
+        + N(0, noise^2), the class drawn with probability proportional to
+        imbalance^(-j/(K-1)) (the most popular class `imbalance` times as likely as the
+        least). At lambda 10 most entries of lambda (z - max) lie below float32's range and
+        the unpopular clusters need r ~ e^80: the case the fast path's absorption is for.
     sinkhorn_numpy.py --logits F.npy [--lambda 25] [--tol 0.1] [--labels-out L.npy] [--json]
         solves and prints iterations, ms per iteration and the total time from logits in
         memory to labels (reading the file is reported apart), then with --json one JSON
@@ -36,6 +42,25 @@ import sys
 import time
 
 import numpy as np
+
+
+def make_peaked_logits(path, n, k, seed, peak, imbalance, noise):
+    rng = np.random.default_rng(seed)
+    weights = imbalance ** (-np.arange(k) / max(k - 1, 1))
+    weights /= weights.sum()
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, k))
+    chunk = 20000
+    for start in range(0, n, chunk):
+        rows = min(chunk, n - start)
+        pick = rng.choice(k, size=rows, p=weights)
+        block = rng.standard_normal((rows, k), dtype=np.float32)
+        block *= np.float32(noise)
+        block[np.arange(rows), pick] += np.float32(peak)
+        out[start:start + rows] = block
+    out.flush()
+    del out
+    print(f"wrote {path}: float32 ({n}, {k}); peak {peak} one-hot, class imbalance {imbalance}, "
+          f"noise {noise}, seed {seed}")
 
 
 def make_logits(path, n, k, seed, centres, noise):
@@ -102,6 +127,8 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--centres", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.5)
+    parser.add_argument("--peak", type=float, default=0.0)
+    parser.add_argument("--imbalance", type=float, default=20.0)
     parser.add_argument("--logits", default="")
     parser.add_argument("--lambda", dest="lamb", type=float, default=25.0)
     parser.add_argument("--tol", type=float, default=0.1)
@@ -111,6 +138,10 @@ def main():
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    if args.make_logits and args.peak > 0:
+        make_peaked_logits(args.make_logits, args.n, args.k, args.seed, args.peak, args.imbalance,
+                           args.noise)
+        return 0
     if args.make_logits:
         make_logits(args.make_logits, args.n, args.k, args.seed, args.centres, args.noise)
         return 0
