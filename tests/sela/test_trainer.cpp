@@ -12,48 +12,18 @@
 #include <string>
 #include <unistd.h>
 
-#include "engine/data/idx.h"
 #include "engine/safetensors.h"
 #include "sela/run_files.h"
 #include "sela/trainer.h"
+#include "tests/sela/synthetic_run.h"
 
 using namespace sela;
 
 namespace {
 
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_trainer_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
+using sela::test::TempFolder;
+using sela::test::write_synthetic_idx;
 
-// N 28x28 images of `classes` classes: class c is a bright 8x8 block at its own place,
-// plus noise, so a small network can tell them apart.
-std::string write_synthetic_idx(const std::string& folder, int n, int classes) {
-  std::mt19937 rng(7);
-  std::vector<std::uint8_t> images(static_cast<std::size_t>(n) * 28 * 28);
-  std::vector<std::uint8_t> labels(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    int c = i % classes;
-    labels[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(c);
-    int top = 2 + 6 * (c / 2), left = 2 + 12 * (c % 2);
-    for (int y = 0; y < 28; ++y) {
-      for (int x = 0; x < 28; ++x) {
-        int value = static_cast<int>(rng() % 40);
-        if (y >= top && y < top + 8 && x >= left && x < left + 8) value += 180;
-        images[static_cast<std::size_t>((i * 28 + y) * 28 + x)] = static_cast<std::uint8_t>(value);
-      }
-    }
-  }
-  data::write_idx(folder + "/images.idx", {n, 28, 28}, images.data(), false);
-  data::write_idx(folder + "/labels.idx", {n}, labels.data(), true);
-  return "idx:" + folder + "/images.idx," + folder + "/labels.idx";
-}
 
 TrainConfig tiny_config(const std::string& spec, const std::string& out) {
   TrainConfig config;
@@ -97,7 +67,7 @@ TEST_CASE("label schedule: quadratic spacing as the reference, t_j = (E + 1.01) 
 
 TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatches are refused") {
   TempFolder folder;
-  std::string spec = write_synthetic_idx(folder.path, 160, 4);
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
 
   TrainConfig whole = tiny_config(spec, folder.path + "/whole");
   TrainSummary uninterrupted = train(whole);
@@ -153,7 +123,7 @@ TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatche
 
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
   TempFolder folder;
-  std::string spec = write_synthetic_idx(folder.path, 96, 4);
+  std::string spec = write_synthetic_idx(folder.path, "train", 96, 7);
   TrainConfig config = tiny_config(spec, folder.path + "/run");
   config.epochs = 1;
   config.stop_after_epoch = 1;

@@ -25,47 +25,15 @@
 #include "sela/run_files.h"
 #include "sela/trainer.h"
 
+#include "tests/sela/synthetic_run.h"
 #include "tools/commands.h"
 
 using namespace sela;
 
 namespace {
 
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_commands_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
-
-// n 28x28 images of 4 classes (a bright 8x8 block at the class's own place, plus noise).
-std::string write_idx_set(const std::string& folder, const std::string& stem, int n,
-                          std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::uint8_t> images(static_cast<std::size_t>(n) * 28 * 28),
-      labels(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    int c = i % 4;
-    labels[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(c);
-    int top = 2 + 12 * (c / 2), left = 2 + 12 * (c % 2);
-    for (int y = 0; y < 28; ++y) {
-      for (int x = 0; x < 28; ++x) {
-        int value = static_cast<int>(rng() % 40);
-        if (y >= top && y < top + 8 && x >= left && x < left + 8) value += 180;
-        images[static_cast<std::size_t>((i * 28 + y) * 28 + x)] = static_cast<std::uint8_t>(value);
-      }
-    }
-  }
-  std::string images_path = folder + "/" + stem + "-images.idx",
-              labels_path = folder + "/" + stem + "-labels.idx";
-  data::write_idx(images_path, {n, 28, 28}, images.data(), false);
-  data::write_idx(labels_path, {n}, labels.data(), false);
-  return "idx:" + images_path + "," + labels_path;
-}
+using sela::test::TempFolder;
+using sela::test::write_synthetic_idx;
 
 std::string error_of(int (*command)(const tools::Args&), const tools::Args& args) {
   try {
@@ -83,8 +51,8 @@ bool exists(const std::string& path) { return std::ifstream(path).good(); }
 TEST_CASE(
     "train -> label -> eval (with probes) -> viz on a tiny run; the first errors a user meets") {
   TempFolder folder;
-  const std::string train_spec = write_idx_set(folder.path, "train", 160, 1);
-  const std::string test_spec = write_idx_set(folder.path, "test", 64, 2);
+  const std::string train_spec = write_synthetic_idx(folder.path, "train", 160, 1);
+  const std::string test_spec = write_synthetic_idx(folder.path, "test", 64, 2);
   const std::string run = folder.path + "/run";
 
   TrainConfig config;
@@ -134,7 +102,7 @@ TEST_CASE(
     CHECK(first[0].size() == 100);
     // --out is required; a data set smaller than a head's K is refused, saying why.
     CHECK(error_of(tools::run_label, {"--checkpoint", run}).find("--out") != std::string::npos);
-    std::string tiny = write_idx_set(folder.path, "tiny", 5, 3);
+    std::string tiny = write_synthetic_idx(folder.path, "tiny", 5, 3);
     std::string message =
         error_of(tools::run_label, {"--checkpoint", run, "--data", tiny, "--out", csv});
     CHECK(message.find("K = 6") != std::string::npos);
@@ -190,7 +158,7 @@ TEST_CASE(
     CHECK_FALSE(partial["heads"][0].contains("train_labels_nmi"));
     CHECK_FALSE(partial.contains("linear_probes"));
     // Another data set of the same size: labels.csv labels the run's data, not this one.
-    std::string lookalike = write_idx_set(folder.path, "lookalike", 160, 9);
+    std::string lookalike = write_synthetic_idx(folder.path, "lookalike", 160, 9);
     CHECK(tools::run_eval({"--checkpoint", run, "--data", lookalike, "--test-data", test_spec}) ==
           0);
     nlohmann::json other = nlohmann::json::parse(read_file(run + "/eval.json"));

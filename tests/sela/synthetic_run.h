@@ -1,0 +1,57 @@
+// Fixtures for tests that train tiny SeLa runs: a self-removing temporary folder and a
+// synthetic labelled IDX data set (4 classes a small network can tell apart).
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "engine/data/idx.h"
+
+namespace sela::test {
+
+struct TempFolder {
+  std::string path;
+  TempFolder() {
+    char pattern[] = "/tmp/sela_test_XXXXXX";
+    char* made = ::mkdtemp(pattern);
+    REQUIRE(made != nullptr);
+    path = made;
+  }
+  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
+  TempFolder(const TempFolder&) = delete;
+  TempFolder& operator=(const TempFolder&) = delete;
+};
+
+// n 28x28 images of 4 classes (a bright 8x8 block at the class's own place, plus noise),
+// written as FOLDER/STEM-images.idx and FOLDER/STEM-labels.idx; returns the `idx:` spec.
+inline std::string write_synthetic_idx(const std::string& folder, const std::string& stem, int n,
+                                       std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::uint8_t> images(static_cast<std::size_t>(n) * 28 * 28),
+      labels(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    int c = i % 4;
+    labels[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(c);
+    int top = 2 + 12 * (c / 2), left = 2 + 12 * (c % 2);
+    for (int y = 0; y < 28; ++y) {
+      for (int x = 0; x < 28; ++x) {
+        int value = static_cast<int>(rng() % 40);
+        if (y >= top && y < top + 8 && x >= left && x < left + 8) value += 180;
+        images[static_cast<std::size_t>((i * 28 + y) * 28 + x)] = static_cast<std::uint8_t>(value);
+      }
+    }
+  }
+  std::string images_path = folder + "/" + stem + "-images.idx",
+              labels_path = folder + "/" + stem + "-labels.idx";
+  data::write_idx(images_path, {n, 28, 28}, images.data(), false);
+  data::write_idx(labels_path, {n}, labels.data(), false);
+  return "idx:" + images_path + "," + labels_path;
+}
+
+}  // namespace sela::test
