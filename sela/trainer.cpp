@@ -83,7 +83,8 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"label_steps", c.label_steps}, {"label_spacing", c.label_spacing},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
-          {"dropout", c.dropout}, {"sinkhorn_storage", c.storage}, {"device", c.device},
+          {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
+          {"sinkhorn_max_iters", c.sinkhorn_max_iters}, {"sinkhorn_storage", c.storage}, {"device", c.device},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
           {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
@@ -151,6 +152,7 @@ void Run::build_model() {
   assign::SinkhornOptions sk;
   sk.lambda = config_.lambda;
   sk.storage = assign::parse_storage(config_.storage);
+  sk.max_iters = config_.sinkhorn_max_iters;
   solver_ = std::make_unique<assign::SinkhornSolver>(sk);
 }
 
@@ -288,6 +290,8 @@ double Run::train_epoch(std::int64_t epoch) {
   model_->train();
   data::AugmentConfig augment =
       data::default_augment(train_->info(), true, static_cast<int>(model_->input_size()));
+  if (config_.crop_min_scale > 0) augment.scale_min = config_.crop_min_scale;
+  augment.validate(train_->info().channels);
   data::LoaderConfig lc;
   lc.batch_size = config_.batch_size;
   lc.shuffle = true;

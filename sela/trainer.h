@@ -46,6 +46,8 @@ struct TrainConfig {
   double weight_decay = 1e-5;
   std::vector<std::int64_t> lr_drops;  // epochs at which lr is multiplied by 0.1
   double dropout = 0.5;
+  double crop_min_scale = 0;     // random-resized-crop minimum area share (0 = the source's)
+  std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
   std::string device = "cpu";
   int threads = 0;

@@ -51,6 +51,10 @@ int run_train(const Args& args) {
   flags.add("wd", number(defaults.weight_decay), "weight decay");
   flags.add("lr-drops", "", "epochs at which the lr is multiplied by 0.1, e.g. 150,300");
   flags.add("dropout", number(defaults.dropout), "dropout probability in the classifier");
+  flags.add("crop-min-scale", "0", "random-resized-crop minimum area share, in (0, 1] (0 = the "
+                                   "data source's default: 0.2 for 32x32 sources, 0.08 for folders)");
+  flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
+            "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-storage", defaults.storage, "storage of the transport matrix: f32 | f16 | bf16");
   flags.add("device", defaults.device, "cpu (cuda comes with the CUDA backend)");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
@@ -92,6 +96,11 @@ int run_train(const Args& args) {
   if (!flags.get("lr-drops").empty()) config.lr_drops = flags.get_int_list("lr-drops");
   config.dropout = flags.get_double("dropout");
   config.storage = flags.get("sinkhorn-storage");
+  config.crop_min_scale = flags.get_double("crop-min-scale");
+  SELA_CHECK(config.crop_min_scale >= 0 && config.crop_min_scale <= 1, "sela train",
+             "--crop-min-scale must be in [0, 1], got " << config.crop_min_scale);
+  config.sinkhorn_max_iters = flags.get_int("sinkhorn-max-iters");
+  SELA_CHECK(config.sinkhorn_max_iters >= 1, "sela train", "--sinkhorn-max-iters must be >= 1");
   config.device = flags.get("device");
   config.threads = static_cast<int>(flags.get_int("threads"));
   config.workers = static_cast<int>(flags.get_int("workers"));
