@@ -42,6 +42,7 @@
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
+#include "tools/bench/python_child.h"
 
 #if defined(SELA_CPU_CONV_DNNL)
 #include <dnnl.hpp>
@@ -146,58 +147,25 @@ class TorchWorker {
         "        with torch.no_grad():\n"
         "            t0 = time.perf_counter(); cases[f[1]](); t = time.perf_counter() - t0\n"
         "        print(t * 1e3, flush=True)\n";
-    int to_child[2], from_child[2];
-    if (pipe(to_child) != 0 || pipe(from_child) != 0) return false;
-    pid_ = fork();
-    if (pid_ < 0) return false;
-    if (pid_ == 0) {
-      dup2(to_child[0], 0);
-      dup2(from_child[1], 1);
-      close(to_child[1]);
-      close(from_child[0]);
-      std::string t = std::to_string(threads);
-      execl("/usr/bin/python3", "python3", "-c", script, t.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    in_ = fdopen(to_child[1], "w");
-    out_ = fdopen(from_child[0], "r");
-    std::string banner = read_line();
+    std::string banner;
+    if (!child_.start(script, threads, &banner)) return false;
     if (banner.rfind("torch", 0) != 0) return false;
     std::printf("# %s\n", banner.c_str());
     return true;
   }
   bool layer(const Conv2dShape& s) {
-    std::fprintf(in_, "layer %lld %lld %lld %lld %lld %lld %lld %lld\n", (long long)s.batch,
-                 (long long)s.in_channels, (long long)s.in_height, (long long)s.in_width,
-                 (long long)s.out_channels, (long long)s.kernel_h, (long long)s.stride_h,
-                 (long long)s.pad_h);
-    std::fflush(in_);
-    return read_line() == "ok";
+    char line[160];
+    std::snprintf(line, sizeof line, "layer %lld %lld %lld %lld %lld %lld %lld %lld",
+                  (long long)s.batch, (long long)s.in_channels, (long long)s.in_height,
+                  (long long)s.in_width, (long long)s.out_channels, (long long)s.kernel_h,
+                  (long long)s.stride_h, (long long)s.pad_h);
+    return child_.ask(line) == "ok";
   }
   double run(const char* direction) {
-    std::fprintf(in_, "run %s\n", direction);
-    std::fflush(in_);
-    return std::atof(read_line().c_str());
+    return std::atof(child_.ask(std::string("run ") + direction).c_str());
   }
-  ~TorchWorker() {
-    if (in_) std::fclose(in_);
-    if (out_) std::fclose(out_);
-    if (pid_ > 0) waitpid(pid_, nullptr, 0);
-  }
-
  private:
-  std::string read_line() {
-    char buffer[512];
-    if (!out_ || !std::fgets(buffer, sizeof buffer, out_)) return "";
-    std::string line = buffer;
-    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-    return line;
-  }
-  pid_t pid_ = -1;
-  FILE* in_ = nullptr;
-  FILE* out_ = nullptr;
+  sela::lab::PythonChild child_;
 };
 
 // The output of `direction` (what gets compared): output, grad_input, or grad_weight+bias.

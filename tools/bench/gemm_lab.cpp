@@ -38,6 +38,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
+#include "tools/bench/python_child.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -242,56 +243,23 @@ class TorchWorker {
         "    else:\n"
         "        t0 = time.perf_counter(); torch.mm(a, b, out=c); t = time.perf_counter() - t0\n"
         "        print(t * 1e3, flush=True)\n";
-    int to_child[2], from_child[2];
-    if (pipe(to_child) != 0 || pipe(from_child) != 0) return false;
-    pid_ = fork();
-    if (pid_ < 0) return false;
-    if (pid_ == 0) {
-      dup2(to_child[0], 0);
-      dup2(from_child[1], 1);
-      close(to_child[1]);
-      close(from_child[0]);
-      std::string t = std::to_string(threads);
-      execl("/usr/bin/python3", "python3", "-c", script, t.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    in_ = fdopen(to_child[1], "w");
-    out_ = fdopen(from_child[0], "r");
-    std::string banner = read_line();
+    std::string banner;
+    if (!child_.start(script, threads, &banner)) return false;
     if (banner.rfind("torch", 0) != 0) return false;
     std::printf("# %s (torch.mm, BLAS as linked by Debian's PyTorch)\n", banner.c_str());
     return true;
   }
   bool shape(const Shape& s) {
-    std::fprintf(in_, "shape %d %d %lld %lld %lld\n", s.transpose_a ? 1 : 0, s.transpose_b ? 1 : 0,
-                 (long long)s.m, (long long)s.n, (long long)s.k);
-    std::fflush(in_);
-    return read_line() == "ok";
+    char line[128];
+    std::snprintf(line, sizeof line, "shape %d %d %lld %lld %lld", s.transpose_a ? 1 : 0,
+                  s.transpose_b ? 1 : 0, (long long)s.m, (long long)s.n, (long long)s.k);
+    return child_.ask(line) == "ok";
   }
   double run() {
-    std::fprintf(in_, "run\n");
-    std::fflush(in_);
-    return std::atof(read_line().c_str());
+    return std::atof(child_.ask("run").c_str());
   }
-  ~TorchWorker() {
-    if (in_) std::fclose(in_);
-    if (out_) std::fclose(out_);
-    if (pid_ > 0) waitpid(pid_, nullptr, 0);
-  }
-
  private:
-  std::string read_line() {
-    char buffer[512];
-    if (!out_ || !std::fgets(buffer, sizeof buffer, out_)) return "";
-    std::string line = buffer;
-    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-    return line;
-  }
-  pid_t pid_ = -1;
-  FILE* in_ = nullptr;
-  FILE* out_ = nullptr;
+  sela::lab::PythonChild child_;
 };
 
 }  // namespace
