@@ -38,6 +38,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
+#include "tools/bench/lab_timing.h"
 #include "tools/bench/python_child.h"
 
 #ifdef _OPENMP
@@ -192,30 +193,9 @@ Stats summarize(std::vector<double> v) {
   return {v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]), v.front()};
 }
 
-// Times every body `reps` times in rounds (one call of each per round, after one warm-up
-// call of each), so that a change in the load of the shared machine hits all of them alike.
-// The order is shuffled every round and every call starts after a 10 ms pause: OpenMP
-// threads spin for a while after a parallel region, and a body that always ran right after
-// another (PyTorch's threads, in a separate process) lost up to 7 ms per call to them.
-// A body returns its own time in ms when it measured it (the PyTorch worker), else < 0.
+// Median and minimum of each body's samples, timed in interleaved rounds (lab_timing.h).
 std::vector<Stats> time_interleaved(const std::vector<std::function<double()>>& bodies, int reps) {
-  for (const auto& body : bodies) body();  // warm-up: page faults, library scratch, JIT
-  std::vector<std::vector<double>> times(bodies.size());
-  std::vector<std::size_t> order(bodies.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::mt19937 shuffle_rng(12345);
-  for (int r = 0; r < reps; ++r) {
-    std::shuffle(order.begin(), order.end(), shuffle_rng);
-    for (std::size_t i : order) {
-      // Let the previous body's OpenMP threads (ours or PyTorch's) stop spinning first.
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      auto t0 = std::chrono::steady_clock::now();
-      double reported = bodies[i]();
-      auto t1 = std::chrono::steady_clock::now();
-      times[i].push_back(
-          reported >= 0 ? reported : std::chrono::duration<double, std::milli>(t1 - t0).count());
-    }
-  }
+  std::vector<std::vector<double>> times = sela::lab::time_interleaved_samples(bodies, reps);
   std::vector<Stats> out;
   for (auto& t : times) out.push_back(summarize(t));
   return out;
