@@ -34,12 +34,12 @@ struct TrainConfig {
   std::string data = "fashion-mnist";
   std::string test_data;  // "" = the same source's test split when it has one
   std::string arch = "alexnet-32";
-  double width_mult = 0.25;
+  double width_mult = 0.5;
   std::vector<std::int64_t> clusters{10, 10, 30, 30, 50};  // K of each head
   double lambda = 10.0;
-  std::int64_t label_steps = 10;
+  std::int64_t label_steps = 8;
   std::string label_spacing = "quadratic";  // quadratic | linear
-  std::int64_t epochs = 15;
+  std::int64_t epochs = 10;
   std::int64_t batch_size = 128;
   double lr = 0.05;
   double momentum = 0.9;

@@ -1,6 +1,6 @@
 // `sela train`: the SeLa method end to end (sela/trainer.h). With no flags it runs the
-// default job: Fashion-MNIST (Debian's dataset-fashion-mnist), alexnet-32 at width 0.25,
-// heads K = 10,10,30,30,50, 15 epochs with 10 label steps, on the CPU, then evaluates on
+// default job: Fashion-MNIST (Debian's dataset-fashion-mnist), alexnet-32 at width 0.5,
+// heads K = 10,10,30,30,50, 10 epochs with 8 label steps, on the CPU, then evaluates on
 // the test split. The defaults live in TrainConfig (sela/trainer.h); the flags show them.
 #include <iostream>
 #include <sstream>
