@@ -129,6 +129,14 @@ void SelaNet::initialize(Rng& rng) {
   }
 }
 
+Tensor sela_loss(const std::vector<Tensor>& logits, const std::vector<Tensor>& targets) {
+  SELA_CHECK(!logits.empty() && logits.size() == targets.size(), "sela_loss",
+             logits.size() << " heads of logits for " << targets.size() << " label tensors");
+  Tensor loss = cross_entropy(logits[0], targets[0]);
+  for (std::size_t t = 1; t < logits.size(); ++t) loss = add(loss, cross_entropy(logits[t], targets[t]));
+  return scale(loss, 1.0 / static_cast<double>(logits.size()));
+}
+
 std::shared_ptr<SelaNet> make_model(const ModelConfig& config) {
   auto model = std::make_shared<SelaNet>(config);
   Rng rng(config.seed);

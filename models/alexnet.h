@@ -64,6 +64,10 @@ class SelaNet : public Module {
 };
 
 std::shared_ptr<SelaNet> make_model(const ModelConfig& config);  // built and initialised
+
+// The SeLa representation loss: the mean over heads of each head's mean cross-entropy
+// against its labels. logits and targets: one (N, K_t) / (N) int64 tensor per head.
+Tensor sela_loss(const std::vector<Tensor>& logits, const std::vector<Tensor>& targets);
 std::vector<std::string> known_archs();
 
 }  // namespace sela

@@ -278,12 +278,6 @@ void Run::label_step(std::int64_t epoch) {
   summary_.label_steps_done++;
 }
 
-Tensor mean_head_loss(const std::vector<Tensor>& logits, const std::vector<Tensor>& targets) {
-  Tensor loss = cross_entropy(logits[0], targets[0]);
-  for (std::size_t t = 1; t < logits.size(); ++t) loss = add(loss, cross_entropy(logits[t], targets[t]));
-  return scale(loss, 1.0 / static_cast<double>(logits.size()));
-}
-
 double Run::train_epoch(std::int64_t epoch) {
   double lr = step_learning_rate(config_.lr, epoch, config_.lr_drops);
   optimizer_->set_lr(lr);
@@ -327,7 +321,7 @@ double Run::train_epoch(std::int64_t epoch) {
       targets.push_back(Tensor::from_vector(y, {batch.size}));
     }
     optimizer_->zero_grad();
-    Tensor loss = mean_head_loss(model_->forward_heads(images), targets);
+    Tensor loss = sela_loss(model_->forward_heads(images), targets);
     double value = loss.item();
     if (!std::isfinite(value)) {
       SELA_FAIL_HINT("sela train",

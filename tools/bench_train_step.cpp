@@ -27,10 +27,7 @@ namespace {
 double train_step(SelaNet& model, Sgd& optimizer, const Tensor& images,
                   const std::vector<Tensor>& targets) {
   optimizer.zero_grad();
-  std::vector<Tensor> logits = model.forward_heads(images);
-  Tensor loss = cross_entropy(logits[0], targets[0]);
-  for (std::size_t t = 1; t < logits.size(); ++t) loss = add(loss, cross_entropy(logits[t], targets[t]));
-  loss = scale(loss, 1.0 / static_cast<double>(logits.size()));
+  Tensor loss = sela_loss(model.forward_heads(images), targets);
   loss.backward();
   optimizer.step();
   return loss.item();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/data/idx.h"
+#include "sela/trainer.h"
 
 namespace sela::test {
 
@@ -52,6 +53,27 @@ inline std::string write_synthetic_idx(const std::string& folder, const std::str
   data::write_idx(images_path, {n, 28, 28}, images.data(), false);
   data::write_idx(labels_path, {n}, labels.data(), false);
   return "idx:" + images_path + "," + labels_path;
+}
+
+// A run small enough for a test: alexnet-32 at width 1/16, heads K = 4 and 6, batch 32,
+// 3 label steps, 2 threads, no final evaluation.
+inline TrainConfig tiny_train_config(const std::string& spec, const std::string& out,
+                                     std::int64_t epochs, std::uint64_t seed) {
+  TrainConfig config;
+  config.data = spec;
+  config.width_mult = 0.0625;
+  config.clusters = {4, 6};
+  config.epochs = epochs;
+  config.batch_size = 32;
+  config.label_steps = 3;
+  config.lambda = 10;
+  config.workers = 1;
+  config.threads = 2;
+  config.seed = seed;
+  config.out = out;
+  config.evaluate = false;
+  config.verbose = 0;
+  return config;
 }
 
 }  // namespace sela::test

@@ -26,21 +26,7 @@ using sela::test::write_synthetic_idx;
 
 
 TrainConfig tiny_config(const std::string& spec, const std::string& out) {
-  TrainConfig config;
-  config.data = spec;
-  config.width_mult = 0.0625;
-  config.clusters = {4, 6};
-  config.epochs = 3;
-  config.batch_size = 32;
-  config.label_steps = 3;
-  config.lambda = 10;
-  config.workers = 1;
-  config.threads = 2;
-  config.seed = 11;
-  config.out = out;
-  config.evaluate = false;
-  config.verbose = 0;
-  return config;
+  return sela::test::tiny_train_config(spec, out, 3, 11);
 }
 
 std::string error_of(const TrainConfig& config) {

@@ -55,19 +55,7 @@ TEST_CASE(
   const std::string test_spec = write_synthetic_idx(folder.path, "test", 64, 2);
   const std::string run = folder.path + "/run";
 
-  TrainConfig config;
-  config.data = train_spec;
-  config.width_mult = 0.0625;
-  config.clusters = {4, 6};
-  config.epochs = 2;
-  config.batch_size = 32;
-  config.label_steps = 3;
-  config.workers = 1;
-  config.threads = 2;
-  config.seed = 3;
-  config.out = run;
-  config.evaluate = false;
-  train(config);
+  train(sela::test::tiny_train_config(train_spec, run, 2, 3));
   REQUIRE(exists(run + "/weights.safetensors"));
   // (Plain blocks, not SUBCASEs: doctest would train once per subcase.)
 

@@ -80,20 +80,10 @@ struct Buffers {
   std::vector<float> input, weight, bias, output, grad_output, grad_input, grad_weight, grad_bias;
 };
 
-struct Timing {
-  double median_ms, min_ms;
-};
+using Timing = sela::lab::LabStats;
 
-// Median and minimum of each body's samples, timed in interleaved rounds (lab_timing.h).
 std::vector<Timing> time_interleaved(const std::vector<std::function<double()>>& bodies, int reps) {
-  std::vector<std::vector<double>> times = sela::lab::time_interleaved_samples(bodies, reps);
-  std::vector<Timing> out;
-  for (auto& t : times) {
-    std::sort(t.begin(), t.end());
-    std::size_t h = t.size() / 2;
-    out.push_back({t.size() % 2 ? t[h] : 0.5 * (t[h - 1] + t[h]), t.front()});
-  }
-  return out;
+  return sela::lab::summarize_samples(sela::lab::time_interleaved_samples(bodies, reps));
 }
 
 // PyTorch in a child process (/usr/bin/python3), driven line by line so that its calls can

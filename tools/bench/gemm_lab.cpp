@@ -183,22 +183,10 @@ void add_blis(std::vector<Backend>* backends, int threads) {
 }
 
 // --- timing -----------------------------------------------------------------------------
-struct Stats {
-  double median, min;
-};
+using Stats = sela::lab::LabStats;
 
-Stats summarize(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  std::size_t h = v.size() / 2;
-  return {v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]), v.front()};
-}
-
-// Median and minimum of each body's samples, timed in interleaved rounds (lab_timing.h).
 std::vector<Stats> time_interleaved(const std::vector<std::function<double()>>& bodies, int reps) {
-  std::vector<std::vector<double>> times = sela::lab::time_interleaved_samples(bodies, reps);
-  std::vector<Stats> out;
-  for (auto& t : times) out.push_back(summarize(t));
-  return out;
+  return sela::lab::summarize_samples(sela::lab::time_interleaved_samples(bodies, reps));
 }
 
 // PyTorch in a child process (/usr/bin/python3), driven line by line so that its calls are
@@ -361,12 +349,12 @@ int main(int argc, char** argv) {
     }
     std::vector<Stats> stats = time_interleaved(bodies, reps);
     for (std::size_t bi = 0; bi < stats.size(); ++bi) {
-      total_ms[bi] += stats[bi].median;
-      total_min_ms[bi] += stats[bi].min;
+      total_ms[bi] += stats[bi].median_ms;
+      total_min_ms[bi] += stats[bi].min_ms;
       std::printf("%-24s %7lld %7lld %7lld  %-9s %9.3f ms %9.3f ms %7.1f GFLOP/s %.2e\n",
                   s.name.c_str(), static_cast<long long>(s.m), static_cast<long long>(s.n),
-                  static_cast<long long>(s.k), names[bi].c_str(), stats[bi].median, stats[bi].min,
-                  flop / stats[bi].median * 1e-6, bi < errors.size() ? errors[bi] : 0.0);
+                  static_cast<long long>(s.k), names[bi].c_str(), stats[bi].median_ms, stats[bi].min_ms,
+                  flop / stats[bi].median_ms * 1e-6, bi < errors.size() ? errors[bi] : 0.0);
     }
     std::fflush(stdout);
   }

@@ -38,4 +38,19 @@ inline std::vector<std::vector<double>> time_interleaved_samples(
   return times;
 }
 
+struct LabStats {
+  double median_ms, min_ms;
+};
+
+// Median and minimum of each body's samples.
+inline std::vector<LabStats> summarize_samples(std::vector<std::vector<double>> samples) {
+  std::vector<LabStats> out;
+  for (auto& t : samples) {
+    std::sort(t.begin(), t.end());
+    std::size_t h = t.size() / 2;
+    out.push_back({t.size() % 2 ? t[h] : 0.5 * (t[h - 1] + t[h]), t.front()});
+  }
+  return out;
+}
+
 }  // namespace sela::lab
