@@ -19,13 +19,14 @@
 #
 # Results:
 #   SELA_HAVE_CUDA (variable)   ON when the backend is built.
-#   sela_kernels_cuda           static library of kernels/cuda/*.cu (+ *.cpp), linked to
-#                               CUDA::cudart and sela_kernels (the CPU kernels provide the
-#                               shared shape/config checks), PUBLIC SELA_HAVE_CUDA=1. It is
-#                               NOT linked into sela_kernels: the CPU build must stand alone;
-#                               the engine links it when it grows a CUDA device.
-#   sela::cublas, sela::cudnn   INTERFACE targets for the later cuBLAS / cuDNN wrappers (the
-#                               kernels here use neither, so nothing links them yet).
+#   sela_kernels_cuda           static library of kernels/cuda/*.cu (+ *.cpp: the cuBLAS and
+#                               cuDNN wrappers, the allocator, streams), linked to CUDA::cudart,
+#                               cuBLAS, cuDNN (when found: SELA_HAVE_CUDNN=1) and sela_kernels
+#                               (the CPU kernels provide the shared shape/config checks),
+#                               PUBLIC SELA_HAVE_CUDA=1. It is NOT linked into sela_kernels:
+#                               the CPU build stands alone; CMakeLists.txt links it into the
+#                               engine and adds sela/assign/*.cu to sela_assign.
+#   sela::cublas, sela::cudnn   INTERFACE targets for cuBLAS/cuBLASLt and cuDNN.
 #                               SELA_CUDNN_FOUND, SELA_CUDNN_VERSION, SELA_CUDNN_INCLUDE_DIR,
 #                               SELA_CUDNN_LIBRARY say what was found.
 #   tests: every tests/cuda/test_*.cpp (or .cu) is the doctest binary cuda_<name>, CTest
@@ -170,7 +171,11 @@ target_include_directories(sela_kernels_cuda PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
 target_compile_options(sela_kernels_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${SELA_CUDA_FLAGS}>
                                                  $<$<COMPILE_LANGUAGE:CXX>:${SELA_CXX_FLAGS}>)
 target_compile_definitions(sela_kernels_cuda PUBLIC SELA_HAVE_CUDA=1)
-target_link_libraries(sela_kernels_cuda PUBLIC CUDA::cudart sela_kernels)
+target_link_libraries(sela_kernels_cuda PUBLIC CUDA::cudart sela::cublas sela_kernels)
+if(SELA_CUDNN_FOUND)
+  target_link_libraries(sela_kernels_cuda PUBLIC sela::cudnn)
+  target_compile_definitions(sela_kernels_cuda PUBLIC SELA_HAVE_CUDNN=1)
+endif()
 set(SELA_HAVE_CUDA ON)
 
 message(STATUS "sela: CUDA backend ON (SELA_CUDA=${sela_cuda_mode}): nvcc "
@@ -188,7 +193,9 @@ if(SELA_BUILD_TESTS)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${SELA_CXX_FLAGS}>
                                              $<$<COMPILE_LANGUAGE:CUDA>:${SELA_CUDA_FLAGS}>)
     # sela_doctest_main is created later in CMakeLists.txt; names resolve at generate time.
-    target_link_libraries(${target} PRIVATE sela_kernels_cuda sela_kernels sela_doctest_main)
+    # sela_method brings the engine, models and label assignment: the engine-level CUDA
+    # tests (ops through Tensor, the whole training step) compare the two devices there.
+    target_link_libraries(${target} PRIVATE sela_kernels_cuda sela_method sela_doctest_main)
     add_test(NAME cuda/${stem} COMMAND ${target})
     set_tests_properties(cuda/${stem} PROPERTIES LABELS cuda
                          SKIP_REGULAR_EXPRESSION "SKIPPED \\(no CUDA device\\)")
