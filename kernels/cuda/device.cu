@@ -1,6 +1,9 @@
 // CUDA device plumbing (see device.cuh). Host code only; it is a .cu file so that the
 // kernel library's CUDA-specific pieces live in one place and build with one compiler.
 //
+// The banner ends with the cuDNN and cuBLAS versions loaded at run time (cudnn_conv.h,
+// cublas_gemm.h), so one line says which libraries a benchmark figure came from.
+//
 // The multiprocessor count is cached per device in atomics: launchers ask for it on every
 // call and cudaDeviceGetAttribute, though cheap, is a driver round trip.
 #include "kernels/cuda/device.cuh"
@@ -8,6 +11,9 @@
 #include <atomic>
 #include <iomanip>
 #include <sstream>
+
+#include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cudnn_conv.h"
 
 namespace sela::cuda {
 namespace {
@@ -60,7 +66,8 @@ std::string device_banner(int device) {
       << std::setprecision(1)
       << static_cast<double>(properties.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0) << " GiB"
       << ", CUDA runtime " << runtime_version / 1000 << "." << (runtime_version % 1000) / 10
-      << ", driver " << driver_version / 1000 << "." << (driver_version % 1000) / 10;
+      << ", driver " << driver_version / 1000 << "." << (driver_version % 1000) / 10 << ", "
+      << cudnn_version_text() << ", " << cublas_version_text();
   return out.str();
 }
 

@@ -33,7 +33,8 @@ std::string no_device_reason();
 int current_device();
 
 // One line, e.g. "cuda:0 NVIDIA H100 80GB HBM3, compute capability 9.0, 132 SMs, 79.1 GiB,
-// CUDA runtime 13.0, driver 13.0". Throws sela::Error for a device that does not exist.
+// CUDA runtime 13.0, driver 13.0, cuDNN 9.19.0, cuBLAS 13.0.2". Throws sela::Error for a
+// device that does not exist.
 std::string device_banner(int device);
 
 // Streaming multiprocessors of `device`, asked once per device and then cached.

@@ -1,5 +1,6 @@
-// Tests of kernels/cuda/device.cuh on a GPU: the banner names the device and its compute
-// capability, the cached multiprocessor count equals the device properties', and
+// Tests of kernels/cuda/device.cuh on a GPU: the banner names the device, its compute
+// capability and the cuDNN and cuBLAS versions loaded, the cached multiprocessor count equals
+// the device properties', and
 // DeviceBuffer round-trips data, poisons to NaN / -1, and moves ownership. Skipped (loudly)
 // without a GPU.
 #include <cuda_runtime_api.h>
@@ -10,10 +11,20 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cudnn_conv.h"
 #include "tests/cuda/cuda_test_support.h"
 
 using sela::cuda::DeviceBuffer;
 using sela::test::random_vector;
+
+TEST_CASE("the cuDNN and cuBLAS version texts need no GPU") {
+  const std::string cudnn = sela::cuda::cudnn_version_text();
+  const std::string cublas = sela::cuda::cublas_version_text();
+  MESSAGE(cudnn << ", " << cublas);
+  CHECK(cudnn.rfind("cuDNN ", 0) == 0);
+  CHECK(cublas.rfind("cuBLAS ", 0) == 0);
+}
 
 SELA_CUDA_TEST("device banner names the device, its compute capability and memory", banner) {
   const int device = sela::cuda::current_device();
@@ -26,6 +37,10 @@ SELA_CUDA_TEST("device banner names the device, its compute capability and memor
                     std::to_string(properties.minor)) != std::string::npos);
   CHECK(banner.find("GiB") != std::string::npos);
   CHECK(banner.find("CUDA runtime") != std::string::npos);
+  CHECK(banner.find(sela::cuda::cudnn_version_text()) != std::string::npos);
+  CHECK(banner.find(sela::cuda::cublas_version_text()) != std::string::npos);
+  CHECK(banner.find("cuDNN") != std::string::npos);
+  CHECK(banner.find("cuBLAS") != std::string::npos);
   CHECK(sela::cuda::multiprocessor_count(device) == properties.multiProcessorCount);
   CHECK(sela::cuda::multiprocessor_count(device) == properties.multiProcessorCount);  // cached
 }
