@@ -17,6 +17,14 @@
 // the largest share of a row's plan resting on floored entries, floor·Σ_k r_k / (A r)_i:
 // first with (A r)_i >= scale·min_k r_k (O(K)), then, only when that fires, with
 // (A r)_i = 1/(N c_i) of the last pass (O(N)), corrected for the change of r since.
+//
+// The CUDA path (options.device cuda, `#if defined(SELA_HAVE_CUDA)`) runs the same loop with
+// the kernels of sinkhorn_cuda.cuh: the part between two passes is the device's control
+// kernel, so the host only queues passes and reads the device state at check iterations,
+// queueing the next stretch of iterations before it waits for the last one's state (the
+// GPU never idles on the host; a queued stretch that turns out to be after the stop does
+// nothing). When the control kernel wants an absorption it halts; the host then absorbs
+// (three kernels) and resumes at that iteration, so the sequence is the CPU's.
 #include "sela/assign/sinkhorn.h"
 
 #include <algorithm>
@@ -38,6 +46,16 @@
 #include <sys/mman.h>
 #endif
 #include <unistd.h>
+
+#if defined(SELA_HAVE_CUDA)  // defined by cmake/SelaCuda.cmake for targets linking the CUDA kernels
+#include <cuda_runtime_api.h>
+
+#include <climits>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.cuh"
+#include "sela/assign/sinkhorn_cuda.cuh"
+#endif
 
 namespace sela::assign {
 namespace {
@@ -386,6 +404,227 @@ struct SinkhornSolver::Buffers {
   std::vector<double> row_shift_new;      // (N) M_i of the A being stored
 };
 
+#if defined(SELA_HAVE_CUDA)
+namespace {
+
+namespace kc = sela::assign::cuda;
+
+// Makes `device` current for the scope and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : device_(device) {
+    SELA_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device_) SELA_CUDA_CHECK(cudaSetDevice(device_));
+  }
+  ~DeviceGuard() {
+    if (previous_ != device_) SELA_CUDA_WARN(cudaSetDevice(previous_));
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int device_;
+  int previous_ = 0;
+};
+
+// Free bytes of the current device (cudaMemGetInfo).
+std::uint64_t free_device_bytes() {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  SELA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return free_bytes;
+}
+
+// A device allocation that only grows (cudaMalloc/cudaFree), like HostBlock.
+class DeviceBlock {
+ public:
+  DeviceBlock() = default;
+  ~DeviceBlock() { reset(); }
+  DeviceBlock(const DeviceBlock&) = delete;
+  DeviceBlock& operator=(const DeviceBlock&) = delete;
+
+  void ensure(std::uint64_t bytes, const std::string& what) {
+    if (bytes <= bytes_) return;
+    reset();
+    const std::uint64_t rounded = (bytes + 255) / 256 * 256;
+    void* memory = nullptr;
+    const cudaError_t status = cudaMalloc(&memory, static_cast<std::size_t>(rounded));
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();  // an allocation failure is not sticky: clear it
+      SELA_FAIL_HINT("sinkhorn",
+                     "could not allocate " << format_bytes(rounded) << " of device memory for "
+                                           << what << " (" << cudaGetErrorString(status)
+                                           << "; free: " << format_bytes(free_device_bytes())
+                                           << ")",
+                     "use 16-bit storage (bf16 or f16), absorb = false, fewer samples per solve, "
+                     "or a GPU with more memory");
+    }
+    ptr_ = memory;
+    bytes_ = rounded;
+  }
+  void swap(DeviceBlock& other) noexcept {
+    std::swap(ptr_, other.ptr_);
+    std::swap(bytes_, other.bytes_);
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  void* get() const { return ptr_; }
+  std::uint64_t bytes() const { return bytes_; }
+  void reset() noexcept {
+    if (ptr_ != nullptr) SELA_CUDA_WARN(cudaFree(ptr_));
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  std::uint64_t bytes_ = 0;
+};
+
+// Page-locked host copies of the device state (two: one being read while the next is in
+// flight).
+class PinnedStates {
+ public:
+  PinnedStates() {
+    void* memory = nullptr;
+    SELA_CUDA_CHECK(cudaMallocHost(&memory, 2 * sizeof(kc::SinkhornDeviceState)));
+    states_ = static_cast<kc::SinkhornDeviceState*>(memory);
+  }
+  ~PinnedStates() { SELA_CUDA_WARN(cudaFreeHost(states_)); }
+  PinnedStates(const PinnedStates&) = delete;
+  PinnedStates& operator=(const PinnedStates&) = delete;
+  kc::SinkhornDeviceState* slot(int index) { return states_ + index; }
+
+ private:
+  kc::SinkhornDeviceState* states_ = nullptr;
+};
+
+class Event {
+ public:
+  Event() { SELA_CUDA_CHECK(cudaEventCreate(&event_)); }
+  ~Event() { SELA_CUDA_WARN(cudaEventDestroy(event_)); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+  void record(cudaStream_t stream) { SELA_CUDA_CHECK(cudaEventRecord(event_, stream)); }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+double elapsed_seconds(const Event& start, const Event& end) {
+  float ms = 0.0f;
+  SELA_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), end.get()));
+  return static_cast<double>(ms) * 1e-3;
+}
+
+// An Error unless cuda:index exists and is usable.
+void check_cuda_device(const Device& device, const std::string& head) {
+  const int count = sela::cuda::device_count();
+  if (count == 0) {
+    SELA_FAIL_HINT("sinkhorn",
+                   "head '" << head << "': device " << device.str()
+                            << " asked, but no CUDA device is usable ("
+                            << sela::cuda::no_device_reason() << ")",
+                   "use device cpu, or run on a machine with a GPU and its driver");
+  }
+  SELA_CHECK(device.index < count, "sinkhorn",
+             "head '" << head << "': device " << device.str() << " asked, but only " << count
+                      << " CUDA device(s) are present");
+}
+
+// Rows of logits uploaded per chunk when no device copy of the logits is kept: 64 MiB.
+std::int64_t staging_rows(std::int64_t n, std::int64_t k) {
+  const std::int64_t rows =
+      (std::int64_t{64} << 20) / (k * static_cast<std::int64_t>(sizeof(float)));
+  return std::max<std::int64_t>(1, std::min(n, rows));
+}
+
+std::uint64_t device_workspace_bytes(SinkhornStorage storage, std::int64_t n, std::int64_t k,
+                                     int device) {
+  switch (storage) {
+    case SinkhornStorage::f32:
+      return kc::sinkhorn_workspace_bytes<float>(n, k, device);
+    case SinkhornStorage::f16:
+      return kc::sinkhorn_workspace_bytes<Half>(n, k, device);
+    case SinkhornStorage::bf16:
+      return kc::sinkhorn_workspace_bytes<BFloat16>(n, k, device);
+  }
+  return 0;
+}
+
+}  // namespace
+
+struct SinkhornSolver::DeviceBuffers {
+  explicit DeviceBuffers(int index) : device(index) {
+    DeviceGuard guard(device);
+    SELA_CUDA_CHECK(cudaStreamCreate(&stream));  // blocking: ordered after the legacy stream
+    states = std::make_unique<PinnedStates>();
+    for (auto& event : events) event = std::make_unique<Event>();
+  }
+  ~DeviceBuffers() {
+    // Everything is freed here, on the right device (never throwing: warnings only);
+    // cudaFree waits for queued work.
+    int previous = device;
+    SELA_CUDA_WARN(cudaGetDevice(&previous));
+    if (previous != device) SELA_CUDA_WARN(cudaSetDevice(device));
+    SELA_CUDA_WARN(cudaStreamSynchronize(stream));
+    for (DeviceBlock* block : blocks()) block->reset();
+    for (auto& event : events) event.reset();
+    states.reset();
+    SELA_CUDA_WARN(cudaStreamDestroy(stream));
+    if (previous != device) SELA_CUDA_WARN(cudaSetDevice(previous));
+  }
+  DeviceBuffers(const DeviceBuffers&) = delete;
+  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
+
+  std::vector<DeviceBlock*> blocks() {
+    return {&matrix,    &logits,      &staging,   &workspace,     &c,        &row_log_mass,
+            &labels,    &r,           &r_prev,    &r_at_check,    &col_sums, &r_rel,
+            &potential, &potential_f, &row_shift, &row_shift_new, &state,    &first_bad};
+  }
+  std::uint64_t bytes() const {
+    std::uint64_t total = 0;
+    for (DeviceBlock* block : const_cast<DeviceBuffers*>(this)->blocks()) total += block->bytes();
+    return total;
+  }
+  kc::SinkhornDeviceVectors vectors() const {
+    kc::SinkhornDeviceVectors v;
+    v.r = r.as<double>();
+    v.r_prev = r_prev.as<double>();
+    v.r_at_check = r_at_check.as<double>();
+    v.col_sums = col_sums.as<double>();
+    v.r_rel = r_rel.as<float>();
+    v.column_potential = potential.as<double>();
+    v.column_potential_f = potential_f.as<float>();
+    return v;
+  }
+
+  int device;
+  cudaStream_t stream = nullptr;
+  DeviceBlock matrix;        // A (N, stride) in the storage type
+  DeviceBlock logits;        // (N, K) float32 device copy of host logits (absorption)
+  DeviceBlock staging;       // (rows, K) float32 upload chunk when no copy is kept
+  DeviceBlock workspace;     // kernel workspace (sinkhorn_cuda.cuh)
+  DeviceBlock c;             // (N) double
+  DeviceBlock row_log_mass;  // (N) float
+  DeviceBlock labels;        // (N) int64
+  DeviceBlock r, r_prev, r_at_check, col_sums;  // (K) double
+  DeviceBlock r_rel;                            // (stride) float, padding 0
+  DeviceBlock potential;                        // (K) double G
+  DeviceBlock potential_f;                      // (stride) float G, padding 0
+  DeviceBlock row_shift, row_shift_new;         // (N) double M
+  DeviceBlock state;                            // SinkhornDeviceState
+  DeviceBlock first_bad;                        // unsigned long long
+  std::unique_ptr<PinnedStates> states;
+  std::unique_ptr<Event> events[6];  // iterate start/end, label start/end, state copies 0/1
+  bool has_shift = false;            // row_shift holds M of the stored A
+};
+#else
+struct SinkhornSolver::DeviceBuffers {};
+#endif
+
 SinkhornSolver::SinkhornSolver(SinkhornOptions options)
     : options_(options), buffers_(std::make_unique<Buffers>()) {
   check_options(options_, "sinkhorn");
@@ -405,8 +644,8 @@ SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
   return plan_for(n, k, options_.absorb);
 }
 
-SinkhornMemoryPlan SinkhornSolver::plan_for(std::int64_t n, std::int64_t k,
-                                            bool keep_logits) const {
+SinkhornMemoryPlan SinkhornSolver::plan_for(std::int64_t n, std::int64_t k, bool keep_logits,
+                                            bool host_input) const {
   SinkhornMemoryPlan plan;
   plan.n = n;
   plan.k = k;
@@ -435,16 +674,53 @@ SinkhornMemoryPlan SinkhornSolver::plan_for(std::int64_t n, std::int64_t k,
           static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(k) * sizeof(float);
     }
   }
+  if (options_.device.is_cuda()) {
+#if defined(SELA_HAVE_CUDA)
+    // On the device: c and labels (8 bytes each) and the log-masses per row; r, its previous
+    // value, r at the last check and the column sums (doubles), r_rel (floats); the kernels'
+    // workspace and, for host logits without a kept copy, the upload chunk; absorption as on
+    // the host, the logits copy being on the device.
+    DeviceGuard guard(options_.device.index);
+    plan.where = options_.device.str() + " memory";
+    plan.vector_bytes =
+        static_cast<std::uint64_t>(n) * (sizeof(double) + sizeof(std::int64_t) + sizeof(float)) +
+        static_cast<std::uint64_t>(k) * 4 * sizeof(double) +
+        static_cast<std::uint64_t>(plan.row_stride) * sizeof(float) +
+        sizeof(sela::assign::cuda::SinkhornDeviceState) + sizeof(unsigned long long);
+    plan.workspace_bytes = device_workspace_bytes(options_.storage, n, k, options_.device.index);
+    if (host_input && !keep_logits) {
+      plan.workspace_bytes += static_cast<std::uint64_t>(staging_rows(n, k)) *
+                              static_cast<std::uint64_t>(k) * sizeof(float);
+    }
+#else
+    (void)host_input;
+#endif
+  }
   plan.total_bytes =
       plan.matrix_bytes + plan.vector_bytes + plan.workspace_bytes + plan.logits_bytes;
-  plan.limit_bytes =
-      options_.memory_limit_bytes != 0 ? options_.memory_limit_bytes : available_host_bytes();
+  plan.limit_bytes = options_.memory_limit_bytes;
+  if (plan.limit_bytes == 0) {
+#if defined(SELA_HAVE_CUDA)
+    if (options_.device.is_cuda()) {
+      DeviceGuard guard(options_.device.index);
+      plan.limit_bytes = free_device_bytes();
+    } else {
+      plan.limit_bytes = available_host_bytes();
+    }
+#else
+    plan.limit_bytes = available_host_bytes();
+#endif
+  }
   return plan;
 }
 
 std::uint64_t SinkhornSolver::allocated_bytes() const {
   const Buffers& b = *buffers_;
-  return b.matrix.bytes() + b.logits.bytes() +
+  std::uint64_t device_bytes = 0;
+#if defined(SELA_HAVE_CUDA)
+  if (device_ != nullptr) device_bytes = device_->bytes();
+#endif
+  return device_bytes + b.matrix.bytes() + b.logits.bytes() +
          (b.column_potential.capacity() + b.row_shift.capacity() + b.row_shift_new.capacity()) *
              sizeof(double) +
          b.column_potential_f.capacity() * sizeof(float) + b.c.capacity() * sizeof(double) +
@@ -458,14 +734,14 @@ void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::strin
 }
 
 void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string& head,
-                               bool keep_logits) {
+                               bool keep_logits, bool host_input) {
   const char* op = "sinkhorn";
   check_problem(n, k, head, op);
   if (options_.device.is_cuda()) {
 #if defined(SELA_HAVE_CUDA)  // defined by cmake/SelaCuda.cmake for targets linking the CUDA kernels
-    SELA_FAIL_HINT(op, "head '" << head << "': the CUDA Sinkhorn path is not written yet",
-                   "use device cpu");
+    check_cuda_device(options_.device, head);
 #else
+    (void)host_input;
     SELA_FAIL_HINT(op,
                    "head '" << head << "': device " << options_.device.str()
                             << " asked, but this build has no CUDA",
@@ -474,22 +750,43 @@ void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string
   }
   head_open_ = false;
   borrowed_logits_ = nullptr;
-  SinkhornMemoryPlan memory = plan_for(n, k, keep_logits);
+  borrowed_device_logits_ = nullptr;
+  SinkhornMemoryPlan memory = plan_for(n, k, keep_logits, host_input);
   if (options_.verbose >= 1) {
     log_stream(options_) << "sinkhorn head '" << head << "' memory plan: " << memory.describe()
                          << "\n";
   }
-  // Memory the solver already holds is reused, so it counts towards what is available.
-  const std::uint64_t usable =
-      memory.limit_bytes > std::numeric_limits<std::uint64_t>::max() - allocated_bytes()
-          ? std::numeric_limits<std::uint64_t>::max()
-          : memory.limit_bytes + allocated_bytes();
+  // Memory the solver already holds is reused, so it counts towards what is available
+  // (on a GPU only what it holds there).
+  std::uint64_t held = allocated_bytes();
+#if defined(SELA_HAVE_CUDA)
+  if (options_.device.is_cuda()) held = device_ != nullptr ? device_->bytes() : 0;
+#endif
+  const std::uint64_t usable = memory.limit_bytes > std::numeric_limits<std::uint64_t>::max() - held
+                                   ? std::numeric_limits<std::uint64_t>::max()
+                                   : memory.limit_bytes + held;
   if (memory.total_bytes > usable) {
+    if (options_.device.is_cuda()) {
+      SELA_FAIL_HINT(op,
+                     "head '" << head << "' does not fit: " << memory.describe() << "; "
+                              << format_bytes(usable) << " usable on " << options_.device.str()
+                              << " (free"
+                              << (options_.memory_limit_bytes != 0 ? " under the memory limit"
+                                                                   : "")
+                              << " plus what the solver holds)",
+                     "use 16-bit storage (bf16 or f16), solve_device() or absorb = false (no "
+                     "device copy of the logits is kept), fewer samples per solve, or a GPU "
+                     "with more memory");
+    }
     SELA_FAIL_HINT(
         op, "head '" << head << "' does not fit: " << memory.describe(),
         "use 16-bit storage (f16 or bf16), fewer samples per solve, solve(logits) at once instead "
         "of batches (no copy of the logits is kept), absorb = false, or a machine with more "
         "memory");
+  }
+  if (options_.device.is_cuda()) {
+    open_device_head(memory, head, keep_logits, host_input);
+    return;
   }
   Buffers& b = *buffers_;
   try {
@@ -549,6 +846,24 @@ void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
   if (rows == 0) return;
   SELA_CHECK(logits != nullptr, op, "logits pointer is null");
   const auto start = Clock::now();
+#if defined(SELA_HAVE_CUDA)
+  if (options_.device.is_cuda()) {
+    switch (options_.storage) {
+      case SinkhornStorage::f32:
+        append_rows_device<float>(logits, rows, false);
+        break;
+      case SinkhornStorage::f16:
+        append_rows_device<Half>(logits, rows, false);
+        break;
+      case SinkhornStorage::bf16:
+        append_rows_device<BFloat16>(logits, rows, false);
+        break;
+    }
+    rows_appended_ += rows;
+    prepare_seconds_ += seconds_since(start);
+    return;
+  }
+#endif
   switch (options_.storage) {
     case SinkhornStorage::f32:
       append_rows<float>(logits, rows);
@@ -785,6 +1100,310 @@ void SinkhornSolver::run(SinkhornResult* result) {
       static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(stride) * sizeof(Store);
 }
 
+// ---- the CUDA path ---------------------------------------------------------------------------
+
+#if defined(SELA_HAVE_CUDA)
+void SinkhornSolver::open_device_head(const SinkhornMemoryPlan& memory, const std::string& head,
+                                      bool keep_logits, bool host_input) {
+  const int index = options_.device.index;
+  if (device_ == nullptr || device_->device != index) {
+    device_.reset();
+    device_ = std::make_unique<DeviceBuffers>(index);
+  }
+  DeviceBuffers& d = *device_;
+  DeviceGuard guard(index);
+  const std::uint64_t n = static_cast<std::uint64_t>(memory.n),
+                      k = static_cast<std::uint64_t>(memory.k),
+                      stride = static_cast<std::uint64_t>(memory.row_stride);
+  d.matrix.ensure(memory.matrix_bytes, "A of head '" + head + "'");
+  d.workspace.ensure(device_workspace_bytes(options_.storage, memory.n, memory.k, index),
+                     "the kernels' workspace");
+  if (host_input && !keep_logits) {
+    d.staging.ensure(static_cast<std::uint64_t>(staging_rows(memory.n, memory.k)) * k * 4,
+                     "the upload chunk");
+  }
+  if (keep_logits)
+    d.logits.ensure(n * k * 4, "the logits of head '" + head + "' (kept for absorption)");
+  d.c.ensure(n * 8, "c");
+  d.row_log_mass.ensure(n * 4, "row log-masses");
+  d.labels.ensure(n * 8, "labels");
+  for (DeviceBlock* vector : {&d.r, &d.r_prev, &d.r_at_check, &d.col_sums, &d.potential})
+    vector->ensure(k * 8, "r");
+  d.r_rel.ensure(stride * 4, "r_rel");
+  d.potential_f.ensure(stride * 4, "r");
+  if (options_.absorb) {
+    d.row_shift.ensure(n * 8, "row shifts");
+    d.row_shift_new.ensure(n * 8, "row shifts");
+  }
+  d.state.ensure(sizeof(sela::assign::cuda::SinkhornDeviceState), "the solver state");
+  d.first_bad.ensure(sizeof(unsigned long long), "the NaN check");
+  // No row is bad yet; r_rel's padding stays 0 (the kernels only write k values).
+  SELA_CUDA_CHECK(cudaMemsetAsync(d.first_bad.get(), 0xFF, sizeof(unsigned long long), d.stream));
+  SELA_CUDA_CHECK(cudaMemsetAsync(d.r_rel.get(), 0, stride * 4, d.stream));
+  head_ = head;
+  keep_logits_ = keep_logits;
+  n_ = memory.n;
+  k_ = memory.k;
+  stride_ = memory.row_stride;
+  rows_appended_ = 0;
+  prepare_seconds_ = 0.0;
+  head_open_ = true;
+}
+
+template <typename Store>
+void SinkhornSolver::append_rows_device(const float* logits, std::int64_t rows, bool on_device) {
+  DeviceBuffers& d = *device_;
+  DeviceGuard guard(d.device);
+  const float lambda = static_cast<float>(options_.lambda);
+  auto store = [&](const float* device_rows, std::int64_t count, std::int64_t first_row) {
+    sela::assign::cuda::sinkhorn_store_rows<Store>(
+        device_rows, count, k_, lambda, d.matrix.as<Store>() + first_row * stride_, stride_,
+        d.row_log_mass.as<float>() + first_row, first_row, d.first_bad.as<unsigned long long>(),
+        d.stream);
+  };
+  if (on_device) {
+    store(logits, rows, rows_appended_);
+    return;
+  }
+  const std::size_t row_bytes = static_cast<std::size_t>(k_) * sizeof(float);
+  if (keep_logits_) {  // into the kept copy, then stored from there
+    float* copy = d.logits.as<float>() + rows_appended_ * k_;
+    SELA_CUDA_CHECK(cudaMemcpyAsync(copy, logits, static_cast<std::size_t>(rows) * row_bytes,
+                                    cudaMemcpyHostToDevice, d.stream));
+    store(copy, rows, rows_appended_);
+    return;
+  }
+  // Through the upload chunk: the stream orders each copy after the last chunk's kernel.
+  const std::int64_t chunk = static_cast<std::int64_t>(d.staging.bytes() / row_bytes);
+  SELA_CHECK(chunk >= 1, "sinkhorn",
+             "head '" << head_ << "': internal error: no upload chunk for host logits");
+  for (std::int64_t done = 0; done < rows; done += chunk) {
+    const std::int64_t count = std::min(chunk, rows - done);
+    SELA_CUDA_CHECK(cudaMemcpyAsync(d.staging.get(), logits + done * k_,
+                                    static_cast<std::size_t>(count) * row_bytes,
+                                    cudaMemcpyHostToDevice, d.stream));
+    store(d.staging.as<float>(), count, rows_appended_ + done);
+  }
+}
+
+template <typename Store>
+void SinkhornSolver::run_device(SinkhornResult* result) {
+  namespace kc = sela::assign::cuda;
+  using State = kc::SinkhornDeviceState;
+  DeviceBuffers& d = *device_;
+  DeviceGuard guard(d.device);
+  cudaStream_t stream = d.stream;
+  const std::int64_t n = n_, k = k_, stride = stride_;
+
+  // The appends' kernels finish (part of the prepare time), then the NaN/Inf check.
+  const auto drain_start = Clock::now();
+  unsigned long long first_bad = 0;
+  SELA_CUDA_CHECK(cudaMemcpyAsync(&first_bad, d.first_bad.get(), sizeof(first_bad),
+                                  cudaMemcpyDeviceToHost, stream));
+  SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  prepare_seconds_ += seconds_since(drain_start);
+  if (first_bad != ULLONG_MAX) {
+    SELA_FAIL_HINT(
+        "sinkhorn",
+        "head '" << head_ << "': logits row " << first_bad << " (sample index) holds NaN or Inf",
+        "the network produced non-finite outputs; check the learning rate and the inputs");
+  }
+
+  Store* a = d.matrix.as<Store>();
+  const float* logits = borrowed_device_logits_ != nullptr
+                            ? borrowed_device_logits_
+                            : (keep_logits_ ? d.logits.as<float>() : nullptr);
+  const bool absorb = options_.absorb && logits != nullptr;
+  State* state = d.state.as<State>();
+  const kc::SinkhornDeviceVectors v = d.vectors();
+  double* c = d.c.as<double>();
+  void* workspace = d.workspace.get();
+  const std::size_t workspace_bytes = static_cast<std::size_t>(d.workspace.bytes());
+
+  kc::SinkhornControlParams params;
+  params.n = n;
+  params.k = k;
+  params.stride = stride;
+  params.tol = options_.tol;
+  params.max_iters = options_.max_iters;
+  params.omega = options_.over_relaxation;
+  params.absorb = absorb;
+  params.absorb_above = sinkhorn_absorb_floor_share(options_.storage);
+  params.floor_value = std::is_same<Store, Half>::value
+                           ? 0x1p-14
+                           : static_cast<double>(sinkhorn_storage_floor<Store>());
+  params.scale = static_cast<double>(sinkhorn_storage_scale<Store>());
+
+  Event& iterate_start = *d.events[0];
+  Event& iterate_end = *d.events[1];
+  Event& label_start = *d.events[2];
+  Event& label_end = *d.events[3];
+  Event* copied[2] = {d.events[4].get(), d.events[5].get()};
+
+  auto read_state = [&]() -> State {
+    SELA_CUDA_CHECK(
+        cudaMemcpyAsync(d.states->slot(0), state, sizeof(State), cudaMemcpyDeviceToHost, stream));
+    SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return *d.states->slot(0);
+  };
+  auto check_failed = [&](const State& s) {
+    if (s.status != kc::kSinkhornFailed) return;
+    if (s.error_kind == kc::kSinkhornBadRows) {
+      SELA_FAIL_HINT("sinkhorn",
+                     "head '" << head_ << "': " << s.error_index
+                              << " rows lost all their mass at iteration " << s.error_iteration
+                              << " (A r underflowed float32)",
+                     "use a smaller lambda or f32 storage");
+    }
+    SELA_FAIL_HINT("sinkhorn",
+                   "head '" << head_ << "': column " << s.error_index << " sum " << s.error_value
+                            << " at iteration " << s.error_iteration << " left float64's range",
+                   "lambda is too large for these logits; use a smaller lambda");
+  };
+  auto absorb_scaling = [&](std::int64_t iteration) {
+    kc::sinkhorn_absorb_columns(k, v, stream);
+    kc::sinkhorn_store_rows_absorbed<Store>(logits, n, k, static_cast<float>(options_.lambda),
+                                            v.column_potential_f, a, stride,
+                                            d.row_shift_new.as<double>(), stream);
+    kc::sinkhorn_absorb_rows(n, d.row_shift_new.as<double>(),
+                             d.has_shift ? d.row_shift.as<double>() : nullptr, c, stream);
+    d.row_shift.swap(d.row_shift_new);
+    d.has_shift = true;
+    ++result->absorptions;
+    result->last_absorption_at = iteration;
+  };
+
+  iterate_start.record(stream);
+  // c_0 = 1/N in the reference's row scaling, r_1 from the column sums of A with c_0.
+  const double c0_factor =
+      1.0 / (static_cast<double>(n) * static_cast<double>(sinkhorn_storage_scale<Store>()));
+  kc::sinkhorn_start_c(d.row_log_mass.as<float>(), n, options_.lambda, c0_factor, c, stream);
+  if (absorb) {
+    SELA_CUDA_CHECK(
+        cudaMemsetAsync(v.column_potential, 0, static_cast<std::size_t>(k) * 8, stream));
+    SELA_CUDA_CHECK(
+        cudaMemsetAsync(v.column_potential_f, 0, static_cast<std::size_t>(stride) * 4, stream));
+  }
+  d.has_shift = false;
+  kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
+                                  stream);
+  kc::sinkhorn_control_start(params, true, v, state, stream);
+  State current = read_state();
+  check_failed(current);
+  // As the CPU: where A misses floored entries before the first pass, absorb and compute r_1
+  // again from the new A (a few rounds).
+  for (int round = 0; absorb && round < 4 && current.bound > params.absorb_above; ++round) {
+    absorb_scaling(0);
+    kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
+                                    stream);
+    kc::sinkhorn_control_start(params, false, v, state, stream);
+    current = read_state();
+    check_failed(current);
+  }
+
+  // The iterations, in stretches that end at check iterations (t % check_every == 0) or at
+  // the cap; the next stretch is queued before the host waits for the last one's state.
+  const std::int64_t check_every = options_.check_every, cap = options_.max_iters;
+  auto queue_stretch = [&](std::int64_t first) {
+    const std::int64_t last = first % check_every == 0
+                                  ? first
+                                  : std::min(cap - 1, (first / check_every + 1) * check_every);
+    for (std::int64_t t = first; t <= last; ++t) {
+      const bool measure = t % check_every == 0;
+      kc::sinkhorn_pass<Store>(a, n, k, stride, n, v.r_rel, &state->r_scale, &state->omega, c,
+                               v.col_sums, measure, workspace, workspace_bytes, &state->pass,
+                               &state->status, stream);
+      kc::sinkhorn_control_step(params, t, measure, v, state, stream);
+    }
+    return last;
+  };
+  std::int64_t next = 0;
+  int slot = 0, pending = -1;
+  bool finished = false;
+  while (!finished) {
+    int queued = -1;
+    if (next < cap) {
+      next = queue_stretch(next) + 1;
+      SELA_CUDA_CHECK(cudaMemcpyAsync(d.states->slot(slot), state, sizeof(State),
+                                      cudaMemcpyDeviceToHost, stream));
+      copied[slot]->record(stream);
+      queued = slot;
+      slot ^= 1;
+    }
+    if (pending >= 0) {
+      SELA_CUDA_CHECK(cudaEventSynchronize(copied[pending]->get()));
+      const State seen = *d.states->slot(pending);
+      if (seen.status != kc::kSinkhornRunning) {
+        SELA_CUDA_CHECK(cudaStreamSynchronize(stream));  // what was queued after did nothing
+        check_failed(seen);
+        if (seen.status == kc::kSinkhornHalted) {
+          absorb_scaling(seen.halted_at);
+          kc::sinkhorn_control_resume(params, v, state, stream);
+          next = seen.halted_at;
+          pending = -1;
+          continue;
+        }
+        finished = true;  // converged or at the cap
+        continue;
+      }
+    }
+    if (queued < 0) {  // everything up to the cap was queued and the state still runs
+      SELA_FAIL("sinkhorn", "head '" << head_ << "': internal error: the device solver passed "
+                                     << "the iteration cap without stopping");
+    }
+    pending = queued;
+  }
+  kc::sinkhorn_control_final(params, v, state, stream);
+  iterate_end.record(stream);
+
+  label_start.record(stream);
+  kc::sinkhorn_labels<Store>(a, n, k, stride, n, v.r_rel, &state->r_scale, c,
+                             d.labels.as<std::int64_t>(), workspace, workspace_bytes,
+                             &state->labels, stream);
+  result->labels.resize(static_cast<std::size_t>(n));
+  SELA_CUDA_CHECK(cudaMemcpyAsync(result->labels.data(), d.labels.get(),
+                                  static_cast<std::size_t>(n) * sizeof(std::int64_t),
+                                  cudaMemcpyDeviceToHost, stream));
+  label_end.record(stream);
+  const State final_state = read_state();
+  check_failed(final_state);
+
+  result->iterations = final_state.iterations;
+  result->converged = final_state.status == kc::kSinkhornConverged;
+  result->stop_error = final_state.stop_error;
+  result->over_relaxation_stopped_at = final_state.omega_stopped_at;
+  result->col_marginal_error = final_state.col_error;
+  result->row_marginal_error = final_state.labels.row_error;
+  result->floor_mass = final_state.labels.floor_mass;
+  result->iterate_seconds = elapsed_seconds(iterate_start, iterate_end);
+  result->label_seconds = elapsed_seconds(label_start, label_end);
+  result->storage_scale = sinkhorn_storage_scale<Store>();
+  result->bytes_per_iteration = kc::sinkhorn_pass_reads<Store>(n, k);
+
+  // (c, r) in the units of the original A (r e^{G}, c e^{−M}), as the CPU path returns them.
+  result->r.resize(static_cast<std::size_t>(k));
+  result->c.resize(static_cast<std::size_t>(n));
+  SELA_CUDA_CHECK(
+      cudaMemcpy(result->r.data(), v.r, static_cast<std::size_t>(k) * 8, cudaMemcpyDeviceToHost));
+  SELA_CUDA_CHECK(
+      cudaMemcpy(result->c.data(), c, static_cast<std::size_t>(n) * 8, cudaMemcpyDeviceToHost));
+  if (result->absorptions > 0) {
+    std::vector<double> potential(static_cast<std::size_t>(k)), shift(static_cast<std::size_t>(n));
+    SELA_CUDA_CHECK(cudaMemcpy(potential.data(), v.column_potential,
+                               static_cast<std::size_t>(k) * 8, cudaMemcpyDeviceToHost));
+    SELA_CUDA_CHECK(cudaMemcpy(shift.data(), d.row_shift.get(), static_cast<std::size_t>(n) * 8,
+                               cudaMemcpyDeviceToHost));
+    for (std::size_t j = 0; j < result->r.size(); ++j) result->r[j] *= std::exp(potential[j]);
+    for (std::size_t i = 0; i < result->c.size(); ++i) result->c[i] *= std::exp(-shift[i]);
+  }
+}
+#else
+void SinkhornSolver::open_device_head(const SinkhornMemoryPlan&, const std::string& head, bool,
+                                      bool) {
+  SELA_FAIL("sinkhorn", "head '" << head << "': this build has no CUDA");
+}
+#endif
+
 SinkhornResult SinkhornSolver::solve() {
   SELA_CHECK(head_open_, "sinkhorn",
              "solve before begin_head (or after a failed append or a solve)");
@@ -800,6 +1419,34 @@ SinkhornResult SinkhornSolver::solve() {
   result.storage = storage_name(options_.storage);
   result.device = "cpu";
   result.over_relaxation = options_.over_relaxation;
+#if defined(SELA_HAVE_CUDA)
+  if (options_.device.is_cuda()) {
+    result.device = options_.device.str();
+    try {
+      switch (options_.storage) {
+        case SinkhornStorage::f32:
+          run_device<float>(&result);
+          break;
+        case SinkhornStorage::f16:
+          run_device<Half>(&result);
+          break;
+        case SinkhornStorage::bf16:
+          run_device<BFloat16>(&result);
+          break;
+      }
+    } catch (...) {
+      borrowed_device_logits_ = nullptr;
+      throw;
+    }
+    borrowed_device_logits_ = nullptr;
+    result.prepare_seconds = prepare_seconds_;
+    result.total_seconds = result.prepare_seconds + result.iterate_seconds + result.label_seconds;
+    count_clusters(&result);
+    finish_warnings(options_, &result);
+    log_summary(options_, result);
+    return result;
+  }
+#endif
   switch (options_.storage) {
     case SinkhornStorage::f32:
       run<float>(&result);
@@ -831,11 +1478,62 @@ SinkhornResult SinkhornSolver::solve() {
 
 SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::int64_t k,
                                      const std::string& head) {
+  if (options_.device.is_cuda()) {
+    // Absorption reads the logits on the device: with absorb they are uploaded into a copy
+    // kept there, else through a chunk that is reused.
+    open_head(n, k, head, options_.absorb, true);
+    append_logits(logits, n);
+    return solve();
+  }
   // The caller's logits stay valid during the solve: absorption reads them, no copy.
   open_head(n, k, head, false);
   append_logits(logits, n);
   borrowed_logits_ = logits;
   return solve();
+}
+
+SinkhornResult SinkhornSolver::solve_device(const float* device_logits, std::int64_t n,
+                                            std::int64_t k, const std::string& head) {
+  const char* op = "sinkhorn";
+  SELA_CHECK(options_.device.is_cuda(), op,
+             "head '" << head << "': solve_device needs options.device cuda, got "
+                      << options_.device.str() << " (use solve(logits) for host logits)");
+  open_head(n, k, head, false, false);  // an Error in builds without CUDA
+#if defined(SELA_HAVE_CUDA)
+  DeviceGuard guard(device_->device);
+  const auto start = Clock::now();
+  cudaPointerAttributes attributes{};
+  const cudaError_t status = cudaPointerGetAttributes(&attributes, device_logits);
+  if (status != cudaSuccess) (void)cudaGetLastError();
+  if (device_logits == nullptr || status != cudaSuccess ||
+      (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)) {
+    head_open_ = false;
+    SELA_FAIL_HINT(op,
+                   "head '" << head << "': solve_device was given "
+                            << (device_logits == nullptr ? "a null pointer"
+                                                         : "a pointer that is not device memory"),
+                   "pass logits allocated with cudaMalloc (or use solve(logits) for host logits)");
+  }
+  SELA_CUDA_CHECK(cudaDeviceSynchronize());  // the producer's work, on whatever stream, is done
+  switch (options_.storage) {
+    case SinkhornStorage::f32:
+      append_rows_device<float>(device_logits, n, true);
+      break;
+    case SinkhornStorage::f16:
+      append_rows_device<Half>(device_logits, n, true);
+      break;
+    case SinkhornStorage::bf16:
+      append_rows_device<BFloat16>(device_logits, n, true);
+      break;
+  }
+  rows_appended_ = n;
+  prepare_seconds_ += seconds_since(start);
+  borrowed_device_logits_ = device_logits;
+  return solve();
+#else
+  (void)device_logits;
+  SELA_FAIL(op, "unreachable: open_head fails without CUDA");
+#endif
 }
 
 }  // namespace sela::assign

@@ -49,6 +49,20 @@
 //   for (batch : data) solver.append_logits(batch_logits, batch_rows);   // (rows, k) f32
 //   sela::assign::SinkhornResult result = solver.solve();
 //
+// On a GPU (options.device cuda:N, CUDA builds): the same solver runs the kernels of
+// sinkhorn_cuda.cuh on one stream of its own. A, c, r and the logits copy live in device
+// memory, held by the solver and reused across heads (grown only); logits given on the
+// host are uploaded in chunks (begin_head/append_logits or solve(logits): with absorb, a
+// device copy of the logits is kept for re-storing A), and solve_device() takes logits
+// that are already on the device (nothing is copied). The iterations run without a host
+// round trip: the stopping rule is evaluated on the device, and the host reads a small
+// state only at check iterations (every check_every passes), queueing the next stretch of
+// iterations before it waits. The memory plan is then checked against the device's free
+// memory (cudaMemGetInfo), and the result's timings come from CUDA events (prepare: host
+// time of the appends plus the wait for their kernels). Iteration counts, labels and both
+// marginals follow the CPU fast path up to float32 summation order; results are
+// bit-identical between runs on the same GPU (sinkhorn_cuda.cuh says why).
+//
 // Robustness: NaN/Inf in the logits is an Error naming the head and the first bad row;
 // reaching the iteration cap (or labels resting on entries below the storage's range) is a
 // warning written to the log stream (stderr by default) and kept in result.warning; N < K,
@@ -98,10 +112,13 @@ struct SinkhornOptions {
   // need it; the batch API then keeps a float32 copy of the logits (the memory plan says
   // so). false: the plain fast path, which warns where the storage limits the answer.
   bool absorb = true;
-  Device device = Device::cpu();                    // cuda: an Error until the CUDA half is built
+  // cpu, or cuda:N (CUDA builds; an Error naming the reason where the build has no CUDA or
+  // no GPU is usable).
+  Device device = Device::cpu();
   int verbose = 0;              // 1: memory plan and a summary line per head on `log`
   std::ostream* log = nullptr;  // warnings and verbose lines; nullptr means std::cerr
-  // Largest plan allowed, in bytes; 0 means the memory the system reports as available.
+  // Largest plan allowed, in bytes; 0 means the memory the system reports as available
+  // (for cuda: the device's free memory plus what the solver already holds).
   std::uint64_t memory_limit_bytes = 0;
 };
 
@@ -111,13 +128,13 @@ struct SinkhornMemoryPlan {
   SinkhornStorage storage = SinkhornStorage::bf16;
   std::uint64_t matrix_bytes = 0;     // A: n · row_stride · element bytes
   std::uint64_t vector_bytes = 0;     // c, labels (n each), r and column sums (k each)
-  std::uint64_t workspace_bytes = 0;  // per-thread column partials
+  std::uint64_t workspace_bytes = 0;  // column partials (cuda: + the upload staging chunk)
   // float32 copy of the logits for absorption (options.absorb, batch API only: n · k · 4;
   // solve(logits, n, k) reads the caller's array) plus the row shifts (n doubles).
   std::uint64_t logits_bytes = 0;
   std::uint64_t total_bytes = 0;
   std::uint64_t limit_bytes = 0;  // what it was checked against
-  std::string where;              // "host memory"
+  std::string where;              // "host memory" or "cuda:N memory"
   std::string describe() const;   // one line for logs and errors
 };
 
@@ -126,7 +143,7 @@ struct SinkhornResult {
   std::int64_t n = 0, k = 0;
   double lambda = 0.0;
   std::string storage;  // "f32" | "f16" | "bf16" | "reference-f64"
-  std::string device;   // "cpu"
+  std::string device;   // "cpu" or "cuda:N"
 
   std::vector<std::int64_t> labels;  // (N) y_i = argmax_k A_ik r_k
   // The plan is P_ik = c_i A_ik r_k with, for the fast path,
@@ -160,7 +177,8 @@ struct SinkhornResult {
   double iterate_seconds = 0.0;           // Sinkhorn-Knopp iterations
   double label_seconds = 0.0;             // argmax and marginal errors
   double total_seconds = 0.0;             // the three above
-  std::uint64_t bytes_per_iteration = 0;  // bytes of A read per pass
+  std::uint64_t bytes_per_iteration = 0;  // bytes of A read per pass (2 reads for very wide
+                                          // rows on cuda: sinkhorn_cuda.cuh)
 
   std::string warning;  // empty when the solve was clean; also written to the log stream
 };
@@ -196,20 +214,39 @@ class SinkhornSolver {
   // begin_head + append_logits(all) + solve.
   SinkhornResult solve(const float* logits /* (n, k) */, std::int64_t n, std::int64_t k,
                        const std::string& head = "head0");
+  // The same for logits already in the memory of the GPU options.device names (float32,
+  // row-major (n, k), e.g. a head's output): nothing is copied, the logits stay borrowed
+  // for the call (absorption reads them). Waits for the device (cudaDeviceSynchronize)
+  // before reading them, so work queued on any stream is done. An Error for device cpu,
+  // for a pointer that is not device memory, and in builds without CUDA.
+  SinkhornResult solve_device(const float* device_logits /* (n, k) */, std::int64_t n,
+                              std::int64_t k, const std::string& head = "head0");
 
-  std::uint64_t allocated_bytes() const;  // what the solver holds now
+  std::uint64_t allocated_bytes() const;  // what the solver holds now (host and device)
 
  private:
   struct Buffers;
-  SinkhornMemoryPlan plan_for(std::int64_t n, std::int64_t k, bool keep_logits) const;
-  void open_head(std::int64_t n, std::int64_t k, const std::string& head, bool keep_logits);
+  struct DeviceBuffers;  // the CUDA path's device memory, stream and events (sinkhorn.cpp)
+  // host_input: logits come from the host (batch API, solve(logits)); cuda only.
+  SinkhornMemoryPlan plan_for(std::int64_t n, std::int64_t k, bool keep_logits,
+                              bool host_input = true) const;
+  void open_head(std::int64_t n, std::int64_t k, const std::string& head, bool keep_logits,
+                 bool host_input = true);
+  void open_device_head(const SinkhornMemoryPlan& memory, const std::string& head, bool keep_logits,
+                        bool host_input);
   template <typename Store>
   void append_rows(const float* logits, std::int64_t rows);
   template <typename Store>
+  void append_rows_device(const float* logits, std::int64_t rows, bool on_device);
+  template <typename Store>
   void run(SinkhornResult* result);
+  template <typename Store>
+  void run_device(SinkhornResult* result);
 
   SinkhornOptions options_;
   std::unique_ptr<Buffers> buffers_;
+  std::unique_ptr<DeviceBuffers> device_;
+  const float* borrowed_device_logits_ = nullptr;  // solve_device: the caller's (n, k) array
   std::string head_;
   std::int64_t n_ = 0, k_ = 0, stride_ = 0;
   std::int64_t rows_appended_ = 0;

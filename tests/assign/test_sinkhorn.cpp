@@ -382,17 +382,7 @@ TEST_CASE("memory plan: absurd sizes and the memory limit are clear Errors befor
   CHECK_THROWS_AS(sinkhorn_reference(nullptr, 0, 5, options), sela::Error);
 }
 
-TEST_CASE("device cuda without a CUDA build is a clear Error") {
-  SinkhornOptions options;
-  options.device = sela::Device::cuda(0);
-  SinkhornSolver solver(options);
-  try {
-    solver.begin_head(10, 10);
-    FAIL("no error");
-  } catch (const sela::Error& e) {
-    CHECK(std::string(e.what()).find("CUDA") != std::string::npos);
-  }
-}
+// --device cuda without a GPU or a CUDA build: tests/assign/test_sinkhorn_device.cpp.
 
 TEST_CASE("misuse of the batch API is an Error") {
   std::ostringstream log;
