@@ -8,6 +8,11 @@
 
 #include "engine/error.h"
 
+#if defined(SELA_HAVE_CUDA)
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/device_allocator.h"
+#endif
+
 namespace sela {
 namespace {
 
@@ -94,6 +99,33 @@ void release_cached_host_memory() {
   }
   c.free_blocks.clear();
   c.stats.cached_bytes = 0;
+}
+
+bool pinned_memory_available() {
+#if defined(SELA_HAVE_CUDA)
+  static const bool available = cuda::device_count() > 0;
+  return available;
+#else
+  return false;
+#endif
+}
+
+void* pinned_allocate(std::size_t bytes) {
+#if defined(SELA_HAVE_CUDA)
+  if (pinned_memory_available()) return cuda::pinned_host_allocate(bytes > 0 ? bytes : 1);
+#endif
+  return host_allocate(bytes);
+}
+
+void pinned_free(void* pointer, std::size_t bytes) {
+  if (pointer == nullptr) return;
+#if defined(SELA_HAVE_CUDA)
+  if (pinned_memory_available()) {
+    cuda::pinned_host_free(pointer, bytes > 0 ? bytes : 1);
+    return;
+  }
+#endif
+  host_free(pointer, bytes);
 }
 
 }  // namespace sela

@@ -1,4 +1,5 @@
-// Host memory for tensors: 64-byte aligned blocks from a caching allocator.
+// Host memory for tensors: 64-byte aligned blocks from a caching allocator; and page-locked
+// ("pinned") host memory for buffers a GPU reads.
 //
 // A training step allocates the same activation and gradient sizes every iteration; large
 // blocks from malloc come from fresh mmap'd pages that the kernel zero-fills on first touch,
@@ -28,5 +29,15 @@ void host_free(void* pointer, std::size_t bytes);
 HostMemoryStats host_memory_stats();
 void reset_host_peak();
 void release_cached_host_memory();
+
+// Page-locked host memory (for the data loader's batches, through its ImageAllocator hook):
+// uploads from it to a GPU are asynchronous (Tensor::copy_from_host finds that out by
+// itself). From the CUDA backend's pinned pool (kernels/cuda/device_allocator.h) when this
+// build has CUDA and a GPU is usable; otherwise plain host_allocate memory, since there is
+// nothing to pin for. Free with pinned_free and the same byte count.
+void* pinned_allocate(std::size_t bytes);
+void pinned_free(void* pointer, std::size_t bytes);
+// True when pinned_allocate gives page-locked memory (CUDA build, GPU usable).
+bool pinned_memory_available();
 
 }  // namespace sela

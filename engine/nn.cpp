@@ -80,6 +80,12 @@ void Module::to(DType dtype) {
   }
 }
 
+void Module::to(Device device) {
+  for (auto& entry : state_dict()) {
+    if (is_floating(entry.second.dtype())) entry.second.move_(device);
+  }
+}
+
 void Module::zero_grad() const {
   for (auto& entry : named_parameters()) entry.second.zero_grad();
 }

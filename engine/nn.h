@@ -41,6 +41,12 @@ class Module {
   std::int64_t parameter_count() const;
   // Converts every floating parameter and buffer in place (float32 <-> float64).
   void to(DType dtype);
+  // Moves every floating parameter and buffer to `device` in place: every handle (an
+  // optimiser's, a test's) sees the new storage; requires_grad is kept and accumulated
+  // gradients move along. Integer buffers (BatchNorm's num_batches_tracked) are counters the
+  // host increments every step: they stay on the host, where counting costs no device
+  // round trip (state_dict() shows them on cpu).
+  void to(Device device);
   void zero_grad() const;
 
  protected:

@@ -1,17 +1,29 @@
 // Implementation of engine/ops.h: checks, kernel calls, and one Node per differentiable op.
 //
 // Pattern of every op:
-//   1. validate inputs (errors name the op and the shapes),
-//   2. allocate the output and run the forward kernel for float or double,
+//   1. validate inputs (errors name the op, the shapes and, for mixed devices, the devices),
+//   2. allocate the output on the inputs' device and run the forward kernel for float or
+//      double: the CPU kernel here, or — one branch on the device at that point — the
+//      function of the same name in engine/ops_cuda.h for a tensor on cuda:N,
 //   3. if needs_grad(inputs): make a <Op>Backward node whose fields are the saved tensors
-//      and sizes, and attach it to the output.
+//      and sizes, and attach it to the output. Nodes are the same on both devices; their
+//      backward branches on the device of the saved tensors the same way.
 // Backward functions return fresh tensors and never modify saved ones.
+//
+// Gradients of scalars may arrive on the host: backward() seeds a loss with a host 1.0, and
+// the scalar head of a loss (the add / scale of per-head losses) is then differentiated on
+// the host at no cost; a cross-entropy node reads such a gradient as a host number, so a
+// training step needs no host<->device round trip. A node that reads its gradient as an
+// array on its own device moves it there first (on_device: a 0-d upload, only for scalar
+// graphs); pass-through nodes (add, scale, reshape) keep it where it is, except towards a
+// leaf, whose accumulated gradient must live on the leaf's device.
 #include "engine/ops.h"
 
 #include <cmath>
 #include <cstring>
 
 #include "engine/autograd.h"
+#include "engine/ops_cuda.h"
 #include "kernels/cpu/batchnorm.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/dropout.h"
@@ -23,6 +35,12 @@
 
 namespace sela {
 namespace {
+
+// In a build without the CUDA backend no CUDA tensor exists; `if constexpr (kCuda)` removes
+// the calls into engine/ops_cuda.cpp there (whose functions are then not defined).
+constexpr bool kCuda = cuda_ops::kAvailable;
+
+bool on_cuda(const Tensor& t) { return t.device().is_cuda(); }
 
 // Calls fn(T{}) with T = float or double according to dtype.
 template <typename Fn>
@@ -36,17 +54,43 @@ void dispatch_floating(DType dtype, const char* op, Fn&& fn) {
   }
 }
 
-Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+Tensor empty_like(const Tensor& t, const char* op = "tensor") {
+  return Tensor::empty(t.shape(), t.dtype(), t.device(), op);
+}
+
+// `grad` on `device` (a copy when it is elsewhere; see the note at the top).
+Tensor on_device(const Tensor& grad, Device device) {
+  return grad.device() == device ? grad : grad.to(device);
+}
+
+// The gradient a pass-through node hands to input `index`: moved to a leaf's device.
+Tensor for_input(const Node& node, std::size_t index, const Tensor& grad) {
+  const auto& input = node.inputs[index];
+  if (input && !input->grad_fn && input->storage->device() != grad.device()) {
+    return grad.to(input->storage->device());
+  }
+  return grad;
+}
 
 void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
   SELA_CHECK(a.shape() == b.shape(), op,
              "shapes differ: " << shape_str(a.shape()) << " vs " << shape_str(b.shape()));
 }
 
+// A floating tensor of any device; with `like`, also on its device and of its dtype.
+void check_operand(const char* op, const Tensor& t, const char* role) {
+  check_floating(op, t, role);
+}
+void check_operand(const char* op, const Tensor& t, const char* role, const Tensor& like,
+                   const char* like_role) {
+  check_floating(op, t, role);
+  check_same_device(op, like, like_role, t, role);
+  check_same_dtype(op, like, t);
+}
+
 void check_binary(const char* op, const Tensor& a, const Tensor& b) {
-  check_cpu_floating(op, a, "first operand");
-  check_cpu_floating(op, b, "second operand");
-  check_same_dtype(op, a, b);
+  check_operand(op, a, "first operand");
+  check_operand(op, b, "second operand", a, "first operand");
   check_same_shape(op, a, b);
 }
 
@@ -54,28 +98,38 @@ void check_binary(const char* op, const Tensor& a, const Tensor& b) {
 
 struct AddBackward : Node {
   const char* name() const override { return "add"; }
-  std::vector<Tensor> backward(const Tensor& grad) override { return {grad, grad}; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    return {for_input(*this, 0, grad), for_input(*this, 1, grad)};
+  }
 };
 
 struct MulBackward : Node {
   Tensor a, b;  // both operands
   const char* name() const override { return "mul"; }
   std::vector<Tensor> backward(const Tensor& grad) override {
-    return {inputs[0] ? mul(grad, b) : Tensor(), inputs[1] ? mul(grad, a) : Tensor()};
+    Tensor g = on_device(grad, a.device());
+    return {inputs[0] ? mul(g, b) : Tensor(), inputs[1] ? mul(g, a) : Tensor()};
   }
 };
 
 struct ScaleBackward : Node {
   double factor = 1;
   const char* name() const override { return "scale"; }
-  std::vector<Tensor> backward(const Tensor& grad) override { return {scale(grad, factor)}; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    return {for_input(*this, 0, scale(grad, factor))};
+  }
 };
 
 struct ReluBackward : Node {
   Tensor output;  // relu(x): the mask is output > 0
   const char* name() const override { return "relu"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
-    Tensor grad_x = empty_like(grad);
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, output.device());
+    Tensor grad_x = empty_like(grad, "relu_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) cuda_ops::relu_backward(output, grad, grad_x);
+      return {grad_x};
+    }
     dispatch_floating(grad.dtype(), "relu_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::relu_backward<T>(grad.numel(), output.data<T>(), grad.data<T>(), grad_x.data<T>());
@@ -89,17 +143,25 @@ struct ReluBackward : Node {
 struct ReshapeBackward : Node {
   Shape input_shape;
   const char* name() const override { return "reshape"; }
-  std::vector<Tensor> backward(const Tensor& grad) override { return {grad.view(input_shape)}; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    return {for_input(*this, 0, grad.view(input_shape))};
+  }
 };
 
 // --- reductions ----------------------------------------------------------------------------
 
 struct SumBackward : Node {
   Shape input_shape;
+  Device device;      // of the input
   double factor = 1;  // 1 for sum, 1/numel for mean
   const char* name() const override { return "sum"; }
   std::vector<Tensor> backward(const Tensor& grad) override {
-    return {Tensor::full(input_shape, grad.item() * factor, grad.dtype())};
+    if (on_cuda(grad)) {  // a device scalar: broadcast on the device, no host read
+      Tensor grad_x = Tensor::empty(input_shape, grad.dtype(), grad.device(), "sum_backward");
+      if constexpr (kCuda) cuda_ops::broadcast_scalar(grad, factor, grad_x);
+      return {on_device(grad_x, device)};
+    }
+    return {Tensor::full(input_shape, grad.item() * factor, grad.dtype(), device)};
   }
 };
 
@@ -116,17 +178,25 @@ void matmul_kernel(bool transpose_a, bool transpose_b, std::int64_t m, std::int6
 struct MatmulBackward : Node {
   Tensor a, b;  // a (m, k), b (k, n)
   const char* name() const override { return "matmul"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, a.device());
     std::int64_t m = a.size(0), k = a.size(1), n = b.size(1);
     Tensor grad_a, grad_b;
+    if (inputs[0]) grad_a = empty_like(a, "matmul_backward");
+    if (inputs[1]) grad_b = empty_like(b, "matmul_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) {
+        if (inputs[0]) cuda_ops::matmul(false, true, m, k, n, grad, b, grad_a);
+        if (inputs[1]) cuda_ops::matmul(true, false, k, n, m, a, grad, grad_b);
+      }
+      return {grad_a, grad_b};
+    }
     dispatch_floating(grad.dtype(), "matmul_backward", [&](auto tag) {
       using T = decltype(tag);
       if (inputs[0]) {  // dA (m, k) = dC (m, n) B^T
-        grad_a = empty_like(a);
         matmul_kernel<T>(false, true, m, k, n, grad.data<T>(), b.data<T>(), grad_a.data<T>());
       }
       if (inputs[1]) {  // dB (k, n) = A^T dC
-        grad_b = empty_like(b);
         matmul_kernel<T>(true, false, k, n, m, a.data<T>(), grad.data<T>(), grad_b.data<T>());
       }
     });
@@ -138,23 +208,34 @@ struct LinearBackward : Node {
   Tensor x, weight;  // x (N, in), weight (out, in)
   bool has_bias = false;
   const char* name() const override { return "linear"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {  // grad (N, out)
+  std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, out)
+    Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), in = x.size(1), out = weight.size(0);
     Tensor grad_x, grad_w, grad_b;
+    if (inputs[0]) grad_x = empty_like(x, "linear_backward");
+    if (inputs[1]) grad_w = empty_like(weight, "linear_backward");
+    if (has_bias && inputs[2]) {
+      grad_b = Tensor::empty({out}, grad.dtype(), grad.device(), "linear_backward");
+    }
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) {
+        if (grad_x.defined()) cuda_ops::matmul(false, false, batch, in, out, grad, weight, grad_x);
+        if (grad_w.defined()) cuda_ops::matmul(true, false, out, in, batch, grad, x, grad_w);
+        if (grad_b.defined()) cuda_ops::sum_rows(grad, grad_b);
+      }
+      return {grad_x, grad_w, grad_b};
+    }
     dispatch_floating(grad.dtype(), "linear_backward", [&](auto tag) {
       using T = decltype(tag);
-      if (inputs[0]) {  // dx (N, in) = dy (N, out) W (out, in)
-        grad_x = empty_like(x);
+      if (grad_x.defined()) {  // dx (N, in) = dy (N, out) W (out, in)
         matmul_kernel<T>(false, false, batch, in, out, grad.data<T>(), weight.data<T>(),
                          grad_x.data<T>());
       }
-      if (inputs[1]) {  // dW (out, in) = dy^T x
-        grad_w = empty_like(weight);
+      if (grad_w.defined()) {  // dW (out, in) = dy^T x
         matmul_kernel<T>(true, false, out, in, batch, grad.data<T>(), x.data<T>(),
                          grad_w.data<T>());
       }
-      if (has_bias && inputs[2]) {  // db (out) = column sums of dy
-        grad_b = Tensor::empty({out}, grad.dtype());
+      if (grad_b.defined()) {  // db (out) = column sums of dy
         cpu::sum_rows<T>(batch, out, grad.data<T>(), grad_b.data<T>());
       }
     });
@@ -184,22 +265,33 @@ struct Conv2dBackward : Node {
   cpu::Conv2dShape shape;
   bool has_bias = false;
   const char* name() const override { return "conv2d"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {  // grad (N, O, OH, OW)
+  std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, O, OH, OW)
+    Tensor grad = on_device(grad_in, x.device());
     Tensor grad_x, grad_w, grad_b;
+    bool want_w = inputs[1] != nullptr, want_b = has_bias && inputs[2] != nullptr;
+    if (inputs[0]) grad_x = empty_like(x, "conv2d_backward");
+    Tensor w_buffer;  // the kernel computes the weight and bias gradients together
+    if (want_w || want_b) w_buffer = empty_like(weight, "conv2d_backward");
+    if (want_b) {
+      grad_b = Tensor::empty({shape.out_channels}, grad.dtype(), grad.device(), "conv2d_backward");
+    }
+    if (want_w) grad_w = w_buffer;
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) {
+        if (grad_x.defined()) cuda_ops::conv2d_backward_input(shape, grad, weight, grad_x);
+        if (w_buffer.defined()) cuda_ops::conv2d_backward_weight(shape, x, grad, w_buffer, grad_b);
+      }
+      return {grad_x, grad_w, grad_b};
+    }
     dispatch_floating(grad.dtype(), "conv2d_backward", [&](auto tag) {
       using T = decltype(tag);
-      if (inputs[0]) {
-        grad_x = empty_like(x);
+      if (grad_x.defined()) {
         cpu::conv2d_backward_input<T>(shape, grad.data<T>(), weight.data<T>(),
                                       grad_x.data<T>());
       }
-      bool want_w = inputs[1] != nullptr, want_b = has_bias && inputs[2] != nullptr;
-      if (want_w || want_b) {
-        Tensor w_buffer = empty_like(weight);  // the kernel computes both together
-        if (want_b) grad_b = Tensor::empty({shape.out_channels}, grad.dtype());
+      if (w_buffer.defined()) {
         cpu::conv2d_backward_weight<T>(shape, x.data<T>(), grad.data<T>(), w_buffer.data<T>(),
                                        want_b ? grad_b.data<T>() : nullptr);
-        if (want_w) grad_w = w_buffer;
       }
     });
     return {grad_x, grad_w, grad_b};
@@ -224,8 +316,13 @@ struct MaxPool2dBackward : Node {
   cpu::Pool2dShape shape;
   Shape input_shape;
   const char* name() const override { return "max_pool2d"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
-    Tensor grad_x = Tensor::empty(input_shape, grad.dtype());
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, argmax.device());
+    Tensor grad_x = Tensor::empty(input_shape, grad.dtype(), grad.device(), "max_pool2d_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) cuda_ops::max_pool2d_backward(shape, grad, argmax, grad_x);
+      return {grad_x};
+    }
     dispatch_floating(grad.dtype(), "max_pool2d_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::max_pool2d_backward<T>(shape, grad.data<T>(), argmax.data<std::int32_t>(),
@@ -235,15 +332,28 @@ struct MaxPool2dBackward : Node {
   }
 };
 
+// A (C) tensor of x's dtype on x's device, for x (N, C, ...).
+Tensor channel_vector(const Tensor& x, const char* op) {
+  return Tensor::empty({x.size(1)}, x.dtype(), x.device(), op);
+}
+
 struct BatchNormTrainBackward : Node {
   Tensor x, gamma, save_mean, save_invstd;  // x (N, C, H, W); the rest (C)
   const char* name() const override { return "batch_norm2d"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
-    Tensor grad_x = empty_like(x);
+    Tensor grad_x = empty_like(x, "batch_norm2d_backward");
     Tensor grad_gamma, grad_beta;
-    if (inputs[1]) grad_gamma = Tensor::empty({channels}, x.dtype());
-    if (inputs[2]) grad_beta = Tensor::empty({channels}, x.dtype());
+    if (inputs[1]) grad_gamma = channel_vector(x, "batch_norm2d_backward");
+    if (inputs[2]) grad_beta = channel_vector(x, "batch_norm2d_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) {
+        cuda_ops::batch_norm_backward_train(x, grad, gamma, save_mean, save_invstd, grad_x,
+                                            grad_gamma, grad_beta);
+      }
+      return {grad_x, grad_gamma, grad_beta};
+    }
     dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::batch_norm_backward_train<T>(
@@ -261,9 +371,25 @@ struct BatchNormEvalBackward : Node {
   Tensor x, gamma, running_mean, running_var;
   double eps = 1e-5;
   const char* name() const override { return "batch_norm2d(eval)"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
     Tensor grad_x, grad_gamma, grad_beta;
+    if (on_cuda(grad)) {
+      if (inputs[0]) grad_x = empty_like(x, "batch_norm2d_backward");
+      if (inputs[1]) grad_gamma = channel_vector(x, "batch_norm2d_backward");
+      if (inputs[2]) grad_beta = channel_vector(x, "batch_norm2d_backward");
+      if constexpr (kCuda) {
+        if (grad_x.defined()) {
+          cuda_ops::batch_norm_backward_eval(grad, gamma, running_var, eps, grad_x);
+        }
+        if (grad_gamma.defined() || grad_beta.defined()) {
+          cuda_ops::batch_norm_eval_parameter_grads(x, grad, running_mean, running_var, eps,
+                                                    grad_gamma, grad_beta);
+        }
+      }
+      return {grad_x, grad_gamma, grad_beta};
+    }
     dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
       using T = decltype(tag);
       if (inputs[0]) {
@@ -302,8 +428,13 @@ struct DropoutBackward : Node {
   Tensor mask;  // uint8, 1 where kept
   double p = 0;
   const char* name() const override { return "dropout"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
-    Tensor grad_x = empty_like(grad);
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, mask.device());
+    Tensor grad_x = empty_like(grad, "dropout_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) cuda_ops::dropout_backward(grad, mask, p, grad_x);
+      return {grad_x};
+    }
     dispatch_floating(grad.dtype(), "dropout_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::dropout_backward<T>(grad.numel(), grad.data<T>(), mask.data<std::uint8_t>(),
@@ -318,8 +449,13 @@ struct DropoutBackward : Node {
 struct LogSoftmaxBackward : Node {
   Tensor output;  // log-probabilities (N, K)
   const char* name() const override { return "log_softmax"; }
-  std::vector<Tensor> backward(const Tensor& grad) override {
-    Tensor grad_x = empty_like(grad);
+  std::vector<Tensor> backward(const Tensor& grad_in) override {
+    Tensor grad = on_device(grad_in, output.device());
+    Tensor grad_x = empty_like(grad, "log_softmax_backward");
+    if (on_cuda(grad)) {
+      if constexpr (kCuda) cuda_ops::log_softmax_backward(output, grad, grad_x);
+      return {grad_x};
+    }
     dispatch_floating(grad.dtype(), "log_softmax_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::log_softmax_backward<T>(output.size(0), output.size(1), output.data<T>(),
@@ -333,7 +469,18 @@ struct CrossEntropyBackward : Node {
   Tensor log_probs, targets;  // (N, K) float, (N) int64
   const char* name() const override { return "cross_entropy"; }
   std::vector<Tensor> backward(const Tensor& grad) override {
-    Tensor grad_logits = empty_like(log_probs);
+    Tensor grad_logits = empty_like(log_probs, "cross_entropy_backward");
+    if (on_cuda(log_probs)) {
+      if constexpr (kCuda) {
+        if (on_cuda(grad)) {  // a device scalar: multiplied on the device
+          cuda_ops::cross_entropy_backward(log_probs, targets, on_device(grad, log_probs.device()),
+                                           grad_logits);
+        } else {  // a host scalar (the usual case, see the top of the file): no round trip
+          cuda_ops::cross_entropy_backward(log_probs, targets, grad.item(), grad_logits);
+        }
+      }
+      return {grad_logits, Tensor()};
+    }
     dispatch_floating(grad.dtype(), "cross_entropy_backward", [&](auto tag) {
       using T = decltype(tag);
       cpu::cross_entropy_backward<T>(log_probs.size(0), log_probs.size(1), log_probs.data<T>(),
@@ -350,22 +497,30 @@ struct CrossEntropyBackward : Node {
 
 Tensor add(const Tensor& a, const Tensor& b) {
   check_binary("add", a, b);
-  Tensor out = empty_like(a);
-  dispatch_floating(a.dtype(), "add", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::add<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
-  });
+  Tensor out = empty_like(a, "add");
+  if (on_cuda(a)) {
+    if constexpr (kCuda) cuda_ops::add(a, b, out);
+  } else {
+    dispatch_floating(a.dtype(), "add", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::add<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&a, &b})) attach_node(out, std::make_shared<AddBackward>(), {&a, &b});
   return out;
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
   check_binary("mul", a, b);
-  Tensor out = empty_like(a);
-  dispatch_floating(a.dtype(), "mul", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::mul<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
-  });
+  Tensor out = empty_like(a, "mul");
+  if (on_cuda(a)) {
+    if constexpr (kCuda) cuda_ops::mul(a, b, out);
+  } else {
+    dispatch_floating(a.dtype(), "mul", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::mul<T>(a.numel(), a.data<T>(), b.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&a, &b})) {
     auto node = std::make_shared<MulBackward>();
     node->a = a.detach();
@@ -376,12 +531,16 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor scale(const Tensor& a, double factor) {
-  check_cpu_floating("scale", a, "input");
-  Tensor out = empty_like(a);
-  dispatch_floating(a.dtype(), "scale", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::scale<T>(a.numel(), static_cast<T>(factor), a.data<T>(), out.data<T>());
-  });
+  check_operand("scale", a, "input");
+  Tensor out = empty_like(a, "scale");
+  if (on_cuda(a)) {
+    if constexpr (kCuda) cuda_ops::scale(a, factor, out);
+  } else {
+    dispatch_floating(a.dtype(), "scale", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::scale<T>(a.numel(), static_cast<T>(factor), a.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&a})) {
     auto node = std::make_shared<ScaleBackward>();
     node->factor = factor;
@@ -392,6 +551,10 @@ Tensor scale(const Tensor& a, double factor) {
 
 void add_into(Tensor& destination, const Tensor& source) {
   check_binary("add_into", destination, source);
+  if (on_cuda(destination)) {
+    if constexpr (kCuda) cuda_ops::add_into(destination, source);
+    return;
+  }
   dispatch_floating(destination.dtype(), "add_into", [&](auto tag) {
     using T = decltype(tag);
     cpu::axpy<T>(destination.numel(), T(1), source.data<T>(), destination.data<T>());
@@ -399,12 +562,16 @@ void add_into(Tensor& destination, const Tensor& source) {
 }
 
 Tensor relu(const Tensor& x) {
-  check_cpu_floating("relu", x, "input");
-  Tensor out = empty_like(x);
-  dispatch_floating(x.dtype(), "relu", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::relu_forward<T>(x.numel(), x.data<T>(), out.data<T>());
-  });
+  check_operand("relu", x, "input");
+  Tensor out = empty_like(x, "relu");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::relu_forward(x, out);
+  } else {
+    dispatch_floating(x.dtype(), "relu", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::relu_forward<T>(x.numel(), x.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&x})) {
     auto node = std::make_shared<ReluBackward>();
     node->output = out.detach();
@@ -434,15 +601,20 @@ Tensor flatten(const Tensor& x) {
 
 namespace {
 Tensor sum_impl(const Tensor& x, double factor, const char* op) {
-  check_cpu_floating(op, x, "input");
-  Tensor out = Tensor::empty({}, x.dtype());
-  dispatch_floating(x.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    *out.data<T>() = static_cast<T>(cpu::sum<T>(x.numel(), x.data<T>()) * factor);
-  });
+  check_operand(op, x, "input");
+  Tensor out = Tensor::empty({}, x.dtype(), x.device(), op);
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::sum(x, factor, out);
+  } else {
+    dispatch_floating(x.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      *out.data<T>() = static_cast<T>(cpu::sum<T>(x.numel(), x.data<T>()) * factor);
+    });
+  }
   if (needs_grad({&x})) {
     auto node = std::make_shared<SumBackward>();
     node->input_shape = x.shape();
+    node->device = x.device();
     node->factor = factor;
     attach_node(out, node, {&x});
   }
@@ -458,10 +630,14 @@ Tensor mean(const Tensor& x) {
 }
 
 Tensor argmax(const Tensor& x) {
-  check_cpu_floating("argmax", x, "input");
+  check_operand("argmax", x, "input");
   SELA_CHECK(x.dim() == 2 && x.size(1) > 0, "argmax",
              "expects a (N, K) tensor with K > 0, got " << x.describe());
-  Tensor out = Tensor::empty({x.size(0)}, DType::i64);
+  Tensor out = Tensor::empty({x.size(0)}, DType::i64, x.device(), "argmax");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::argmax_rows(x, out);
+    return out;
+  }
   dispatch_floating(x.dtype(), "argmax", [&](auto tag) {
     using T = decltype(tag);
     cpu::argmax_rows<T>(x.size(0), x.size(1), x.data<T>(), out.data<std::int64_t>());
@@ -472,17 +648,20 @@ Tensor argmax(const Tensor& x) {
 // ================================ linear algebra ==========================================
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
-  check_cpu_floating("matmul", a, "first operand");
-  check_cpu_floating("matmul", b, "second operand");
-  check_same_dtype("matmul", a, b);
+  check_operand("matmul", a, "first operand");
+  check_operand("matmul", b, "second operand", a, "first operand");
   SELA_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "matmul",
              "cannot multiply " << shape_str(a.shape()) << " by " << shape_str(b.shape()));
   std::int64_t m = a.size(0), k = a.size(1), n = b.size(1);
-  Tensor out = Tensor::empty({m, n}, a.dtype());
-  dispatch_floating(a.dtype(), "matmul", [&](auto tag) {
-    using T = decltype(tag);
-    matmul_kernel<T>(false, false, m, n, k, a.data<T>(), b.data<T>(), out.data<T>());
-  });
+  Tensor out = Tensor::empty({m, n}, a.dtype(), a.device(), "matmul");
+  if (on_cuda(a)) {
+    if constexpr (kCuda) cuda_ops::matmul(false, false, m, n, k, a, b, out);
+  } else {
+    dispatch_floating(a.dtype(), "matmul", [&](auto tag) {
+      using T = decltype(tag);
+      matmul_kernel<T>(false, false, m, n, k, a.data<T>(), b.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&a, &b})) {
     auto node = std::make_shared<MatmulBackward>();
     node->a = a.detach();
@@ -493,25 +672,31 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  check_cpu_floating("linear", x, "input");
-  check_cpu_floating("linear", weight, "weight");
-  check_same_dtype("linear", x, weight);
+  check_operand("linear", x, "input");
+  check_operand("linear", weight, "weight", x, "input");
   SELA_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "linear",
              "input " << shape_str(x.shape()) << " does not match weight "
                       << shape_str(weight.shape()) << " (expected input (N, "
                       << (weight.dim() == 2 ? weight.size(1) : -1) << "))");
   std::int64_t batch = x.size(0), in = x.size(1), out_features = weight.size(0);
   if (bias.defined()) {
-    check_same_dtype("linear", x, bias);
+    check_operand("linear", bias, "bias", x, "input");
     check_shape("linear", bias, {out_features}, "bias");
   }
-  Tensor out = Tensor::empty({batch, out_features}, x.dtype());
-  dispatch_floating(x.dtype(), "linear", [&](auto tag) {
-    using T = decltype(tag);
-    matmul_kernel<T>(false, true, batch, out_features, in, x.data<T>(), weight.data<T>(),
-                     out.data<T>());
-    if (bias.defined()) cpu::add_row_bias<T>(batch, out_features, bias.data<T>(), out.data<T>());
-  });
+  Tensor out = Tensor::empty({batch, out_features}, x.dtype(), x.device(), "linear");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) {
+      cuda_ops::matmul(false, true, batch, out_features, in, x, weight, out);
+      if (bias.defined()) cuda_ops::add_row_bias(bias, out);
+    }
+  } else {
+    dispatch_floating(x.dtype(), "linear", [&](auto tag) {
+      using T = decltype(tag);
+      matmul_kernel<T>(false, true, batch, out_features, in, x.data<T>(), weight.data<T>(),
+                       out.data<T>());
+      if (bias.defined()) cpu::add_row_bias<T>(batch, out_features, bias.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&x, &weight, &bias})) {
     auto node = std::make_shared<LinearBackward>();
     node->x = x.detach();
@@ -526,9 +711,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::int64_t stride,
               std::int64_t padding) {
-  check_cpu_floating("conv2d", x, "input");
-  check_cpu_floating("conv2d", weight, "weight");
-  check_same_dtype("conv2d", x, weight);
+  check_operand("conv2d", x, "input");
+  check_operand("conv2d", weight, "weight", x, "input");
   SELA_CHECK(x.dim() == 4 && weight.dim() == 4 && x.size(1) == weight.size(1), "conv2d",
              "input " << shape_str(x.shape()) << " (N, C, H, W) does not match weight "
                       << shape_str(weight.shape()) << " (O, C, kh, kw)");
@@ -540,15 +724,20 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
              "kernel " << s.kernel_h << "x" << s.kernel_w << " larger than the padded input "
                        << shape_str(x.shape()));
   if (bias.defined()) {
-    check_same_dtype("conv2d", x, bias);
+    check_operand("conv2d", bias, "bias", x, "input");
     check_shape("conv2d", bias, {s.out_channels}, "bias");
   }
-  Tensor out = Tensor::empty({s.batch, s.out_channels, s.out_height(), s.out_width()}, x.dtype());
-  dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::conv2d_forward<T>(s, x.data<T>(), weight.data<T>(),
-                           bias.defined() ? bias.data<T>() : nullptr, out.data<T>());
-  });
+  Tensor out = Tensor::empty({s.batch, s.out_channels, s.out_height(), s.out_width()}, x.dtype(),
+                             x.device(), "conv2d");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::conv2d_forward(s, x, weight, bias, out);
+  } else {
+    dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::conv2d_forward<T>(s, x.data<T>(), weight.data<T>(),
+                             bias.defined() ? bias.data<T>() : nullptr, out.data<T>());
+    });
+  }
   if (needs_grad({&x, &weight, &bias})) {
     auto node = std::make_shared<Conv2dBackward>();
     node->x = x.detach();
@@ -562,7 +751,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
 
 Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
                   std::int64_t padding) {
-  check_cpu_floating("max_pool2d", x, "input");
+  check_operand("max_pool2d", x, "input");
   SELA_CHECK(x.dim() == 4, "max_pool2d", "expects (N, C, H, W), got " << x.describe());
   SELA_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel, "max_pool2d",
              "invalid kernel " << kernel << ", stride " << stride << ", padding " << padding
@@ -571,12 +760,16 @@ Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
              "max_pool2d", "kernel " << kernel << " larger than the input " << x.describe());
   cpu::Pool2dShape s = pool_shape(x, kernel, stride, padding);
   Shape out_shape{s.batch, s.channels, s.out_height(), s.out_width()};
-  Tensor out = Tensor::empty(out_shape, x.dtype());
-  Tensor indices = Tensor::empty(out_shape, DType::i32);
-  dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::max_pool2d_forward<T>(s, x.data<T>(), out.data<T>(), indices.data<std::int32_t>());
-  });
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device(), "max_pool2d");
+  Tensor indices = Tensor::empty(out_shape, DType::i32, x.device(), "max_pool2d");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::max_pool2d_forward(s, x, out, indices);
+  } else {
+    dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::max_pool2d_forward<T>(s, x.data<T>(), out.data<T>(), indices.data<std::int32_t>());
+    });
+  }
   if (needs_grad({&x})) {
     auto node = std::make_shared<MaxPool2dBackward>();
     node->argmax = indices;
@@ -590,34 +783,42 @@ Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                     const Tensor& running_mean, const Tensor& running_var, bool training,
                     double momentum, double eps) {
-  check_cpu_floating("batch_norm2d", x, "input");
+  check_operand("batch_norm2d", x, "input");
   SELA_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm2d",
              "expects (N, C, H, W) or (N, C), got " << x.describe());
   std::int64_t batch = x.size(0), channels = x.size(1);
   std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
   for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var}) {
     if (!t->defined()) continue;
+    check_same_device("batch_norm2d", x, "input", *t, "parameter or running statistic");
     check_same_dtype("batch_norm2d", x, *t);
     check_shape("batch_norm2d", *t, {channels}, "parameter or running statistic");
   }
   SELA_CHECK(gamma.defined() == beta.defined(), "batch_norm2d",
              "weight and bias must both be given or both be absent");
-  Tensor out = empty_like(x);
+  Tensor out = empty_like(x, "batch_norm2d");
   if (training) {
     SELA_CHECK(batch * spatial > 1, "batch_norm2d",
                "training needs more than one value per channel, got input " << x.describe()
                                                                            << " (use a batch > 1)");
-    Tensor save_mean = Tensor::empty({channels}, x.dtype());
-    Tensor save_invstd = Tensor::empty({channels}, x.dtype());
-    dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
-      using T = decltype(tag);
-      cpu::batch_norm_forward_train<T>(
-          batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
-          beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
-          static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
-          running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
-          save_mean.data<T>(), save_invstd.data<T>());
-    });
+    Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
+    Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
+    if (on_cuda(x)) {
+      if constexpr (kCuda) {
+        cuda_ops::batch_norm_forward_train(x, gamma, beta, eps, momentum, running_mean,
+                                           running_var, out, save_mean, save_invstd);
+      }
+    } else {
+      dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+        using T = decltype(tag);
+        cpu::batch_norm_forward_train<T>(
+            batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
+            beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
+            static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
+            running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
+            save_mean.data<T>(), save_invstd.data<T>());
+      });
+    }
     if (needs_grad({&x, &gamma, &beta})) {
       auto node = std::make_shared<BatchNormTrainBackward>();
       node->x = x.detach();
@@ -630,14 +831,20 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   }
   SELA_CHECK(running_mean.defined() && running_var.defined(), "batch_norm2d",
              "eval mode needs running statistics");
-  dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::batch_norm_forward_eval<T>(batch, channels, spatial, x.data<T>(),
-                                    gamma.defined() ? gamma.data<T>() : nullptr,
-                                    beta.defined() ? beta.data<T>() : nullptr,
-                                    running_mean.data<T>(), running_var.data<T>(),
-                                    static_cast<T>(eps), out.data<T>());
-  });
+  if (on_cuda(x)) {
+    if constexpr (kCuda) {
+      cuda_ops::batch_norm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out);
+    }
+  } else {
+    dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::batch_norm_forward_eval<T>(batch, channels, spatial, x.data<T>(),
+                                      gamma.defined() ? gamma.data<T>() : nullptr,
+                                      beta.defined() ? beta.data<T>() : nullptr,
+                                      running_mean.data<T>(), running_var.data<T>(),
+                                      static_cast<T>(eps), out.data<T>());
+    });
+  }
   if (needs_grad({&x, &gamma, &beta})) {
     auto node = std::make_shared<BatchNormEvalBackward>();
     node->x = x.detach();
@@ -652,16 +859,20 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 
 Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
                std::uint64_t offset) {
-  check_cpu_floating("dropout", x, "input");
+  check_operand("dropout", x, "input");
   SELA_CHECK(p >= 0.0 && p < 1.0, "dropout", "probability must be in [0, 1), got " << p);
   if (!training || p == 0.0) return x;
-  Tensor out = empty_like(x);
-  Tensor mask = Tensor::empty(x.shape(), DType::u8);
-  dispatch_floating(x.dtype(), "dropout", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::dropout_forward<T>(x.numel(), x.data<T>(), static_cast<T>(p), seed, offset,
-                            out.data<T>(), mask.data<std::uint8_t>());
-  });
+  Tensor out = empty_like(x, "dropout");
+  Tensor mask = Tensor::empty(x.shape(), DType::u8, x.device(), "dropout");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::dropout_forward(x, p, seed, offset, out, mask);
+  } else {
+    dispatch_floating(x.dtype(), "dropout", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::dropout_forward<T>(x.numel(), x.data<T>(), static_cast<T>(p), seed, offset,
+                              out.data<T>(), mask.data<std::uint8_t>());
+    });
+  }
   if (needs_grad({&x})) {
     auto node = std::make_shared<DropoutBackward>();
     node->mask = mask;
@@ -674,14 +885,18 @@ Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
 // ================================ losses ==================================================
 
 Tensor log_softmax(const Tensor& x) {
-  check_cpu_floating("log_softmax", x, "input");
+  check_operand("log_softmax", x, "input");
   SELA_CHECK(x.dim() == 2 && x.size(1) > 0, "log_softmax",
              "expects (N, K) with K > 0, got " << x.describe());
-  Tensor out = empty_like(x);
-  dispatch_floating(x.dtype(), "log_softmax", [&](auto tag) {
-    using T = decltype(tag);
-    cpu::log_softmax_forward<T>(x.size(0), x.size(1), x.data<T>(), out.data<T>());
-  });
+  Tensor out = empty_like(x, "log_softmax");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) cuda_ops::log_softmax_forward(x, out);
+  } else {
+    dispatch_floating(x.dtype(), "log_softmax", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::log_softmax_forward<T>(x.size(0), x.size(1), x.data<T>(), out.data<T>());
+    });
+  }
   if (needs_grad({&x})) {
     auto node = std::make_shared<LogSoftmaxBackward>();
     node->output = out.detach();
@@ -691,7 +906,7 @@ Tensor log_softmax(const Tensor& x) {
 }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets) {
-  check_cpu_floating("cross_entropy", logits, "logits");
+  check_operand("cross_entropy", logits, "logits");
   SELA_CHECK(logits.dim() == 2 && logits.size(0) > 0 && logits.size(1) > 0, "cross_entropy",
              "logits must be (N, K) with N, K > 0, got " << logits.describe());
   SELA_CHECK(targets.defined() && targets.dtype() == DType::i64 && targets.dim() == 1 &&
@@ -699,15 +914,20 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets) {
              "cross_entropy",
              "targets must be int64 of shape (" << logits.size(0) << ",), got "
                                                 << targets.describe());
-  Tensor log_probs = empty_like(logits);
-  Tensor loss = Tensor::empty({}, logits.dtype());
-  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
-    using T = decltype(tag);
-    *loss.data<T>() = cpu::cross_entropy_forward<T>(logits.size(0), logits.size(1),
-                                                    logits.data<T>(),
-                                                    targets.data<std::int64_t>(),
-                                                    log_probs.data<T>());
-  });
+  check_same_device("cross_entropy", logits, "logits", targets, "targets");
+  Tensor log_probs = empty_like(logits, "cross_entropy");
+  Tensor loss = Tensor::empty({}, logits.dtype(), logits.device(), "cross_entropy");
+  if (on_cuda(logits)) {
+    if constexpr (kCuda) cuda_ops::cross_entropy_forward(logits, targets, log_probs, loss);
+  } else {
+    dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+      using T = decltype(tag);
+      *loss.data<T>() = cpu::cross_entropy_forward<T>(logits.size(0), logits.size(1),
+                                                      logits.data<T>(),
+                                                      targets.data<std::int64_t>(),
+                                                      log_probs.data<T>());
+    });
+  }
   if (needs_grad({&logits})) {
     auto node = std::make_shared<CrossEntropyBackward>();
     node->log_probs = log_probs;

@@ -10,12 +10,17 @@ namespace sela {
 void save_tensors(const NamedTensors& tensors, const std::string& path,
                   const std::map<std::string, std::string>& metadata) {
   std::vector<TensorView> views;
+  std::vector<Tensor> host_copies;  // tensors on a GPU, copied to host memory to be written
+  host_copies.reserve(tensors.size());
   views.reserve(tensors.size());
   for (const auto& entry : tensors) {
-    SELA_CHECK(entry.second.device().is_cpu(), "save_state",
-               entry.first << " is on " << entry.second.device().str() << "; copy it to the CPU");
-    views.push_back(TensorView{entry.first, entry.second.dtype(), entry.second.shape(),
-                               entry.second.numel() ? entry.second.raw_data() : nullptr});
+    const Tensor* host = &entry.second;
+    if (!entry.second.device().is_cpu()) {
+      host_copies.push_back(entry.second.to(Device::cpu()));
+      host = &host_copies.back();
+    }
+    views.push_back(TensorView{entry.first, host->dtype(), host->shape(),
+                               host->numel() ? host->raw_data() : nullptr});
   }
   save_safetensors(path, views, metadata);
 }

@@ -2,7 +2,16 @@
 // mean cross-entropy over heads, backward, SGD with momentum and weight decay) on random
 // data, after warm-up; reports the median step. The PyTorch twin of exactly this step is
 // tools/bench/torch_train_step.py; tools/bench/compare_train_step.sh runs both in one
-// invocation and prints the ratio.
+// invocation and prints the ratio (tools/gpu_check.sh does the same on a GPU).
+//
+// On a GPU (--device cuda[:N]) the model, the batch and the labels live on the device; each
+// step ends with loss.item(), which waits for the device, so the host clock around a step
+// measures the whole step (the twin does the same). Printed besides: the device banner and
+// library versions, the fp32 math modes (TF32 for cuDNN convolutions / cuBLAS matmuls, the
+// cuDNN algorithm search), the peak device memory of the timed steps (the caching
+// allocator's peak of memory handed to tensors, reset after warm-up; PyTorch's
+// max_memory_allocated is the same notion), and whether the timed steps made any cudaMalloc
+// (the steady state should make none).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +27,13 @@
 #include "models/alexnet.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
+
+#if defined(SELA_HAVE_CUDA)
+#include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cudnn_conv.h"
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/device_allocator.h"
+#endif
 
 namespace sela::tools {
 
@@ -39,6 +55,21 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+bool on_off(const cli::Flags& flags, const std::string& name) {
+  std::string value = flags.get(name);
+  if (value == "on") return true;
+  if (value == "off") return false;
+  SELA_FAIL("sela bench train-step", "--" << name << " expects on or off, got '" << value << "'");
+}
+
+// What the GPU side reports besides the timings.
+struct DeviceReport {
+  std::string banner, math;           // text lines
+  std::string json;                   // extra JSON members, each starting with ", "
+  double peak_mib = 0;
+  long long mallocs_during_timed = 0;
+};
+
 }  // namespace
 
 int run_bench_train_step(const Args& args) {
@@ -50,8 +81,15 @@ int run_bench_train_step(const Args& args) {
   flags.add("batch", "128", "images per step");
   flags.add("heads", "10", "number of heads T");
   flags.add("clusters", "128", "clusters per head K (one value for all heads)");
-  flags.add("device", "cpu", "cpu (cuda comes with the CUDA backend)");
+  flags.add("device", "cpu", "cpu, cuda or cuda:N (the N-th GPU; needs the CUDA backend)");
   flags.add("threads", "0", "CPU threads (0 = all hardware threads)");
+  flags.add("tf32-conv", "on", "GPU: TF32 tensor cores for float32 cuDNN convolutions (on|off; "
+                               "PyTorch's default is on)");
+  flags.add("tf32-matmul", "off", "GPU: TF32 tensor cores for float32 cuBLAS matmuls (on|off; "
+                                  "PyTorch's default is off)");
+  flags.add("cudnn-benchmark", "on",
+            "GPU: time cuDNN's algorithms once per shape (on|off; the PyTorch twin sets "
+            "torch.backends.cudnn.benchmark the same)");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
@@ -59,8 +97,12 @@ int run_bench_train_step(const Args& args) {
   if (!flags.parse(args)) return 0;
 
   Device device = Device::parse(flags.get("device"));
+#if !defined(SELA_HAVE_CUDA)
   SELA_CHECK(device.is_cpu(), "sela bench train-step",
-             "--device " << device.str() << " is not available: this build has no CUDA backend");
+             "--device " << device.str()
+                         << " is not available: this build has no CUDA backend (configure with "
+                            "-DSELA_CUDA=ON on a machine with nvcc)");
+#endif
   std::int64_t batch = flags.get_int("batch"), heads = flags.get_int("heads");
   std::int64_t clusters = flags.get_int("clusters");
   std::int64_t warmup = flags.get_int("warmup"), steps = flags.get_int("steps");
@@ -68,7 +110,27 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(heads >= 1 && clusters >= 1, "sela bench train-step",
              "--heads and --clusters must be >= 1");
   SELA_CHECK(steps >= 1 && warmup >= 0, "sela bench train-step", "--steps must be >= 1");
+  const bool tf32_conv = on_off(flags, "tf32-conv"), tf32_matmul = on_off(flags, "tf32-matmul");
+  const bool cudnn_benchmark = on_off(flags, "cudnn-benchmark");
   cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
+
+  DeviceReport report;
+  {
+    std::ostringstream math;
+    math << "float32 math: TF32 convolutions " << (tf32_conv ? "on" : "off")
+         << ", TF32 matmuls " << (tf32_matmul ? "on" : "off") << ", cuDNN algorithm search "
+         << (cudnn_benchmark ? "timed (benchmark)" : "heuristic");
+    report.math = math.str();
+  }
+#if defined(SELA_HAVE_CUDA)
+  if (device.is_cuda()) {
+    cuda::set_conv_tf32(tf32_conv);
+    cuda::set_matmul_tf32(tf32_matmul);
+    cuda::set_conv_benchmark(cudnn_benchmark);
+    report.banner = cuda::device_banner(device.index) + ", " + cuda::cudnn_version_text() + ", " +
+                    cuda::cublas_version_text();
+  }
+#endif
 
   ModelConfig config;
   config.arch = flags.get("arch");
@@ -77,6 +139,7 @@ int run_bench_train_step(const Args& args) {
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
   auto model = make_model(config);
   model->train();
+  if (device.is_cuda()) model->to(device);
   SgdOptions sgd;  // lr 0.05, momentum 0.9, weight decay 5e-4 (the reference's defaults)
   Sgd optimizer(model->parameters(), sgd);
 
@@ -89,38 +152,82 @@ int run_bench_train_step(const Args& args) {
     for (auto& label : labels) label = static_cast<std::int64_t>(rng.below(clusters));
     targets.push_back(Tensor::from_vector(labels, {batch}));
   }
+  if (device.is_cuda()) {
+    images = images.to(device);
+    for (Tensor& t : targets) t = t.to(device);
+  }
 
   bool json = flags.get_switch("json");
   std::cout << "sela bench train-step: " << config.arch << " width " << config.width_mult
             << ", batch " << batch << ", " << heads << " heads x " << clusters
-            << " clusters, " << model->parameter_count() << " parameters, device cpu, "
-            << cpu::num_threads() << " threads, gemm " << cpu::gemm_backend_name() << "\n";
+            << " clusters, " << model->parameter_count() << " parameters, device "
+            << device.str();
+  if (device.is_cpu()) {
+    std::cout << ", " << cpu::num_threads() << " threads, gemm " << cpu::gemm_backend_name();
+  }
+  std::cout << "\n";
+  if (device.is_cuda()) std::cout << report.banner << "\n" << report.math << "\n";
   double loss = 0;
   for (std::int64_t i = 0; i < warmup; ++i) loss = train_step(*model, optimizer, images, targets);
   reset_host_peak();
+#if defined(SELA_HAVE_CUDA)
+  std::uint64_t mallocs_before = 0;
+  if (device.is_cuda()) {
+    synchronize(device);
+    cuda::reset_device_peak(device.index);
+    mallocs_before = cuda::device_memory_stats(device.index).device_mallocs;
+  }
+#endif
   std::vector<double> seconds;
   for (std::int64_t i = 0; i < steps; ++i) {
     auto start = std::chrono::steady_clock::now();
-    loss = train_step(*model, optimizer, images, targets);
+    loss = train_step(*model, optimizer, images, targets);  // item() waits for the device
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!json) std::fprintf(stdout, "  step %lld: %.1f ms, loss %.4f\n", static_cast<long long>(i), seconds.back() * 1e3, loss);
   }
+#if defined(SELA_HAVE_CUDA)
+  if (device.is_cuda()) {
+    cuda::DeviceMemoryStats stats = cuda::device_memory_stats(device.index);
+    report.peak_mib = static_cast<double>(stats.peak_bytes) / (1 << 20);
+    report.mallocs_during_timed = static_cast<long long>(stats.device_mallocs - mallocs_before);
+    std::ostringstream extra;
+    extra << ", \"gpu\": \"" << report.banner
+          << "\", \"tf32_conv\": " << (tf32_conv ? "true" : "false") << ", \"tf32_matmul\": " << (tf32_matmul ? "true" : "false")
+          << ", \"cudnn_benchmark\": " << (cudnn_benchmark ? "true" : "false")
+          << ", \"peak_mem_mib\": " << report.peak_mib
+          << ", \"device_mallocs_timed\": " << report.mallocs_during_timed;
+    report.json = extra.str();
+  }
+#endif
   SELA_CHECK(std::isfinite(loss), "sela bench train-step", "loss became " << loss);
   double step_s = median(seconds);
   double images_per_s = static_cast<double>(batch) / step_s;
   // Forward multiply-adds x 2 flops x 3 (forward, backward-data, backward-weight).
   double gflops = model->forward_macs_per_image() * 2 * 3 * static_cast<double>(batch) / step_s / 1e9;
-  double peak_mb = static_cast<double>(host_memory_stats().peak_bytes) / (1 << 20);
-  std::fprintf(stdout, "median step %.1f ms  ->  %.1f images/s, %.1f GFLOP/s, peak tensor memory %.0f MiB\n",
-               step_s * 1e3, images_per_s, gflops, peak_mb);
+  double peak_mb = device.is_cuda()
+                       ? report.peak_mib
+                       : static_cast<double>(host_memory_stats().peak_bytes) / (1 << 20);
+  std::fprintf(stdout,
+               "median step %.1f ms  ->  %.1f images/s, %.1f GFLOP/s, peak %s memory %.0f MiB\n",
+               step_s * 1e3, images_per_s, gflops, device.is_cuda() ? "device" : "tensor", peak_mb);
+  if (device.is_cuda()) {
+    if (report.mallocs_during_timed == 0) {
+      std::fprintf(stdout, "steady state: no cudaMalloc during the %lld timed steps\n",
+                   static_cast<long long>(steps));
+    } else {
+      std::fprintf(stdout, "WARNING: %lld cudaMalloc calls during the timed steps (the caching "
+                           "allocator did not reach a steady state)\n",
+                   report.mallocs_during_timed);
+    }
+  }
   if (json) {
     std::ostringstream out;
     out << "{\"arch\": \"" << config.arch << "\", \"width_mult\": " << config.width_mult
         << ", \"batch\": " << batch << ", \"heads\": " << heads << ", \"clusters\": " << clusters
-        << ", \"device\": \"cpu\", \"threads\": " << cpu::num_threads()
+        << ", \"device\": \"" << device.str() << "\", \"threads\": " << cpu::num_threads()
         << ", \"gemm\": \"" << cpu::gemm_backend_name() << "\", \"steps\": " << steps
         << ", \"step_ms\": " << step_s * 1e3 << ", \"images_per_s\": " << images_per_s
-        << ", \"gflops\": " << gflops << ", \"peak_mib\": " << peak_mb
+        << ", \"gflops\": " << gflops << ", \"peak_mib\": " << peak_mb << report.json
         << ", \"final_loss\": " << loss << "}";
     std::cout << out.str() << "\n";
   }

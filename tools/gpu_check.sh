@@ -3,9 +3,11 @@
 #   1. where CUDA, cuDNN and cuBLAS are; the card
 #   2. configure with CUDA for the card present, build everything, run the whole test
 #      suite (CPU tests and every CUDA test; a CUDA test skipped on a GPU machine fails)
-#   3. the GPU benchmarks: PyTorch eager fp32 twins of `sela bench train-step` for alexnet
-#      (3x224x224, batch 256, 10 heads x 3000) and alexnet-32 (batch 256, 10 x 128); ours
-#      beside them once the engine has CUDA tensors (until then the script says so)
+#   3. the GPU benchmarks: `sela bench train-step --device cuda` and its PyTorch eager fp32
+#      twin (same model, batch, math modes: TF32 for cuDNN convolutions on, for matmuls off,
+#      cuDNN algorithm search timed) for alexnet (3x224x224, batch 256, 10 heads x 3000) and
+#      alexnet-32 (batch 256, 10 x 128), then a table: ours img/s, PyTorch img/s, ratio,
+#      peak device memory of both (the JSON lines are kept in $OUT/train_step.jsonl)
 # Writes everything to $OUT/gpu_check.log. Budget: under 6 minutes.
 # Headers the GPU machine lacks travel in third_party_headers/ (tools/prepare_gpu_carry.sh):
 #   device run: carry ["third_party_headers"], command: OUT=$OUT tools/gpu_check.sh
@@ -37,18 +39,40 @@ python="${PYTHON:-python3}"
   skipped=$(cd "$build" && ctest -N -L cuda | grep -c "Test #" || true)
   echo "== CUDA tests registered: $skipped"
 
-  echo "== benchmarks: PyTorch eager fp32 (TF32 for cuDNN convolutions on, for matmul off)"
+  echo "== benchmarks: sela and PyTorch eager fp32 (TF32 for cuDNN convolutions on, for matmul off)"
+  results="$out/train_step.jsonl"
+  : > "$results"
+  bench_flags="--device cuda --warmup 5 --steps 20 --json --tf32-conv on --tf32-matmul off --cudnn-benchmark on"
   for config in "--arch alexnet --batch 256 --heads 10 --clusters 3000" \
                 "--arch alexnet-32 --batch 256 --heads 10 --clusters 128"; do
+    echo "-- $config"
     # shellcheck disable=SC2086
-    "$python" "$root/tools/bench/torch_train_step.py" $config --device cuda --warmup 5 \
-      --steps 20 --json | tail -n 1
-    if "$build/sela" bench train-step --help | grep -q "cuda:N"; then
-      # shellcheck disable=SC2086
-      "$build/sela" bench train-step $config --device cuda --warmup 5 --steps 20 --json | tail -n 1
-    else
-      echo "sela bench train-step --device cuda: not in this build yet (engine has no CUDA tensors)"
-    fi
+    ours=$("$build/sela" bench train-step $config $bench_flags | tee /dev/stderr | grep '^{' | tail -n 1)
+    # shellcheck disable=SC2086
+    theirs=$("$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags |
+             tee /dev/stderr | grep '^{' | tail -n 1)
+    echo "{\"sela\": ${ours:-null}, \"torch\": ${theirs:-null}}" >> "$results"
   done
+  echo "== train-step table ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1))"
+  "$python" - "$results" <<'PY'
+import json, sys
+rows = []
+for line in open(sys.argv[1]):
+    try:
+        pair = json.loads(line)
+    except ValueError:
+        print("unreadable result line:", line.strip()); continue
+    ours, theirs = pair.get("sela") or {}, pair.get("torch") or {}
+    arch = ours.get("arch") or theirs.get("arch") or "?"
+    o, t = ours.get("images_per_s"), theirs.get("images_per_s")
+    ratio = "%.2fx" % (o / t) if o and t else "-"
+    fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
+    rows.append((arch, fmt(o, "%.1f"), fmt(t, "%.1f"), ratio,
+                 fmt(ours.get("peak_mem_mib"), "%.0f"), fmt(theirs.get("peak_mem_mib"), "%.0f")))
+head = ("model", "ours img/s", "PyTorch img/s", "ours/PyTorch", "ours peak MiB", "PyTorch peak MiB")
+widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+for r in [head] + rows:
+    print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+PY
   echo "== done $(date -u '+%F %T UTC')"
 } 2>&1 | tee "$log"

@@ -481,14 +481,19 @@ void compare_solves(const std::vector<float>& z, std::int64_t n, std::int64_t k,
     CHECK(label >= 0);
     CHECK(label < k);
   }
-  // Both marginals: rows exact after a pass up to float rounding of the dots; columns as
-  // the CPU's when both stopped at the same pass (the same point of the same sequence, up
-  // to float summation order), else within what one check interval can change.
+  // Both marginals: rows exact after a plain pass up to float rounding of the dots; with
+  // over-relaxation the returned c is the relaxed one, c_new·(c/c_new)^(1−ω), so the row
+  // error is |(c/c_new)^(1−ω) − 1| of the last pass — the CPU's (5.6e-4 for the ω = 1.4 case
+  // below) up to the rounding of c/c_new. Columns as the CPU's when both stopped at the
+  // same pass (the same point of the same sequence, up to float summation order), else
+  // within what one check interval can change.
+  INFO("row marginal error cpu " << want.row_marginal_error << ", gpu " << got.row_marginal_error);
   INFO("column marginal error cpu " << want.col_marginal_error << ", gpu "
                                     << got.col_marginal_error);
-  CHECK(got.row_marginal_error <= 1e-5);
-  CHECK(std::isfinite(got.col_marginal_error));
   const bool same_passes = got.iterations == want.iterations && got.absorptions == want.absorptions;
+  CHECK(got.row_marginal_error <= (same_passes ? 1e-5 + 1.1 * want.row_marginal_error
+                                               : std::max(1e-5, 4.0 * want.row_marginal_error)));
+  CHECK(std::isfinite(got.col_marginal_error));
   CHECK(got.col_marginal_error <= (same_passes ? 4.0 * want.col_marginal_error + 1e-6
                                                : std::max(4.0 * want.col_marginal_error, 1e-2)));
   if (same_passes) {
@@ -594,7 +599,9 @@ SELA_CUDA_TEST("solves are bit-identical: twice, batches, solve_device, reused b
   SinkhornSolver fresh(options);
   same(reused, fresh.solve(small.data(), 3000, 300, "h2"), "reused buffers");
 
-  // Without absorption, host logits go through the upload chunk.
+  // Without absorption, host logits go through the upload chunk: the same bits as long as
+  // the solve with absorption made none (these logits need none: the CPU makes none either).
+  REQUIRE(first.absorptions == 0);
   options.absorb = false;
   SinkhornSolver plain(options);
   same(first, plain.solve(z.data(), n, k, "h"), "absorb off (no absorption was needed)");

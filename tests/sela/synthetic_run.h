@@ -56,7 +56,7 @@ inline std::string write_synthetic_idx(const std::string& folder, const std::str
 }
 
 // A run small enough for a test: alexnet-32 at width 1/16, heads K = 4 and 6, batch 32,
-// 3 label steps, 2 threads, no final evaluation.
+// 3 label steps, 2 threads, on the CPU, no final evaluation.
 inline TrainConfig tiny_train_config(const std::string& spec, const std::string& out,
                                      std::int64_t epochs, std::uint64_t seed) {
   TrainConfig config;
@@ -69,6 +69,7 @@ inline TrainConfig tiny_train_config(const std::string& spec, const std::string&
   config.lambda = 10;
   config.workers = 1;
   config.threads = 2;
+  config.device = "cpu";  // exact resume is promised on the CPU; tests/cuda covers the GPU
   config.seed = seed;
   config.out = out;
   config.evaluate = false;

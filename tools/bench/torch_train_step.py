@@ -4,8 +4,10 @@
 Run with Debian's python3-torch (CPU):  /usr/bin/python3 tools/bench/torch_train_step.py
   --arch alexnet-32 --batch 128 --heads 10 --clusters 128 --threads 2 --json
 On a GPU machine: --device cuda (eager fp32; TF32 for convolutions on, for matmul off, as
-PyTorch's defaults). Prints per-step times, then the median; with --json one JSON object
-on the last line with the same keys as the C++ benchmark.
+PyTorch's defaults; --tf32-conv, --tf32-matmul and --cudnn-benchmark take on|off as the C++
+benchmark's flags of the same names). Prints per-step times, then the median; with --json one
+JSON object on the last line with the same keys as the C++ benchmark (on a GPU also
+peak_mem_mib: torch.cuda.max_memory_allocated over the timed steps, and the math modes).
 """
 import argparse
 import json
@@ -33,15 +35,19 @@ def main():
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    on_off = lambda v: {"on": True, "off": False}[v]
+    p.add_argument("--tf32-conv", type=on_off, default=True, help="on|off (default on)")
+    p.add_argument("--tf32-matmul", type=on_off, default=False, help="on|off (default off)")
+    p.add_argument("--cudnn-benchmark", type=on_off, default=True, help="on|off (default on)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
     torch.manual_seed(a.seed)
     device = torch.device(a.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark
+        torch.backends.cudnn.allow_tf32 = a.tf32_conv
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32_matmul
     model = SelaNet(a.arch, a.width_mult, 3, [a.clusters] * a.heads).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(a.batch, 3, model.input_size, model.input_size, device=device)
@@ -76,6 +82,11 @@ def main():
     }
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["peak_mem_mib"] = result["peak_mib"]
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["tf32_conv"] = a.tf32_conv
+        result["tf32_matmul"] = a.tf32_matmul
+        result["cudnn_benchmark"] = a.cudnn_benchmark
     print("pytorch %s: median step %.1f ms -> %.1f images/s" %
           (torch.__version__, step_s * 1e3, a.batch / step_s))
     if a.json:

@@ -1,0 +1,97 @@
+// `sela train --device cuda` end to end on a tiny run, against the same run on the CPU.
+//
+// The tiny configuration of tests/sela (alexnet-32 at width 1/16, heads K = 4 and 6, batch
+// 32, 3 label steps over 2 epochs of 160 synthetic images) is trained twice from the same
+// seed: on the CPU and on cuda:0, with TF32 off for convolutions and matmuls so that both
+// compute in IEEE fp32 and differ only in summation order (and in cuDNN's algorithms).
+// Training is a chaotic map, so the runs are compared where they must agree and only
+// loosely afterwards:
+//   * the first label step runs on the initial network (same weights on both devices):
+//     its labels must agree on >= 97% of the samples (a sample whose two best clusters are
+//     within float rounding may flip; a wrong kernel scrambles labels entirely);
+//   * the first epoch's mean loss within 2% (a wrong gradient or update changes it by O(1));
+//   * the run folder is complete and weights.safetensors holds float32 tensors on disk
+//     (device tensors are copied to the host to be written);
+//   * --resume of a GPU run continues without error and finishes the schedule.
+// Skipped, loudly and by name, without a GPU.
+#include <cmath>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "engine/safetensors.h"
+#include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cudnn_conv.h"
+#include "sela/run_files.h"
+#include "tests/cuda/cuda_test_support.h"
+#include "tests/sela/synthetic_run.h"
+
+namespace {
+
+using sela::SafetensorsFile;
+using sela::TrainConfig;
+using sela::TrainSummary;
+
+// Share of samples with the same label in a and b.
+double agreement(const std::vector<std::int64_t>& a, const std::vector<std::int64_t>& b) {
+  REQUIRE(a.size() == b.size());
+  std::size_t same = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+  return static_cast<double>(same) / static_cast<double>(a.size());
+}
+
+struct StrictFp32 {
+  bool conv = sela::cuda::conv_tf32(), matmul = sela::cuda::matmul_tf32();
+  StrictFp32() {
+    sela::cuda::set_conv_tf32(false);
+    sela::cuda::set_matmul_tf32(false);
+  }
+  ~StrictFp32() {
+    sela::cuda::set_conv_tf32(conv);
+    sela::cuda::set_matmul_tf32(matmul);
+  }
+};
+
+}  // namespace
+
+SELA_CUDA_TEST("sela train on cuda:0 follows the CPU run on a tiny configuration", trainer_on_gpu) {
+  StrictFp32 strict;
+  sela::test::TempFolder folder;
+  std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 7);
+
+  // One label step only (at t = 0, on the initial network) and one epoch: comparable.
+  auto first_step_config = [&](const std::string& device, const std::string& out) {
+    TrainConfig config = sela::test::tiny_train_config(spec, folder.path + "/" + out, 1, 3);
+    config.device = device;
+    config.label_steps = 1;
+    return config;
+  };
+  TrainSummary cpu = sela::train(first_step_config("cpu", "cpu1"));
+  TrainSummary gpu = sela::train(first_step_config("cuda:0", "gpu1"));
+  REQUIRE(cpu.labels.size() == gpu.labels.size());
+  for (std::size_t t = 0; t < cpu.labels.size(); ++t) {
+    double same = agreement(cpu.labels[t], gpu.labels[t]);
+    INFO("head " << t << " labels agree on " << same * 100 << "%");
+    CHECK(same >= 0.97);
+  }
+  REQUIRE(cpu.epoch_losses.size() == 1);
+  REQUIRE(gpu.epoch_losses.size() == 1);
+  CHECK(std::isfinite(gpu.epoch_losses[0]));
+  CHECK(std::fabs(gpu.epoch_losses[0] - cpu.epoch_losses[0]) <= 0.02 * cpu.epoch_losses[0]);
+
+  // A whole tiny run on the GPU, interrupted and resumed.
+  TrainConfig part = sela::test::tiny_train_config(spec, folder.path + "/gpu2", 2, 3);
+  part.device = "cuda:0";
+  part.stop_after_epoch = 1;
+  TrainSummary first = sela::train(part);
+  CHECK(first.epoch_losses.size() == 1);
+  part.stop_after_epoch = -1;
+  part.resume = true;
+  TrainSummary rest = sela::train(part);
+  CHECK(rest.epoch_losses.size() == 1);
+  for (double loss : rest.epoch_losses) CHECK(std::isfinite(loss));
+  SafetensorsFile weights(folder.path + "/gpu2/weights.safetensors");
+  CHECK(weights.contains("features.0.weight"));
+  CHECK(weights.get("features.0.weight").dtype == sela::DType::f32);
+  CHECK(sela::parse_labels_csv(folder.path + "/gpu2/labels.csv") == rest.labels);
+}
