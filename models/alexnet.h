@@ -47,6 +47,7 @@ class SelaNet : public Module {
   const ModelConfig& config() const { return config_; }
   std::int64_t input_size() const { return input_size_; }   // 224 or 32
   std::int64_t feature_dim() const { return fc_width_; }    // fc7 width
+  Device device() const { return parameters().front().device(); }  // where the weights live
   std::int64_t num_heads() const { return static_cast<std::int64_t>(config_.clusters.size()); }
   // Multiply-adds of one forward pass for one image (for GFLOP/s figures).
   double forward_macs_per_image() const { return forward_macs_; }

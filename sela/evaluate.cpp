@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/allocator.h"
 #include "engine/autograd.h"
 #include "engine/data/augment.h"
 #include "engine/data/loader.h"
@@ -15,6 +16,28 @@
 #include "sela/assign/metrics.h"
 
 namespace sela {
+
+Tensor batch_images_on(const data::Batch& batch, Device device) {
+  Tensor images =
+      Tensor::empty({batch.size, batch.channels, batch.height, batch.width}, DType::f32, device);
+  SELA_CHECK(batch.images.capacity() >= static_cast<std::size_t>(images.numel()),
+             "batch_images_on",
+             "the batch holds " << batch.images.capacity() << " floats, the tensor needs "
+                                << images.numel());
+  images.copy_from_host(batch.images.data());
+  return images;
+}
+
+data::ImageAllocator batch_allocator_for(Device device) {
+  if (device.is_cpu() || !pinned_memory_available()) return data::ImageAllocator::host();
+  data::ImageAllocator pinned;
+  pinned.allocate = [](std::size_t floats) {
+    return static_cast<float*>(pinned_allocate(floats * sizeof(float)));
+  };
+  pinned.release = [](float* data, std::size_t floats) { pinned_free(data, floats * sizeof(float)); };
+  pinned.name = "pinned";
+  return pinned;
+}
 
 NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::int64_t batch_size,
                            int workers, bool want_logits, bool want_fc7,
@@ -28,6 +51,7 @@ NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::in
   config.batch_size = batch_size;
   config.shuffle = false;
   config.workers = workers;
+  config.allocator = batch_allocator_for(model.device());
   data::Loader loader(dataset, augment, config);
 
   NetworkOutputs out;
@@ -41,20 +65,22 @@ NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::in
     out.fc7_dim = model.feature_dim();
     out.fc7.resize(static_cast<std::size_t>(out.n * out.fc7_dim));
   }
+  const Device device = model.device();
   Progress progress(progress_label, loader.batches_per_epoch(), 50);
   loader.start_epoch(0);
   data::Batch batch;
   std::int64_t done = 0;
   while (loader.next(&batch)) {
-    Tensor images = Tensor::empty({batch.size, batch.channels, batch.height, batch.width});
-    std::memcpy(images.raw_data(), batch.images.data(), images.nbytes());
+    Tensor images = batch_images_on(batch, device);  // (B, C, H, W) where the model is
     Tensor fc7 = model.forward_fc7(images);
     for (std::int64_t j = 0; j < batch.size; ++j) {
       out.classes[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])] =
           batch.classes[static_cast<std::size_t>(j)];
     }
     // Rows land at their dataset index (the loader keeps dataset order, but say so in code).
-    auto scatter = [&](const Tensor& rows, std::vector<float>& destination, std::int64_t width) {
+    auto scatter = [&](const Tensor& device_rows, std::vector<float>& destination,
+                       std::int64_t width) {
+      Tensor rows = device.is_cpu() ? device_rows : device_rows.to(Device::cpu());
       const float* source = rows.data<float>();
       for (std::int64_t j = 0; j < batch.size; ++j) {
         std::int64_t index = batch.indices[static_cast<std::size_t>(j)];

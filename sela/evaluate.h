@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/data/dataset.h"
+#include "engine/data/loader.h"
 #include "models/alexnet.h"
 
 namespace sela {
@@ -29,6 +30,16 @@ struct NetworkOutputs {
   std::vector<std::int64_t> classes;       // (N) true classes or -1
   double seconds = 0;
 };
+
+// A loader batch's images as a (B, C, H, W) float32 tensor on `device`. For cuda:N the
+// host-to-device copy is queued asynchronously when the batch is in pinned memory: the
+// caller must let the device stream pass it (any item()/to_vector()/to(cpu) after the
+// forward pass does) before handing the batch back to the loader for refilling.
+Tensor batch_images_on(const data::Batch& batch, Device device);
+
+// Where a loader feeding `device` should put its batches: page-locked memory for a GPU (so
+// that uploads overlap), plain host memory for the CPU.
+data::ImageAllocator batch_allocator_for(Device device);
 
 NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::int64_t batch_size,
                            int workers, bool want_logits, bool want_fc7,

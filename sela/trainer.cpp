@@ -30,6 +30,10 @@
 #include "sela/evaluate.h"
 #include "sela/run_files.h"
 
+#if defined(SELA_HAVE_CUDA)
+#include "kernels/cuda/device.cuh"
+#endif
+
 namespace sela {
 
 using nlohmann::json;
@@ -50,6 +54,32 @@ std::vector<double> label_schedule(std::int64_t steps, std::int64_t epochs, std:
 }
 
 namespace {
+
+// One line about a GPU the run is asked to use, or a clear Error where it cannot be used.
+std::string device_description(Device device) {
+#if defined(SELA_HAVE_CUDA)
+  const int count = cuda::device_count();
+  SELA_CHECK(device.index < count, "sela train",
+             "--device " << device.str() << " is not available: "
+                         << (count == 0 ? "no CUDA device (" + cuda::no_device_reason() + ")"
+                                        : std::to_string(count) + " CUDA device(s)")
+                         << "; use --device cpu");
+  return cuda::device_banner(device.index);
+#else
+  SELA_FAIL_HINT("sela train",
+                 "--device " << device.str() << " is not available: this build has no CUDA backend",
+                 "configure with -DSELA_CUDA=ON on a machine with nvcc, or use --device cpu");
+#endif
+}
+
+// "auto": the first GPU where this build has CUDA and the machine a device, else the CPU.
+Device resolve_device(const std::string& text) {
+  if (text != "auto") return Device::parse(text);
+#if defined(SELA_HAVE_CUDA)
+  if (cuda::device_count() > 0) return Device::cuda(0);
+#endif
+  return Device::cpu();
+}
 
 std::vector<std::int64_t> random_equipartition(std::int64_t n, std::int64_t k, std::uint64_t seed) {
   std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
@@ -106,6 +136,7 @@ class Run {
   void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
 
   TrainConfig config_;
+  Device device_ = Device::cpu();  // where the model, its gradients and the batches live
   std::unique_ptr<data::Dataset> train_data_;  // the source, or its first --limit-samples
   const data::Dataset* train_ = nullptr;
   std::int64_t n_ = 0;
@@ -144,6 +175,7 @@ void Run::build_model() {
   mc.dropout = config_.dropout;
   mc.seed = config_.seed;
   model_ = make_model(mc);
+  if (!device_.is_cpu()) model_->to(device_);  // before the optimiser takes its handles
   SgdOptions options;
   options.lr = config_.lr;
   options.momentum = config_.momentum;
@@ -153,6 +185,7 @@ void Run::build_model() {
   sk.lambda = config_.lambda;
   sk.storage = assign::parse_storage(config_.storage);
   sk.max_iters = config_.sinkhorn_max_iters;
+  sk.device = device_;  // the fused CUDA kernels on a GPU run (logits come from the host)
   solver_ = std::make_unique<assign::SinkhornSolver>(sk);
 }
 
@@ -213,7 +246,7 @@ void Run::resume_from_checkpoint() {
   auto& buffers = optimizer_->momentum_buffers();
   for (std::size_t i = 0; i < named.size(); ++i) {
     std::string key = "momentum/" + named[i].first;
-    if (file.contains(key)) buffers[i] = tensor_from_file(file, key);
+    if (file.contains(key)) buffers[i] = tensor_from_file(file, key).to(device_);
   }
   labels_.clear();
   for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
@@ -292,6 +325,7 @@ double Run::train_epoch(std::int64_t epoch) {
   lc.drop_last = true;
   lc.seed = config_.seed;
   lc.workers = config_.workers;
+  lc.allocator = batch_allocator_for(device_);  // pinned for a GPU: loss.item() below syncs
   data::Loader loader(*train_, augment, lc);
   loader.start_epoch(epoch);
   Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs),
@@ -309,8 +343,7 @@ double Run::train_epoch(std::int64_t epoch) {
       label_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - label_start).count();
       model_->train();
     }
-    Tensor images = Tensor::empty({batch.size, batch.channels, batch.height, batch.width});
-    std::memcpy(images.raw_data(), batch.images.data(), images.nbytes());
+    Tensor images = batch_images_on(batch, device_);  // (B, C, H, W)
     std::vector<Tensor> targets;
     for (const auto& head_labels : labels_) {
       std::vector<std::int64_t> y(static_cast<std::size_t>(batch.size));
@@ -318,7 +351,8 @@ double Run::train_epoch(std::int64_t epoch) {
         y[static_cast<std::size_t>(j)] =
             head_labels[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])];
       }
-      targets.push_back(Tensor::from_vector(y, {batch.size}));
+      Tensor head_targets = Tensor::from_vector(y, {batch.size});  // (B) int64
+      targets.push_back(device_.is_cpu() ? head_targets : head_targets.to(device_));
     }
     optimizer_->zero_grad();
     Tensor loss = sela_loss(model_->forward_heads(images), targets);
@@ -365,9 +399,9 @@ double Run::train_epoch(std::int64_t epoch) {
 TrainSummary Run::go() {
   auto start = std::chrono::steady_clock::now();
   cpu::set_num_threads(config_.threads);
-  Device device = Device::parse(config_.device);
-  SELA_CHECK(device.is_cpu(), "sela train",
-             "--device " << device.str() << " is not available: this build has no CUDA backend");
+  device_ = resolve_device(config_.device);
+  config_.device = device_.str();  // config.json records where the run actually ran
+  if (!device_.is_cpu()) std::printf("sela train: %s\n", device_description(device_).c_str());
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   make_directories(config_.out);
@@ -387,13 +421,14 @@ TrainSummary Run::go() {
     start_fresh();
   }
   std::printf("sela train: %s, %lld samples, %s width %.3g (%lld parameters), heads K=%s, "
-              "%lld epochs, batch %lld, %zu label steps (%s), lambda %.3g, %d threads, gemm %s\n",
+              "%lld epochs, batch %lld, %zu label steps (%s), lambda %.3g, %d threads, gemm %s, "
+              "device %s\n",
               train_->info().spec.c_str(), static_cast<long long>(n_), config_.arch.c_str(),
               config_.width_mult, static_cast<long long>(model_->parameter_count()),
               json(config_.clusters).dump().c_str(), static_cast<long long>(config_.epochs),
               static_cast<long long>(config_.batch_size), schedule_.size(),
               config_.label_spacing.c_str(), config_.lambda, cpu::num_threads(),
-              cpu::gemm_backend_name());
+              cpu::gemm_backend_name(), device_.str().c_str());
   std::fflush(stdout);
   for (std::int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
     summary_.epoch_losses.push_back(train_epoch(epoch));

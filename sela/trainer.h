@@ -49,7 +49,7 @@ struct TrainConfig {
   double crop_min_scale = 0;     // random-resized-crop minimum area share (0 = the source's)
   std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
-  std::string device = "cpu";
+  std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   int threads = 0;
   int workers = 1;
   std::uint64_t seed = 0;

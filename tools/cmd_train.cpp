@@ -56,7 +56,9 @@ int run_train(const Args& args) {
   flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
             "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-storage", defaults.storage, "storage of the transport matrix: f32 | f16 | bf16");
-  flags.add("device", defaults.device, "cpu (cuda comes with the CUDA backend)");
+  flags.add("device", defaults.device,
+            "auto (the first GPU when this build has CUDA and the machine a GPU, else cpu) | "
+            "cpu | cuda[:N]");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
   flags.add("workers", std::to_string(defaults.workers), "data loader threads");
   flags.add("seed", "0", "seed of weights, labels, order and augmentation");

@@ -519,19 +519,19 @@ double elapsed_seconds(const Event& start, const Event& end) {
   return static_cast<double>(ms) * 1e-3;
 }
 
-// An Error unless cuda:index exists and is usable.
-void check_cuda_device(const Device& device, const std::string& head) {
+// An Error unless cuda:index exists and is usable; `context` says who asks ("head 'h0'").
+void check_cuda_device(const Device& device, const std::string& context) {
   const int count = sela::cuda::device_count();
   if (count == 0) {
     SELA_FAIL_HINT("sinkhorn",
-                   "head '" << head << "': device " << device.str()
-                            << " asked, but no CUDA device is usable ("
-                            << sela::cuda::no_device_reason() << ")",
+                   context << ": device " << device.str()
+                           << " asked, but no CUDA device is usable ("
+                           << sela::cuda::no_device_reason() << ")",
                    "use device cpu, or run on a machine with a GPU and its driver");
   }
   SELA_CHECK(device.index < count, "sinkhorn",
-             "head '" << head << "': device " << device.str() << " asked, but only " << count
-                      << " CUDA device(s) are present");
+             context << ": device " << device.str() << " asked, but only " << count
+                     << " CUDA device(s) are present");
 }
 
 // Rows of logits uploaded per chunk when no device copy of the logits is kept: 64 MiB.
@@ -641,6 +641,17 @@ void SinkhornSolver::set_options(const SinkhornOptions& options) {
 }
 
 SinkhornMemoryPlan SinkhornSolver::plan(std::int64_t n, std::int64_t k) const {
+  // The device is checked first: plan_for asks it for its free memory and occupancy.
+  if (options_.device.is_cuda()) {
+#if defined(SELA_HAVE_CUDA)
+    check_cuda_device(options_.device, "memory plan");
+#else
+    SELA_FAIL_HINT("sinkhorn",
+                   "memory plan: device " << options_.device.str()
+                                          << " asked, but this build has no CUDA",
+                   "reconfigure with -DSELA_CUDA=ON on a machine with nvcc, or use device cpu");
+#endif
+  }
   return plan_for(n, k, options_.absorb);
 }
 
@@ -739,7 +750,7 @@ void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string
   check_problem(n, k, head, op);
   if (options_.device.is_cuda()) {
 #if defined(SELA_HAVE_CUDA)  // defined by cmake/SelaCuda.cmake for targets linking the CUDA kernels
-    check_cuda_device(options_.device, head);
+    check_cuda_device(options_.device, "head '" + head + "'");
 #else
     (void)host_input;
     SELA_FAIL_HINT(op,
