@@ -202,4 +202,34 @@ std::string PrefixDataset::sample_name(std::int64_t index) const {
   return base_->sample_name(index);
 }
 
+namespace {
+
+std::vector<std::int64_t> classes_at(const data::Dataset& base,
+                                     const std::vector<std::int64_t>& indices) {
+  std::vector<std::int64_t> classes;
+  classes.reserve(indices.size());
+  for (std::int64_t index : indices) {
+    SELA_CHECK(index >= 0 && index < base.size(), "SubsetDataset",
+               "index " << index << " is outside the data set of " << base.size() << " samples");
+    classes.push_back(base.true_class(index));
+  }
+  return classes;
+}
+
+}  // namespace
+
+SubsetDataset::SubsetDataset(const data::Dataset& base, std::vector<std::int64_t> indices)
+    : data::Dataset(base.info(), classes_at(base, indices)), base_(base),
+      indices_(std::move(indices)) {}
+
+data::ImageView SubsetDataset::image(std::int64_t index, data::Image* scratch) const {
+  check_index(index);
+  return base_.image(indices_[static_cast<std::size_t>(index)], scratch);
+}
+
+std::string SubsetDataset::sample_name(std::int64_t index) const {
+  check_index(index);
+  return base_.sample_name(indices_[static_cast<std::size_t>(index)]);
+}
+
 }  // namespace sela

@@ -75,4 +75,18 @@ class PrefixDataset : public data::Dataset {
   std::unique_ptr<data::Dataset> base_;
 };
 
+// The samples `indices` of `base` (not owned; it must outlive this), in that order: sample
+// j here is sample indices[j] there. The trainer runs the network over the few samples
+// whose recorded logits are missing.
+class SubsetDataset : public data::Dataset {
+ public:
+  SubsetDataset(const data::Dataset& base, std::vector<std::int64_t> indices);
+  data::ImageView image(std::int64_t index, data::Image* scratch) const override;
+  std::string sample_name(std::int64_t index) const override;
+
+ private:
+  const data::Dataset& base_;
+  std::vector<std::int64_t> indices_;  // (M,) indices into base_
+};
+
 }  // namespace sela

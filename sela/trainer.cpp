@@ -111,6 +111,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
   return {{"data", c.data}, {"in_channels", in_channels}, {"test_data", c.test_data}, {"arch", c.arch},
           {"width_mult", c.width_mult}, {"clusters", c.clusters}, {"lambda", c.lambda},
           {"label_steps", c.label_steps}, {"label_spacing", c.label_spacing},
+          {"label_logits", c.label_logits},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
@@ -131,6 +132,8 @@ class Run {
   void start_fresh();
   void resume_from_checkpoint();
   void label_step(std::int64_t epoch);
+  std::vector<std::vector<float>> label_step_logits(const std::string& label, double* seconds);
+  void record_logits(const std::vector<Tensor>& logits, const data::Batch& batch);
   double train_epoch(std::int64_t epoch);
   void save_checkpoint(std::int64_t epochs_done);
   void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
@@ -148,6 +151,10 @@ class Run {
   double samples_seen_ = 0;
   std::int64_t start_epoch_ = 0;
   std::unique_ptr<assign::SinkhornSolver> solver_;
+  // --label-logits recorded: each head's logits of every sample as last trained on,
+  // (T) x (N * K_t), and whether sample i has been recorded yet, (N).
+  std::vector<std::vector<float>> recorded_logits_;
+  std::vector<std::uint8_t> recorded_;
   TrainSummary summary_;
 };
 
@@ -187,6 +194,19 @@ void Run::build_model() {
   sk.max_iters = config_.sinkhorn_max_iters;
   sk.device = device_;  // the fused CUDA kernels on a GPU run (logits come from the host)
   solver_ = std::make_unique<assign::SinkhornSolver>(sk);
+  if (config_.label_logits == "recorded") {
+    std::int64_t total_k = 0;
+    for (std::int64_t k : config_.clusters) total_k += k;
+    const double gib = static_cast<double>(n_) * static_cast<double>(total_k) * 4.0 / (1 << 30);
+    SELA_CHECK(gib <= 16.0, "sela train",
+               "--label-logits recorded keeps " << n_ << " x " << total_k << " float logits ("
+                                                << gib << " GiB) in host memory; use "
+                                                   "--label-logits fresh for this size");
+    for (std::int64_t k : config_.clusters) {
+      recorded_logits_.emplace_back(static_cast<std::size_t>(n_ * k), 0.0f);
+    }
+    recorded_.assign(static_cast<std::size_t>(n_), 0);
+  }
 }
 
 void Run::start_fresh() {
@@ -209,6 +229,11 @@ void Run::save_checkpoint(std::int64_t epochs_done) {
   for (std::size_t t = 0; t < labels_.size(); ++t) {
     tensors.emplace_back("labels/" + std::to_string(t), Tensor::from_vector(labels_[t], {n_}));
   }
+  for (std::size_t t = 0; t < recorded_logits_.size(); ++t) {  // --label-logits recorded
+    tensors.emplace_back("recorded_logits/" + std::to_string(t),
+                         Tensor::from_vector(recorded_logits_[t], {n_, config_.clusters[t]}));
+  }
+  if (!recorded_.empty()) tensors.emplace_back("recorded", Tensor::from_vector(recorded_, {n_}));
   json dropout_calls = json::array();
   for (Dropout* d : dropouts_of(*model_)) dropout_calls.push_back(d->calls);
   json state = {{"epochs_done", epochs_done}, {"samples_seen", samples_seen_},
@@ -252,6 +277,13 @@ void Run::resume_from_checkpoint() {
   for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
     labels_.push_back(tensor_from_file(file, "labels/" + std::to_string(t)).to_vector<std::int64_t>());
   }
+  for (std::size_t t = 0; t < recorded_logits_.size(); ++t) {
+    std::string key = "recorded_logits/" + std::to_string(t);
+    SELA_CHECK(file.contains(key), "sela train --resume",
+               path << " has no " << key << ": the run was made with --label-logits fresh");
+    recorded_logits_[t] = tensor_from_file(file, key).to_vector<float>();
+  }
+  if (!recorded_.empty()) recorded_ = tensor_from_file(file, "recorded").to_vector<std::uint8_t>();
   auto dropouts = dropouts_of(*model_);
   for (std::size_t i = 0; i < dropouts.size(); ++i) {
     dropouts[i]->calls = state["dropout_calls"][i].get<std::uint64_t>();
@@ -267,14 +299,14 @@ void Run::label_step(std::int64_t epoch) {
   auto start = std::chrono::steady_clock::now();
   std::string label = "label step " + std::to_string(next_label_step_ + 1) + "/" +
                       std::to_string(schedule_.size());
-  NetworkOutputs outputs = run_network(*model_, *train_, config_.batch_size, config_.workers,
-                                       true, false, label + ": logits");
+  double forward_seconds = 0;
+  std::vector<std::vector<float>> logits = label_step_logits(label, &forward_seconds);
   json line = {{"event", "label_step"}, {"step", next_label_step_}, {"epoch", epoch},
-               {"samples_seen", samples_seen_}, {"forward_s", outputs.seconds}};
+               {"samples_seen", samples_seen_}, {"forward_s", forward_seconds}};
   for (std::size_t t = 0; t < labels_.size(); ++t) {
     std::int64_t k = config_.clusters[t];
     assign::SinkhornResult result =
-        solver_->solve(outputs.logits[t].data(), n_, k, "head" + std::to_string(t));
+        solver_->solve(logits[t].data(), n_, k, "head" + std::to_string(t));
     double nmi_previous =
         normalized_mutual_info(labels_[t].data(), result.labels.data(), n_);
     json head = {{"head", t}, {"k", k}, {"iterations", result.iterations},
@@ -293,7 +325,7 @@ void Run::label_step(std::int64_t epoch) {
                 static_cast<long long>(result.cluster_max), nmi_previous);
     if (train_->labelled()) {
       ClusteringScores scores =
-          score_clustering(result.labels, outputs.classes, k, train_->num_classes());
+          score_clustering(result.labels, train_->true_classes(), k, train_->num_classes());
       head["nmi_true"] = scores.nmi;
       head["ari_true"] = scores.ari;
       std::printf(", NMI/ARI(true) %.3f/%.3f", scores.nmi, scores.ari);
@@ -309,6 +341,55 @@ void Run::label_step(std::int64_t epoch) {
   write_file_atomic(config_.out + "/labels.csv", labels_csv(labels_));
   ++next_label_step_;
   summary_.label_steps_done++;
+}
+
+std::vector<std::vector<float>> Run::label_step_logits(const std::string& label,
+                                                       double* seconds) {
+  std::vector<std::int64_t> missing;
+  if (config_.label_logits == "recorded") {
+    for (std::int64_t i = 0; i < n_; ++i) {
+      if (!recorded_[static_cast<std::size_t>(i)]) missing.push_back(i);
+    }
+  }
+  if (config_.label_logits != "recorded" || static_cast<std::int64_t>(missing.size()) == n_) {
+    NetworkOutputs outputs = run_network(*model_, *train_, config_.batch_size, config_.workers,
+                                         true, false, label + ": logits");
+    *seconds = outputs.seconds;
+    return std::move(outputs.logits);
+  }
+  // Recorded logits, plus an eval pass over the samples that have none yet.
+  std::vector<std::vector<float>> logits = recorded_logits_;
+  *seconds = 0;
+  if (!missing.empty()) {
+    SubsetDataset unseen(*train_, missing);
+    NetworkOutputs outputs = run_network(*model_, unseen, config_.batch_size, config_.workers,
+                                         true, false,
+                                         label + ": logits of " + std::to_string(missing.size()) +
+                                             " unseen samples");
+    *seconds = outputs.seconds;
+    for (std::size_t t = 0; t < logits.size(); ++t) {
+      const std::size_t k = static_cast<std::size_t>(config_.clusters[t]);
+      for (std::size_t j = 0; j < missing.size(); ++j) {
+        std::copy_n(outputs.logits[t].data() + j * k, k,
+                    logits[t].data() + static_cast<std::size_t>(missing[j]) * k);
+      }
+    }
+  }
+  return logits;
+}
+
+void Run::record_logits(const std::vector<Tensor>& logits, const data::Batch& batch) {
+  for (std::size_t t = 0; t < logits.size(); ++t) {
+    Tensor rows = logits[t].detach();  // (B, K_t)
+    if (!rows.device().is_cpu()) rows = rows.to(Device::cpu());
+    const float* source = rows.data<float>();
+    const std::size_t k = static_cast<std::size_t>(config_.clusters[t]);
+    for (std::int64_t j = 0; j < batch.size; ++j) {
+      const std::size_t index = static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)]);
+      std::copy_n(source + static_cast<std::size_t>(j) * k, k, recorded_logits_[t].data() + index * k);
+      recorded_[index] = 1;
+    }
+  }
 }
 
 double Run::train_epoch(std::int64_t epoch) {
@@ -355,7 +436,9 @@ double Run::train_epoch(std::int64_t epoch) {
       targets.push_back(device_.is_cpu() ? head_targets : head_targets.to(device_));
     }
     optimizer_->zero_grad();
-    Tensor loss = sela_loss(model_->forward_heads(images), targets);
+    std::vector<Tensor> logits = model_->forward_heads(images);  // (B, K_t) per head
+    if (config_.label_logits == "recorded") record_logits(logits, batch);
+    Tensor loss = sela_loss(logits, targets);
     double value = loss.item();
     if (!std::isfinite(value)) {
       SELA_FAIL_HINT("sela train",
@@ -404,6 +487,8 @@ TrainSummary Run::go() {
   if (!device_.is_cpu()) std::printf("sela train: %s\n", device_description(device_).c_str());
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
+  SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
+             "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");
   make_directories(config_.out);
   open_data();
   build_model();

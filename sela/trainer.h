@@ -39,6 +39,11 @@ struct TrainConfig {
   double lambda = 10.0;
   std::int64_t label_steps = 8;
   std::string label_spacing = "quadratic";  // quadratic | linear
+  // Where a label step's logits come from. fresh: an eval-mode pass of the network over the
+  // whole data set (the reference's ImageNet code). recorded: each sample's logits as the
+  // training pass last computed them (augmented view, train mode, up to an epoch old), so a
+  // label step costs only the Sinkhorn solves; samples not seen yet get a fresh pass.
+  std::string label_logits = "fresh";
   std::int64_t epochs = 10;
   std::int64_t batch_size = 128;
   double lr = 0.05;

@@ -44,6 +44,10 @@ int run_train(const Args& args) {
   flags.add("lambda", number(defaults.lambda), "Sinkhorn sharpness λ (paper: 25 ImageNet, 10 CIFAR)");
   flags.add("label-steps", std::to_string(defaults.label_steps), "number of self-labelling steps over the run");
   flags.add("label-spacing", defaults.label_spacing, "quadratic (as the reference) or linear");
+  flags.add("label-logits", defaults.label_logits,
+            "where a label step's logits come from: fresh (an eval pass over the data set) or "
+            "recorded (each sample's logits from its last training step: label steps cost only "
+            "the Sinkhorn solves)");
   flags.add("epochs", std::to_string(defaults.epochs), "training epochs");
   flags.add("batch-size", std::to_string(defaults.batch_size), "images per SGD step");
   flags.add("lr", number(defaults.lr), "learning rate");
@@ -90,6 +94,7 @@ int run_train(const Args& args) {
   config.lambda = flags.get_double("lambda");
   config.label_steps = flags.has("label-steps") || !quick ? flags.get_int("label-steps") : 3;
   config.label_spacing = flags.get("label-spacing");
+  config.label_logits = flags.get("label-logits");
   config.epochs = flags.has("epochs") || !quick ? flags.get_int("epochs") : 2;
   config.batch_size = flags.get_int("batch-size");
   config.lr = flags.get_double("lr");

@@ -1296,6 +1296,9 @@ void SinkhornSolver::run_device(SinkhornResult* result) {
         cudaMemsetAsync(v.column_potential_f, 0, static_cast<std::size_t>(stride) * 4, stream));
   }
   d.has_shift = false;
+  // r_prev is read by the absorption bound before any update has written it when the
+  // over-relaxation safeguard fires at the first check: 0, as the CPU's r_next starts.
+  SELA_CUDA_CHECK(cudaMemsetAsync(v.r_prev, 0, static_cast<std::size_t>(k) * 8, stream));
   kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
                                   stream);
   kc::sinkhorn_control_start(params, true, v, state, stream);

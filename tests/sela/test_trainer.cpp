@@ -107,6 +107,57 @@ TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatche
   CHECK(error_of(no_checkpoint).find("no checkpoint") != std::string::npos);
 }
 
+TEST_CASE("--label-logits recorded: label steps reuse the training pass's logits; resume is exact") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  auto recorded_config = [&](const std::string& out) {
+    TrainConfig config = tiny_config(spec, folder.path + "/" + out);
+    config.label_logits = "recorded";
+    config.label_steps = 4;  // at 0, 0.45, 1.78 and 4.01 epochs of 160 samples
+    return config;
+  };
+  TrainSummary whole = train(recorded_config("whole"));
+  REQUIRE(whole.epoch_losses.size() == 3);
+  CHECK(whole.label_steps_done == 3);
+
+  // The step at t = 0 has nothing recorded: a full eval pass. The one at 0.45 epochs has
+  // 96 of 160 samples recorded: a pass over the other 64 only. The one at 1.78 epochs has
+  // every sample recorded: no network pass at all.
+  std::ifstream metrics(folder.path + "/whole/metrics.jsonl");
+  std::vector<double> forward_seconds;
+  for (std::string line; std::getline(metrics, line);) {
+    if (line.find("\"event\":\"label_step\"") == std::string::npos) continue;
+    auto at = line.find("\"forward_s\":");
+    REQUIRE(at != std::string::npos);
+    forward_seconds.push_back(std::stod(line.substr(at + 12)));
+  }
+  REQUIRE(forward_seconds.size() == 3);
+  CHECK(forward_seconds[0] > 0);
+  CHECK(forward_seconds[1] > 0);
+  CHECK(forward_seconds[2] == 0);
+
+  // The labels differ from a fresh-pass run (the logits come from augmented views).
+  TrainConfig fresh = tiny_config(spec, folder.path + "/fresh");
+  fresh.label_steps = 4;
+  CHECK(train(fresh).labels != whole.labels);
+
+  // Interrupted after epoch 1 and resumed: the recorded logits travel in the checkpoint.
+  TrainConfig first = recorded_config("split");
+  first.stop_after_epoch = 1;
+  train(first);
+  TrainConfig second = recorded_config("split");
+  second.resume = true;
+  TrainSummary rest = train(second);
+  REQUIRE(rest.epoch_losses.size() == 2);
+  CHECK(rest.epoch_losses[0] == whole.epoch_losses[1]);
+  CHECK(rest.epoch_losses[1] == whole.epoch_losses[2]);
+  CHECK(rest.labels == whole.labels);
+
+  TrainConfig wrong = recorded_config("bad");
+  wrong.label_logits = "stale";
+  CHECK(error_of(wrong).find("--label-logits must be fresh or recorded") != std::string::npos);
+}
+
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
   TempFolder folder;
   std::string spec = write_synthetic_idx(folder.path, "train", 96, 7);
