@@ -36,7 +36,16 @@ namespace {
 
 // Adds `grad` into a leaf's accumulated gradient. A gradient tensor that nobody else holds
 // is adopted as is; one that may alias another tensor is copied first.
+// The backward seed of a scalar loss is a host number even when the loss lives on a GPU
+// (engine/ops_cuda.h: no round trip for the scalar head of the graph), so a gradient may
+// reach a leaf or meet another gradient on the other device: it moves to the tensor's.
+Tensor on_device_of(const TensorImpl& tensor, Tensor grad) {
+  const Device device = tensor.storage->device();
+  return grad.device() == device ? grad : grad.to(device);
+}
+
 void accumulate_leaf(TensorImpl& leaf, Tensor grad) {
+  grad = on_device_of(leaf, std::move(grad));
   if (!leaf.grad) {
     bool exclusive = grad.impl_ptr().use_count() == 1 && grad.impl_ptr()->storage.use_count() == 1;
     leaf.grad = exclusive ? grad.detach().impl_ptr() : grad.clone().impl_ptr();
@@ -119,7 +128,15 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
         if (it == pending.end()) {
           pending.emplace(next, grads[i]);
         } else {
-          it->second = add(it->second, grads[i]);
+          Tensor sum_so_far = it->second, more = grads[i];
+          if (sum_so_far.device() != more.device()) {  // a host scalar meets a device one
+            if (sum_so_far.device().is_cpu()) {
+              sum_so_far = sum_so_far.to(more.device());
+            } else {
+              more = more.to(sum_so_far.device());
+            }
+          }
+          it->second = add(sum_so_far, more);
         }
       }
       if (--dependencies[next] == 0) ready.push_back(next);

@@ -54,10 +54,11 @@ std::string error_of(Call&& call) {
   return "";
 }
 
-void check_device_error(const std::string& message, const std::string& head) {
+// `who`: "head 'h1'" for the head entry points, "memory plan" for plan().
+void check_device_error(const std::string& message, const std::string& who) {
   INFO("message: " << message);
   REQUIRE(!message.empty());
-  CHECK(message.find("head '" + head + "'") != std::string::npos);
+  CHECK(message.find(who) != std::string::npos);
   CHECK(message.find("cuda:0") != std::string::npos);
   CHECK(message.find("hint:") != std::string::npos);
 #if defined(SELA_HAVE_CUDA)
@@ -82,9 +83,10 @@ TEST_CASE("device cuda where no GPU can be used is a clear Error from every entr
   const std::int64_t n = 50, k = 7;
   const auto z = random_logits(n, k, 3);
 
-  check_device_error(error_of([&] { solver.begin_head(n, k, "h1"); }), "h1");
-  check_device_error(error_of([&] { solver.solve(z.data(), n, k, "h2"); }), "h2");
-  check_device_error(error_of([&] { solver.solve_device(z.data(), n, k, "h3"); }), "h3");
+  check_device_error(error_of([&] { solver.begin_head(n, k, "h1"); }), "head 'h1'");
+  check_device_error(error_of([&] { solver.solve(z.data(), n, k, "h2"); }), "head 'h2'");
+  check_device_error(error_of([&] { solver.solve_device(z.data(), n, k, "h3"); }), "head 'h3'");
+  check_device_error(error_of([&] { solver.plan(n, k); }), "memory plan");
   CHECK(solver.allocated_bytes() == 0);
   // The batch API stays closed after the failed begin_head.
   CHECK_THROWS_AS(solver.append_logits(z.data(), n), sela::Error);
