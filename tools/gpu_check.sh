@@ -10,9 +10,9 @@
 #      peak device memory of both (the JSON lines are kept in $OUT/train_step.jsonl)
 #   4. `sela train --quick --device cuda`: the whole pipeline (label steps, Sinkhorn on the
 #      GPU, evaluation) on the card
-#   5. tools/gpu_sinkhorn_check.sh: the fused Sinkhorn kernels against PyTorch float64 on
-#      the card (200k x 1000 and the ImageNet size 1.28M x 3000)
-# Writes everything to $OUT/gpu_check.log. Budget: under 9 minutes (steps 1-3 about 6).
+# Writes everything to $OUT/gpu_check.log. Budget: under 7 minutes (steps 1-3 about 6).
+# The Sinkhorn goals of issue 4 are a second call on the same warm machine (about 2.5
+# minutes; it reuses build-gpu): OUT=$OUT SINKHORN_TESTS=0 tools/gpu_sinkhorn_check.sh
 # Headers the GPU machine lacks travel in third_party_headers/ (tools/prepare_gpu_carry.sh):
 #   device run: carry ["third_party_headers"], command: OUT=$OUT tools/gpu_check.sh
 set -uo pipefail
@@ -98,8 +98,6 @@ PY
   timeout 150 "$build/sela" train --quick --device cuda --data fashion-mnist:/tmp/fashion-mnist \
     --out /tmp/sela-quick-gpu | tail -n 16
   cp /tmp/sela-quick-gpu/metrics.jsonl /tmp/sela-quick-gpu/eval.json "$out/" 2>/dev/null
-
-  echo "== Sinkhorn on the GPU (tools/gpu_sinkhorn_check.sh; its log: gpu_sinkhorn_check.log)"
-  SINKHORN_TESTS=0 OUT="$out" timeout 200 "$root/tools/gpu_sinkhorn_check.sh" "$build" | tail -n 40
+  echo "== next, on the same warm machine: OUT=\$OUT SINKHORN_TESTS=0 tools/gpu_sinkhorn_check.sh"
   echo "== done $(date -u '+%F %T UTC')"
 } 2>&1 | tee "$log"

@@ -21,10 +21,11 @@
 #
 # usage: tools/gpu_sinkhorn_check.sh [BUILD_DIR]      (default: build-gpu, made by
 #        tools/gpu_check.sh; configured and built here when it is missing, which takes
-#        minutes on a fresh machine: build it in the same call as tools/gpu_check.sh)
-# device run: carry ["third_party_headers"], command: OUT=$OUT tools/gpu_sinkhorn_check.sh
-#        (timeout_s 600; the script stops starting steps when BUDGET_S, default 540 s, is
-#        spent, so that its log always comes back)
+#        minutes of the budget on a fresh machine: better run tools/gpu_check.sh in the call
+#        before, on the same warm machine, whose ignored build folders stay between calls)
+# device run: tools/prepare_gpu_carry.sh here once, then carry ["third_party_headers"],
+#        command: OUT=$OUT tools/gpu_sinkhorn_check.sh (timeout_s 600; the script starts
+#        no step once BUDGET_S, default 540 s, is spent, so that its log always comes back)
 # Writes three files under $OUT (the device tool returns at most 8): gpu_sinkhorn_check.log
 # (what is printed), gpu_sinkhorn_runs.log (the full output of every run) and
 # gpu_sinkhorn_results.jsonl (one JSON line per comparison). Label files stay in a
