@@ -43,7 +43,8 @@ int run_train(const Args& args) {
   flags.add("clusters", join(defaults.clusters), "K per head, comma-separated (or one K for all --heads)");
   flags.add("lambda", number(defaults.lambda), "Sinkhorn sharpness λ (paper: 25 ImageNet, 10 CIFAR)");
   flags.add("label-steps", std::to_string(defaults.label_steps), "number of self-labelling steps over the run");
-  flags.add("label-spacing", defaults.label_spacing, "quadratic (as the reference) or linear");
+  flags.add("label-spacing", defaults.label_spacing,
+            "linear (as the reference's CIFAR code) or quadratic (its ImageNet code)");
   flags.add("label-logits", defaults.label_logits,
             "where a label step's logits come from: fresh (an eval pass over the data set) or "
             "recorded (each sample's logits from its last training step: label steps cost only "

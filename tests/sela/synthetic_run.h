@@ -66,6 +66,8 @@ inline TrainConfig tiny_train_config(const std::string& spec, const std::string&
   config.epochs = epochs;
   config.batch_size = 32;
   config.label_steps = 3;
+  config.label_spacing = "quadratic";  // the tests' schedules are written for these two
+  config.label_logits = "fresh";
   config.lambda = 10;
   config.workers = 1;
   config.threads = 2;
