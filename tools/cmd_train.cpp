@@ -72,8 +72,8 @@ int run_train(const Args& args) {
   flags.add("stop-after-epoch", "-1", "stop after this epoch as if interrupted (for testing --resume)");
   flags.add_switch("resume", "continue the run in --out from its last checkpoint");
   flags.add_switch("no-eval", "skip the final evaluation");
-  flags.add_switch("quick", "a smoke run of the same pipeline in well under 2 minutes (10k samples, width "
-                            "0.125, 2 epochs, 3 label steps)");
+  flags.add_switch("quick", "a smoke run of the same pipeline in well under 2 minutes (10k "
+                            "samples, width 0.125, 2 epochs, 3 label steps)");
   if (!flags.parse(args)) return 0;
 
   TrainConfig config;
