@@ -27,12 +27,10 @@
 #include "sela/assign/metrics.h"
 #include "sela/assign/sinkhorn.h"
 #include "sela/checkpoint_model.h"
+#include "sela/device_choice.h"
 #include "sela/evaluate.h"
 #include "sela/run_files.h"
 
-#if defined(SELA_HAVE_CUDA)
-#include "kernels/cuda/device.cuh"
-#endif
 
 namespace sela {
 
@@ -54,32 +52,6 @@ std::vector<double> label_schedule(std::int64_t steps, std::int64_t epochs, std:
 }
 
 namespace {
-
-// One line about a GPU the run is asked to use, or a clear Error where it cannot be used.
-std::string device_description(Device device) {
-#if defined(SELA_HAVE_CUDA)
-  const int count = cuda::device_count();
-  SELA_CHECK(device.index < count, "sela train",
-             "--device " << device.str() << " is not available: "
-                         << (count == 0 ? "no CUDA device (" + cuda::no_device_reason() + ")"
-                                        : std::to_string(count) + " CUDA device(s)")
-                         << "; use --device cpu");
-  return cuda::device_banner(device.index);
-#else
-  SELA_FAIL_HINT("sela train",
-                 "--device " << device.str() << " is not available: this build has no CUDA backend",
-                 "configure with -DSELA_CUDA=ON on a machine with nvcc, or use --device cpu");
-#endif
-}
-
-// "auto": the first GPU where this build has CUDA and the machine a device, else the CPU.
-Device resolve_device(const std::string& text) {
-  if (text != "auto") return Device::parse(text);
-#if defined(SELA_HAVE_CUDA)
-  if (cuda::device_count() > 0) return Device::cuda(0);
-#endif
-  return Device::cpu();
-}
 
 std::vector<std::int64_t> random_equipartition(std::int64_t n, std::int64_t k, std::uint64_t seed) {
   std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
@@ -484,7 +456,8 @@ TrainSummary Run::go() {
   cpu::set_num_threads(config_.threads);
   device_ = resolve_device(config_.device);
   config_.device = device_.str();  // config.json records where the run actually ran
-  if (!device_.is_cpu()) std::printf("sela train: %s\n", device_description(device_).c_str());
+  const std::string device_line = checked_device_description(device_, "sela train");
+  if (!device_.is_cpu()) std::printf("sela train: %s\n", device_line.c_str());
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",

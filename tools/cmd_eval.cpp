@@ -19,6 +19,7 @@
 #include "kernels/cpu/parallel.h"
 #include "sela/checkpoint_model.h"
 #include "sela/evaluate.h"
+#include "sela/device_choice.h"
 #include "sela/probe.h"
 #include "sela/run_files.h"
 #include "tools/cli.h"
@@ -60,6 +61,9 @@ int run_eval(const Args& args) {
   flags.add("limit-samples", "0",
             "use only the first N training samples (0 = all, or the run's limit)");
   flags.add("seed", "0", "seed of the probes");
+  flags.add("device", "auto",
+            "auto (a GPU when this build and the machine have one, else cpu) | cpu | cuda[:N]; "
+            "linear probes run on the CPU");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
   flags.add("workers", "1", "data loader threads");
   if (!flags.parse(args)) return 0;
@@ -103,6 +107,12 @@ int run_eval(const Args& args) {
   std::string json_path = flags.get("json").empty() ? run.path + "/eval.json" : flags.get("json");
   check_output_folder(json_path, "--json", command);
   std::shared_ptr<SelaNet> model = load_run_model(run, command);
+  const Device device = resolve_device(flags.get("device"));
+  const std::string device_line = checked_device_description(device, command);
+  if (!device.is_cpu()) {
+    std::printf("sela eval: %s\n", device_line.c_str());
+    model->to(device);
+  }
   std::unique_ptr<data::Dataset> train =
       open_run_data(run, flags.get("data"), "train", flags.get_int("limit-samples"), command);
 
@@ -165,6 +175,7 @@ int run_eval(const Args& args) {
 
   if (probes) {
     std::printf("\n");
+    model->to(Device::cpu());  // the probes' feature cache and SGD are CPU code
     ProbeReport probe_report = run_linear_probes(*model, *train, *test, probe_options);
     out["linear_probes"] = nlohmann::json::parse(probe_report.to_json());
     std::printf("\n%s", probe_report.table().c_str());

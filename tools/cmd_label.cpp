@@ -14,6 +14,7 @@
 #include "sela/assign/metrics.h"
 #include "sela/assign/sinkhorn.h"
 #include "sela/checkpoint_model.h"
+#include "sela/device_choice.h"
 #include "sela/evaluate.h"
 #include "sela/run_files.h"
 #include "tools/cli.h"
@@ -36,6 +37,8 @@ int run_label(const Args& args) {
             "(default: the run's)");
   flags.add("batch-size", "256", "images per forward pass");
   flags.add("limit-samples", "0", "label only the first N samples (0 = all)");
+  flags.add("device", "auto",
+            "auto (a GPU when this build and the machine have one, else cpu) | cpu | cuda[:N]");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
   flags.add("workers", "1", "data loader threads");
   if (!flags.parse(args)) return 0;
@@ -50,6 +53,12 @@ int run_label(const Args& args) {
 
   RunFolder run = read_run_folder(flags.get("checkpoint"), command);
   std::shared_ptr<SelaNet> model = load_run_model(run, command);
+  const Device device = resolve_device(flags.get("device"));
+  const std::string device_line = checked_device_description(device, command);
+  if (!device.is_cpu()) {
+    std::printf("sela label: %s\n", device_line.c_str());
+    model->to(device);
+  }
   std::unique_ptr<data::Dataset> dataset = open_run_data(run, flags.get("data"), flags.get("split"),
                                                          flags.get_int("limit-samples"), command);
   const std::int64_t n = dataset->size();
@@ -60,6 +69,7 @@ int run_label(const Args& args) {
                                  << n << " samples: equal-sized clusters need N >= K");
   }
   assign::SinkhornOptions options;
+  options.device = device;
   options.lambda = flags.has("lambda") ? flags.get_double("lambda") : run.lambda;
   SELA_CHECK(options.lambda > 0, command, "--lambda must be > 0, got " << options.lambda);
   options.storage = assign::parse_storage(

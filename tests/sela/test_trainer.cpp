@@ -153,6 +153,13 @@ TEST_CASE("--label-logits recorded: label steps reuse the training pass's logits
   CHECK(rest.epoch_losses[1] == whole.epoch_losses[2]);
   CHECK(rest.labels == whole.labels);
 
+  TrainConfig absent_gpu = recorded_config("gpu7");  // no machine here has eight GPUs
+  absent_gpu.device = "cuda:7";
+  CHECK(error_of(absent_gpu).find("--device cuda:7 is not available") != std::string::npos);
+  TrainConfig nonsense = recorded_config("tpu");
+  nonsense.device = "tpu";
+  CHECK(error_of(nonsense).find("unknown device 'tpu'") != std::string::npos);
+
   TrainConfig wrong = recorded_config("bad");
   wrong.label_logits = "stale";
   CHECK(error_of(wrong).find("--label-logits must be fresh or recorded") != std::string::npos);
