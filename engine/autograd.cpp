@@ -2,6 +2,7 @@
 #include "engine/autograd.h"
 
 #include <unordered_map>
+#include <utility>
 
 #include "engine/ops.h"
 
@@ -119,7 +120,8 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
                                 << shape_str(input->shape));
       }
       if (!input->grad_fn) {
-        if (grads[i].defined()) accumulate_leaf(*input, grads[i]);
+        // Moved, so that a fresh gradient nobody else holds is adopted, not copied.
+        if (grads[i].defined()) accumulate_leaf(*input, std::move(grads[i]));
         continue;
       }
       Node* next = input->grad_fn.get();

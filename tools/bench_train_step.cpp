@@ -127,8 +127,7 @@ int run_bench_train_step(const Args& args) {
     cuda::set_conv_tf32(tf32_conv);
     cuda::set_matmul_tf32(tf32_matmul);
     cuda::set_conv_benchmark(cudnn_benchmark);
-    report.banner = cuda::device_banner(device.index) + ", " + cuda::cudnn_version_text() + ", " +
-                    cuda::cublas_version_text();
+    report.banner = cuda::device_banner(device.index);  // ends with the cuDNN / cuBLAS versions
   }
 #endif
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (DESIGN.md, "GPU work"): run it on the lent H100/H200 machine.
 #   1. where CUDA, cuDNN and cuBLAS are; the card
-#   2. configure with CUDA for the card present, build everything, run the whole test
-#      suite (CPU tests and every CUDA test; a CUDA test skipped on a GPU machine fails)
+#   2. configure with CUDA for the card present, build everything, run every CUDA test
+#      (a CUDA test skipped on a GPU machine fails); the CPU tests run after step 3
 #   3. the GPU benchmarks: `sela bench train-step --device cuda` and its PyTorch eager fp32
 #      twin (same model, batch, math modes: TF32 for cuDNN convolutions on, for matmuls off,
 #      cuDNN algorithm search timed) for alexnet (3x224x224, batch 256, 10 heads x 3000) and
@@ -29,7 +29,12 @@ python="${PYTHON:-python3}"
   nvcc --version | tail -n 2
   echo "== cuDNN / cuBLAS locations"
   ls /usr/include/cudnn*.h /usr/local/cuda/include/cudnn*.h 2>/dev/null
-  find / -xdev \( -name 'libcudnn.so*' -o -name 'libcublas.so*' \) 2>/dev/null | head -n 10
+  # Not all of /: a wide disk walk can take minutes. The toolkit, system folders, and the
+  # Python packages (PyTorch's nvidia-cudnn / nvidia-cublas wheels).
+  site=$("$python" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
+  # shellcheck disable=SC2086
+  find /usr /opt $site -maxdepth 6 \( -name 'libcudnn.so*' -o -name 'libcublas.so*' \) \
+    2>/dev/null | head -n 10
   "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'
 
   echo "== configure + build ($(nproc) cores)"
@@ -41,11 +46,29 @@ python="${PYTHON:-python3}"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSELA_CUDA=ON -DSELA_NATIVE=ON $zlib_flag &&
     cmake --build "$build" -j"$(nproc)"
   echo "== build: $(( $(date +%s) - start )) s"
+  # cuDNN 9 dlopens its sub-libraries (libcudnn_cnn.so.9, libcudnn_engines_*.so.9) by name:
+  # when the one linked is a pip wheel's (not on the loader's path), name its folder.
+  # Only for sela's binaries: PyTorch finds its own copy, and another folder put first on
+  # its path could hand it another cuDNN than it was built with.
+  cudnn_library=$(sed -n 's/^SELA_CUDNN_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt" 2>/dev/null)
+  sela_library_path="${LD_LIBRARY_PATH:-}"
+  if [ -e "$cudnn_library" ] && [[ "$(readlink -f "$cudnn_library")" == */nvidia/cudnn/* ]]; then
+    sela_library_path="$(dirname "$(readlink -f "$cudnn_library")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuDNN linked from a pip wheel: $cudnn_library (its folder goes on sela's LD_LIBRARY_PATH)"
+  fi
+  with_sela_libs() { LD_LIBRARY_PATH="$sela_library_path" "$@"; }
 
-  echo "== tests (CPU and CUDA)"
-  (cd "$build" && ctest --output-on-failure -j8 --timeout 300)
-  skipped=$(cd "$build" && ctest -N -L cuda | grep -c "Test #" || true)
-  echo "== CUDA tests registered: $skipped"
+  # The CUDA tests first (what only this machine can run), the CPU suite after the
+  # benchmarks, so that a run short of time loses the least. Two OpenMP threads per CPU test:
+  # eight tests at once with every core each would oversubscribe the machine many times.
+  echo "== CUDA tests"
+  registered=$(cd "$build" && ctest -N -L cuda | grep -c "Test #" || true)
+  echo "CUDA test binaries registered: $registered"
+  (cd "$build" && with_sela_libs ctest --output-on-failure -L cuda -j4 --timeout 240) | tee "$build/cuda_tests.txt"
+  if grep -q "Skipped" "$build/cuda_tests.txt"; then
+    echo "FAILED: CUDA tests were skipped on this GPU machine (no usable device? driver older"
+    echo "than the toolkit?): $(grep Skipped "$build/cuda_tests.txt" | tr -s ' ' | head -n 5)"
+  fi
 
   echo "== benchmarks: sela and PyTorch eager fp32 (TF32 for cuDNN convolutions on, for matmul off)"
   results="$out/train_step.jsonl"
@@ -55,7 +78,7 @@ python="${PYTHON:-python3}"
                 "--arch alexnet-32 --batch 256 --heads 10 --clusters 128"; do
     echo "-- $config"
     # shellcheck disable=SC2086
-    ours=$("$build/sela" bench train-step $config $bench_flags | tee /dev/stderr | grep '^{' | tail -n 1)
+    ours=$(with_sela_libs "$build/sela" bench train-step $config $bench_flags | tee /dev/stderr | grep '^{' | tail -n 1)
     # shellcheck disable=SC2086
     theirs=$("$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags |
              tee /dev/stderr | grep '^{' | tail -n 1)
@@ -83,6 +106,9 @@ for r in [head] + rows:
     print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
 PY
 
+  echo "== CPU tests"
+  (cd "$build" && OMP_NUM_THREADS=2 with_sela_libs ctest --output-on-failure -LE cuda -j8 --timeout 180)
+
   echo "== the whole pipeline on the GPU: sela train --quick --device cuda"
   rm -rf /tmp/sela-quick-gpu /tmp/fashion-mnist
   "$python" - "$root/third_party_headers/datasets/fashion-mnist" /tmp/fashion-mnist <<'PY'
@@ -95,7 +121,7 @@ for name in os.listdir(source):
             g.write(f.read())
 print("Fashion-MNIST unpacked:", sorted(os.listdir(destination)))
 PY
-  timeout 150 "$build/sela" train --quick --device cuda --data fashion-mnist:/tmp/fashion-mnist \
+  with_sela_libs timeout 150 "$build/sela" train --quick --device cuda --data fashion-mnist:/tmp/fashion-mnist \
     --out /tmp/sela-quick-gpu | tail -n 16
   cp /tmp/sela-quick-gpu/metrics.jsonl /tmp/sela-quick-gpu/eval.json "$out/" 2>/dev/null
   echo "== next, on the same warm machine: OUT=\$OUT SINKHORN_TESTS=0 tools/gpu_sinkhorn_check.sh"

@@ -143,7 +143,12 @@ PinnedPool& pinned_pool() {
 bool uses_completed(const PinnedBlock& block) {
   for (const PendingUse& use : block.uses) {
     const cudaError_t status = cudaEventQuery(use.event);
-    if (status == cudaErrorNotReady) return false;
+    if (status == cudaErrorNotReady) {
+      // "Not ready" is also recorded as the thread's last error: clear it, or the next
+      // SELA_CUDA_CHECK_LAUNCH (cudaGetLastError) would report it as a kernel failure.
+      (void)cudaGetLastError();
+      return false;
+    }
     SELA_CUDA_CHECK(status);
   }
   return true;

@@ -81,9 +81,19 @@ int stream_device(cudaStream_t stream) {
   int device = -1;
   if (stream == nullptr) {
     SELA_CUDA_CHECK(cudaGetDevice(&device));
-  } else {
-    SELA_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
+    return device;
   }
+  // The device streams answer without a driver call (the usual case: every engine op).
+  for (int d = 0; d < kMaxDevices; ++d) {
+    if (created_device_stream(d) == stream) return d;
+  }
+#if CUDART_VERSION >= 12080
+  SELA_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
+#else
+  // cudaStreamGetDevice is new in CUDA 12.8; an older toolkit (the GPU machine's may be)
+  // assumes a foreign stream belongs to the current device, as the caller set it up.
+  SELA_CUDA_CHECK(cudaGetDevice(&device));
+#endif
   return device;
 }
 

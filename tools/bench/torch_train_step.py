@@ -46,8 +46,15 @@ def main():
     device = torch.device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = a.cudnn_benchmark
-        torch.backends.cudnn.allow_tf32 = a.tf32_conv
-        torch.backends.cuda.matmul.allow_tf32 = a.tf32_matmul
+        # PyTorch >= 2.9 has fp32_precision ("tf32" | "ieee") and deprecates allow_tf32;
+        # reading a setting after mixing the two APIs can raise: use the new one where it exists.
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "tf32" if a.tf32_conv else "ieee"
+            torch.backends.cuda.matmul.fp32_precision = "tf32" if a.tf32_matmul else "ieee"
+        else:  # older PyTorch (its matmul object raises AssertionError for unknown names)
+            torch.backends.cudnn.allow_tf32 = a.tf32_conv
+            torch.backends.cuda.matmul.allow_tf32 = a.tf32_matmul
     model = SelaNet(a.arch, a.width_mult, 3, [a.clusters] * a.heads).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(a.batch, 3, model.input_size, model.input_size, device=device)
