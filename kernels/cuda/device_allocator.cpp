@@ -58,11 +58,13 @@ DevicePool& device_pool(int device) {
   return pools[device];
 }
 
-// cudaMalloc, or nullptr when the device is out of memory (the error is cleared so that a
-// later launch check does not report it). Other failures throw.
-void* try_device_malloc(std::size_t bytes) {
+// The block `allocate(&pointer)` (cudaMalloc or cudaHostAlloc) gives, or nullptr when memory
+// is exhausted (the error is cleared so that a later launch check does not report it).
+// Other failures throw.
+template <typename Allocate>
+void* try_allocate(Allocate&& allocate) {
   void* pointer = nullptr;
-  const cudaError_t status = cudaMalloc(&pointer, bytes);
+  const cudaError_t status = allocate(&pointer);
   if (status == cudaSuccess) return pointer;
   if (status == cudaErrorMemoryAllocation) {
     (void)cudaGetLastError();
@@ -70,6 +72,10 @@ void* try_device_malloc(std::size_t bytes) {
   }
   SELA_CUDA_CHECK(status);
   return nullptr;
+}
+
+void* try_device_malloc(std::size_t bytes) {
+  return try_allocate([bytes](void** pointer) { return cudaMalloc(pointer, bytes); });
 }
 
 // cudaFree of every cached block of a pool whose device is current; the caller holds the
@@ -176,15 +182,8 @@ void free_cached_pinned_blocks(PinnedPool& pool) {
 }
 
 void* try_host_alloc(std::size_t bytes) {
-  void* pointer = nullptr;
-  const cudaError_t status = cudaHostAlloc(&pointer, bytes, cudaHostAllocPortable);
-  if (status == cudaSuccess) return pointer;
-  if (status == cudaErrorMemoryAllocation) {
-    (void)cudaGetLastError();
-    return nullptr;
-  }
-  SELA_CUDA_CHECK(status);
-  return nullptr;
+  return try_allocate(
+      [bytes](void** pointer) { return cudaHostAlloc(pointer, bytes, cudaHostAllocPortable); });
 }
 
 }  // namespace

@@ -625,6 +625,27 @@ struct SinkhornSolver::DeviceBuffers {
 struct SinkhornSolver::DeviceBuffers {};
 #endif
 
+namespace {
+
+// Calls fn(Store{}) with the element type that `storage` names (float, Half, BFloat16), so
+// that each storage-generic member is dispatched in one place.
+template <typename Fn>
+void with_storage_type(SinkhornStorage storage, Fn&& fn) {
+  switch (storage) {
+    case SinkhornStorage::f32:
+      fn(float{});
+      return;
+    case SinkhornStorage::f16:
+      fn(Half{});
+      return;
+    case SinkhornStorage::bf16:
+      fn(BFloat16{});
+      return;
+  }
+}
+
+}  // namespace
+
 SinkhornSolver::SinkhornSolver(SinkhornOptions options)
     : options_(options), buffers_(std::make_unique<Buffers>()) {
   check_options(options_, "sinkhorn");
@@ -859,33 +880,17 @@ void SinkhornSolver::append_logits(const float* logits, std::int64_t rows) {
   const auto start = Clock::now();
 #if defined(SELA_HAVE_CUDA)
   if (options_.device.is_cuda()) {
-    switch (options_.storage) {
-      case SinkhornStorage::f32:
-        append_rows_device<float>(logits, rows, false);
-        break;
-      case SinkhornStorage::f16:
-        append_rows_device<Half>(logits, rows, false);
-        break;
-      case SinkhornStorage::bf16:
-        append_rows_device<BFloat16>(logits, rows, false);
-        break;
-    }
+    with_storage_type(options_.storage, [&](auto tag) {
+      this->template append_rows_device<decltype(tag)>(logits, rows, false);
+    });
     rows_appended_ += rows;
     prepare_seconds_ += seconds_since(start);
     return;
   }
 #endif
-  switch (options_.storage) {
-    case SinkhornStorage::f32:
-      append_rows<float>(logits, rows);
-      break;
-    case SinkhornStorage::f16:
-      append_rows<Half>(logits, rows);
-      break;
-    case SinkhornStorage::bf16:
-      append_rows<BFloat16>(logits, rows);
-      break;
-  }
+  with_storage_type(options_.storage, [&](auto tag) {
+    this->template append_rows<decltype(tag)>(logits, rows);
+  });
   if (keep_logits_) {
     std::memcpy(static_cast<float*>(buffers_->logits.get()) + rows_appended_ * k_, logits,
                 static_cast<std::size_t>(rows * k_) * sizeof(float));
@@ -1437,17 +1442,9 @@ SinkhornResult SinkhornSolver::solve() {
   if (options_.device.is_cuda()) {
     result.device = options_.device.str();
     try {
-      switch (options_.storage) {
-        case SinkhornStorage::f32:
-          run_device<float>(&result);
-          break;
-        case SinkhornStorage::f16:
-          run_device<Half>(&result);
-          break;
-        case SinkhornStorage::bf16:
-          run_device<BFloat16>(&result);
-          break;
-      }
+      with_storage_type(options_.storage, [&](auto tag) {
+        this->template run_device<decltype(tag)>(&result);
+      });
     } catch (...) {
       borrowed_device_logits_ = nullptr;
       throw;
@@ -1461,17 +1458,9 @@ SinkhornResult SinkhornSolver::solve() {
     return result;
   }
 #endif
-  switch (options_.storage) {
-    case SinkhornStorage::f32:
-      run<float>(&result);
-      break;
-    case SinkhornStorage::f16:
-      run<Half>(&result);
-      break;
-    case SinkhornStorage::bf16:
-      run<BFloat16>(&result);
-      break;
-  }
+  with_storage_type(options_.storage, [&](auto tag) {
+    this->template run<decltype(tag)>(&result);
+  });
   // (c, r) in the units of the original A (r e^{G}, c e^{−M}), whatever was absorbed.
   const Buffers& b = *buffers_;
   result.r = b.r;
@@ -1529,17 +1518,9 @@ SinkhornResult SinkhornSolver::solve_device(const float* device_logits, std::int
                    "pass logits allocated with cudaMalloc (or use solve(logits) for host logits)");
   }
   SELA_CUDA_CHECK(cudaDeviceSynchronize());  // the producer's work, on whatever stream, is done
-  switch (options_.storage) {
-    case SinkhornStorage::f32:
-      append_rows_device<float>(device_logits, n, true);
-      break;
-    case SinkhornStorage::f16:
-      append_rows_device<Half>(device_logits, n, true);
-      break;
-    case SinkhornStorage::bf16:
-      append_rows_device<BFloat16>(device_logits, n, true);
-      break;
-  }
+  with_storage_type(options_.storage, [&](auto tag) {
+    this->template append_rows_device<decltype(tag)>(device_logits, n, true);
+  });
   rows_appended_ = n;
   prepare_seconds_ += seconds_since(start);
   borrowed_device_logits_ = device_logits;

@@ -1293,6 +1293,24 @@ void sinkhorn_column_sums(const Store* a, std::int64_t n, std::int64_t k, std::i
                 stream);
 }
 
+// The fields of RowArgs that the pass and the labels kernels share.
+template <typename Store>
+RowArgs<Store> common_row_args(const Plan& plan, const Store* a, std::int64_t n, std::int64_t k,
+                               std::int64_t n_total, const float* r_rel, const double* r_scale,
+                               double* c) {
+  RowArgs<Store> args;
+  args.a = a;
+  args.n = n;
+  args.k = k;
+  args.vectors = plan.vectors;
+  args.n_total = n_total;
+  args.steps = plan.steps;
+  args.r_rel = r_rel;
+  args.r_scale = r_scale;
+  args.c = c;
+  return args;
+}
+
 template <typename Store>
 void sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_t stride,
                    std::int64_t n_total, const float* r_rel, const double* r_scale,
@@ -1309,17 +1327,8 @@ void sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_t 
   check_aligned(op, r_rel, "r_rel");
   const Plan plan = make_plan<Store>(n, k, current_device());
   check_workspace(op, plan, workspace, workspace_bytes);
-  RowArgs<Store> args;
-  args.a = a;
-  args.n = n;
-  args.k = k;
-  args.vectors = plan.vectors;
-  args.n_total = n_total;
-  args.steps = plan.steps;
-  args.r_rel = r_rel;
-  args.r_scale = r_scale;
+  RowArgs<Store> args = common_row_args(plan, a, n, k, n_total, r_rel, r_scale, c);
   args.omega = omega;
-  args.c = c;
   args.measure = measure_change;
   args.run_status = run_status;
   args.column_partials = at<double>(workspace, plan.partials_offset);
@@ -1353,16 +1362,8 @@ void sinkhorn_labels(const Store* a, std::int64_t n, std::int64_t k, std::int64_
   check_aligned(op, r_rel, "r_rel");
   const Plan plan = make_plan<Store>(n, k, current_device());
   check_workspace(op, plan, workspace, workspace_bytes);
-  RowArgs<Store> args;
-  args.a = a;
-  args.n = n;
-  args.k = k;
-  args.vectors = plan.vectors;
-  args.n_total = n_total;
-  args.steps = plan.steps;
-  args.r_rel = r_rel;
-  args.r_scale = r_scale;
-  args.c = const_cast<double*>(c);  // read only in the labels kernels
+  RowArgs<Store> args = common_row_args(plan, a, n, k, n_total, r_rel, r_scale,
+                                        const_cast<double*>(c));  // c: read only here
   args.labels = reinterpret_cast<long long*>(labels);
   args.block_row_error = at<double>(workspace, plan.row_error_offset);
   args.block_floor = at<double>(workspace, plan.floor_offset);
