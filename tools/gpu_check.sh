@@ -23,6 +23,8 @@ log="$out/gpu_check.log"
 build="$root/build-gpu"
 command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 python="${PYTHON:-python3}"
+# shellcheck source=tools/gpu_lib.sh
+source "$root/tools/gpu_lib.sh"
 {
   echo "== sela GPU check $(date -u '+%F %T UTC')"
   nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
@@ -46,17 +48,10 @@ python="${PYTHON:-python3}"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSELA_CUDA=ON -DSELA_NATIVE=ON $zlib_flag &&
     cmake --build "$build" -j"$(nproc)"
   echo "== build: $(( $(date +%s) - start )) s"
-  # cuDNN 9 dlopens its sub-libraries (libcudnn_cnn.so.9, libcudnn_engines_*.so.9) by name:
-  # when the one linked is a pip wheel's (not on the loader's path), name its folder.
-  # Only for sela's binaries: PyTorch finds its own copy, and another folder put first on
-  # its path could hand it another cuDNN than it was built with.
-  cudnn_library=$(sed -n 's/^SELA_CUDNN_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt" 2>/dev/null)
-  sela_library_path="${LD_LIBRARY_PATH:-}"
-  if [ -e "$cudnn_library" ] && [[ "$(readlink -f "$cudnn_library")" == */nvidia/cudnn/* ]]; then
-    sela_library_path="$(dirname "$(readlink -f "$cudnn_library")")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    echo "cuDNN linked from a pip wheel: $cudnn_library (its folder goes on sela's LD_LIBRARY_PATH)"
-  fi
-  with_sela_libs() { LD_LIBRARY_PATH="$sela_library_path" "$@"; }
+  sela_libs=$(sela_library_path "$build")  # tools/gpu_lib.sh: pip cuDNN's folder
+  [ "$sela_libs" != "${LD_LIBRARY_PATH:-}" ] &&
+    echo "cuDNN linked from a pip wheel: its folder goes on sela's LD_LIBRARY_PATH"
+  with_sela_libs() { LD_LIBRARY_PATH="$sela_libs" "$@"; }
 
   # The CUDA tests first (what only this machine can run), the CPU suite after the
   # benchmarks, so that a run short of time loses the least. Two OpenMP threads per CPU test:
@@ -111,19 +106,11 @@ PY
 
   echo "== the whole pipeline on the GPU: sela train --quick --device cuda"
   rm -rf /tmp/sela-quick-gpu /tmp/fashion-mnist
-  "$python" - "$root/third_party_headers/datasets/fashion-mnist" /tmp/fashion-mnist <<'PY'
-import gzip, os, sys
-source, destination = sys.argv[1], sys.argv[2]
-os.makedirs(destination, exist_ok=True)
-for name in os.listdir(source):
-    if name.endswith(".gz"):
-        with gzip.open(os.path.join(source, name)) as f, open(os.path.join(destination, name[:-3]), "wb") as g:
-            g.write(f.read())
-print("Fashion-MNIST unpacked:", sorted(os.listdir(destination)))
-PY
+  unpack_fashion_mnist "$root/third_party_headers/datasets/fashion-mnist" /tmp/fashion-mnist
   with_sela_libs timeout 150 "$build/sela" train --quick --device cuda --data fashion-mnist:/tmp/fashion-mnist \
     --out /tmp/sela-quick-gpu | tail -n 16
   cp /tmp/sela-quick-gpu/metrics.jsonl /tmp/sela-quick-gpu/eval.json "$out/" 2>/dev/null
   echo "== next, on the same warm machine: OUT=\$OUT SINKHORN_TESTS=0 tools/gpu_sinkhorn_check.sh"
+  echo "   and, with time left: OUT=\$OUT tools/gpu_full_run.sh (the full-width default run)"
   echo "== done $(date -u '+%F %T UTC')"
 } 2>&1 | tee "$log"
