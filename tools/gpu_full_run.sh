@@ -25,7 +25,7 @@ source "$root/tools/gpu_lib.sh"
   rm -rf /tmp/sela-full-gpu
   start=$(date +%s)
   LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout -k 10 "${FULL_RUN_S:-300}" \
-    "$build/sela" train --device cuda --width-mult 1 --data fashion-mnist:/tmp/fashion-mnist \
+    "$build/sela" train --device cuda --width-mult 1 --workers 8 --data fashion-mnist:/tmp/fashion-mnist \
     --out /tmp/sela-full-gpu | grep -v "^epoch\|logits" | tail -n 40
   echo "== exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s (124: stopped by FULL_RUN_S)"
   cp /tmp/sela-full-gpu/eval.json "$out/full_eval.json" 2>/dev/null
