@@ -5,6 +5,7 @@
 //   final evaluation on the test split (when asked and the data has classes)
 #include "sela/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -456,6 +458,10 @@ TrainSummary Run::go() {
   cpu::set_num_threads(config_.threads);
   device_ = resolve_device(config_.device);
   config_.device = device_.str();  // config.json records where the run actually ran
+  if (config_.workers == 0) {
+    const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    config_.workers = device_.is_cpu() ? 1 : std::clamp(hardware / 2, 1, 8);
+  }
   const std::string device_line = checked_device_description(device_, "sela train");
   if (!device_.is_cpu()) std::printf("sela train: %s\n", device_line.c_str());
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");

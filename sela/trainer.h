@@ -61,7 +61,7 @@ struct TrainConfig {
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   int threads = 0;
-  int workers = 1;
+  int workers = 0;  // data loader threads; 0 = 1 on the CPU, up to 8 feeding a GPU
   std::uint64_t seed = 0;
   std::string out = "runs/default";
   bool resume = false;

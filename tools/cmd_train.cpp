@@ -65,7 +65,9 @@ int run_train(const Args& args) {
             "auto (the first GPU when this build has CUDA and the machine a GPU, else cpu) | "
             "cpu | cuda[:N]");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
-  flags.add("workers", std::to_string(defaults.workers), "data loader threads");
+  flags.add("workers", std::to_string(defaults.workers),
+            "data loader threads (0: 1 for a CPU run, which needs its cores for compute; half "
+            "the hardware threads, at most 8, for a GPU run)");
   flags.add("seed", "0", "seed of weights, labels, order and augmentation");
   flags.add("out", defaults.out, "run folder");
   flags.add("limit-samples", "0", "use only the first N training samples (0 = all)");
@@ -120,7 +122,7 @@ int run_train(const Args& args) {
   config.evaluate = !flags.get_switch("no-eval");
   SELA_CHECK(config.lambda > 0, "sela train", "--lambda must be > 0, got " << config.lambda);
   SELA_CHECK(config.label_steps >= 0, "sela train", "--label-steps must be >= 0");
-  SELA_CHECK(config.workers >= 1, "sela train", "--workers must be >= 1");
+  SELA_CHECK(config.workers >= 0, "sela train", "--workers must be >= 0 (0: automatic)");
   train(config);
   return 0;
 }
