@@ -106,7 +106,11 @@ class Run {
   void start_fresh();
   void resume_from_checkpoint();
   void label_step(std::int64_t epoch);
-  std::vector<std::vector<float>> label_step_logits(const std::string& label, double* seconds);
+  // The (T) x (N * K_t) logits a label step solves from: recorded_logits_ itself when every
+  // sample has been recorded, else *scratch (a fresh pass, or the recorded logits completed
+  // by a pass over the samples not seen yet).
+  const std::vector<std::vector<float>>& label_step_logits(
+      const std::string& label, double* seconds, std::vector<std::vector<float>>* scratch);
   void record_logits(const std::vector<Tensor>& logits, const data::Batch& batch);
   double train_epoch(std::int64_t epoch);
   void save_checkpoint(std::int64_t epochs_done);
@@ -274,7 +278,9 @@ void Run::label_step(std::int64_t epoch) {
   std::string label = "label step " + std::to_string(next_label_step_ + 1) + "/" +
                       std::to_string(schedule_.size());
   double forward_seconds = 0;
-  std::vector<std::vector<float>> logits = label_step_logits(label, &forward_seconds);
+  std::vector<std::vector<float>> scratch;
+  const std::vector<std::vector<float>>& logits =
+      label_step_logits(label, &forward_seconds, &scratch);
   json line = {{"event", "label_step"}, {"step", next_label_step_}, {"epoch", epoch},
                {"samples_seen", samples_seen_}, {"forward_s", forward_seconds}};
   for (std::size_t t = 0; t < labels_.size(); ++t) {
@@ -317,8 +323,8 @@ void Run::label_step(std::int64_t epoch) {
   summary_.label_steps_done++;
 }
 
-std::vector<std::vector<float>> Run::label_step_logits(const std::string& label,
-                                                       double* seconds) {
+const std::vector<std::vector<float>>& Run::label_step_logits(
+    const std::string& label, double* seconds, std::vector<std::vector<float>>* scratch) {
   std::vector<std::int64_t> missing;
   if (config_.label_logits == "recorded") {
     for (std::int64_t i = 0; i < n_; ++i) {
@@ -329,24 +335,25 @@ std::vector<std::vector<float>> Run::label_step_logits(const std::string& label,
     NetworkOutputs outputs = run_network(*model_, *train_, config_.batch_size, config_.workers,
                                          true, false, label + ": logits");
     *seconds = outputs.seconds;
-    return std::move(outputs.logits);
+    *scratch = std::move(outputs.logits);
+    return *scratch;
   }
-  // Recorded logits, plus an eval pass over the samples that have none yet.
-  std::vector<std::vector<float>> logits = recorded_logits_;
   *seconds = 0;
-  if (!missing.empty()) {
-    SubsetDataset unseen(*train_, missing);
-    NetworkOutputs outputs = run_network(*model_, unseen, config_.batch_size, config_.workers,
-                                         true, false,
-                                         label + ": logits of " + std::to_string(missing.size()) +
-                                             " unseen samples");
-    *seconds = outputs.seconds;
-    for (std::size_t t = 0; t < logits.size(); ++t) {
-      const std::size_t k = static_cast<std::size_t>(config_.clusters[t]);
-      for (std::size_t j = 0; j < missing.size(); ++j) {
-        std::copy_n(outputs.logits[t].data() + j * k, k,
-                    logits[t].data() + static_cast<std::size_t>(missing[j]) * k);
-      }
+  if (missing.empty()) return recorded_logits_;
+  // Recorded logits, completed by an eval pass over the samples that have none yet.
+  std::vector<std::vector<float>>& logits = *scratch;
+  logits = recorded_logits_;
+  SubsetDataset unseen(*train_, missing);
+  NetworkOutputs outputs = run_network(*model_, unseen, config_.batch_size, config_.workers, true,
+                                       false,
+                                       label + ": logits of " + std::to_string(missing.size()) +
+                                           " unseen samples");
+  *seconds = outputs.seconds;
+  for (std::size_t t = 0; t < logits.size(); ++t) {
+    const std::size_t k = static_cast<std::size_t>(config_.clusters[t]);
+    for (std::size_t j = 0; j < missing.size(); ++j) {
+      std::copy_n(outputs.logits[t].data() + j * k, k,
+                  logits[t].data() + static_cast<std::size_t>(missing[j]) * k);
     }
   }
   return logits;
@@ -401,19 +408,22 @@ double Run::train_epoch(std::int64_t epoch) {
     Tensor images = batch_images_on(batch, device_);  // (B, C, H, W)
     std::vector<Tensor> targets;
     for (const auto& head_labels : labels_) {
-      std::vector<std::int64_t> y(static_cast<std::size_t>(batch.size));
+      // (B) int64; for a GPU in pinned memory, so that the upload is queued without a wait
+      // (the pinned pool reuses the block only after the copy has run).
+      Tensor head_targets = device_.is_cpu() ? Tensor::empty({batch.size}, DType::i64)
+                                             : Tensor::pinned({batch.size}, DType::i64);
+      std::int64_t* y = head_targets.data<std::int64_t>();
       for (std::int64_t j = 0; j < batch.size; ++j) {
-        y[static_cast<std::size_t>(j)] =
-            head_labels[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])];
+        y[j] = head_labels[static_cast<std::size_t>(batch.indices[static_cast<std::size_t>(j)])];
       }
-      Tensor head_targets = Tensor::from_vector(y, {batch.size});  // (B) int64
       targets.push_back(device_.is_cpu() ? head_targets : head_targets.to(device_));
     }
     optimizer_->zero_grad();
     std::vector<Tensor> logits = model_->forward_heads(images);  // (B, K_t) per head
-    if (config_.label_logits == "recorded") record_logits(logits, batch);
     Tensor loss = sela_loss(logits, targets);
     double value = loss.item();
+    // After item(): on a GPU the forward pass has run, so these copies wait for nothing.
+    if (config_.label_logits == "recorded") record_logits(logits, batch);
     if (!std::isfinite(value)) {
       SELA_FAIL_HINT("sela train",
                      "the loss became " << value << " in epoch " << epoch + 1 << ", batch "

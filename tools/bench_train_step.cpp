@@ -25,13 +25,13 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
 #include "models/alexnet.h"
+#include "sela/device_choice.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
 
 #if defined(SELA_HAVE_CUDA)
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cudnn_conv.h"
-#include "kernels/cuda/device.cuh"
 #include "kernels/cuda/device_allocator.h"
 #endif
 
@@ -97,12 +97,9 @@ int run_bench_train_step(const Args& args) {
   if (!flags.parse(args)) return 0;
 
   Device device = Device::parse(flags.get("device"));
-#if !defined(SELA_HAVE_CUDA)
-  SELA_CHECK(device.is_cpu(), "sela bench train-step",
-             "--device " << device.str()
-                         << " is not available: this build has no CUDA backend (configure with "
-                            "-DSELA_CUDA=ON on a machine with nvcc)");
-#endif
+  // An unusable device is an Error here (sela/device_choice.h), before any work; for a GPU
+  // the line is its banner (name, memory, CUDA/cuDNN/cuBLAS versions).
+  const std::string device_line = checked_device_description(device, "sela bench train-step");
   std::int64_t batch = flags.get_int("batch"), heads = flags.get_int("heads");
   std::int64_t clusters = flags.get_int("clusters");
   std::int64_t warmup = flags.get_int("warmup"), steps = flags.get_int("steps");
@@ -127,7 +124,7 @@ int run_bench_train_step(const Args& args) {
     cuda::set_conv_tf32(tf32_conv);
     cuda::set_matmul_tf32(tf32_matmul);
     cuda::set_conv_benchmark(cudnn_benchmark);
-    report.banner = cuda::device_banner(device.index);  // ends with the cuDNN / cuBLAS versions
+    report.banner = device_line;
   }
 #endif
 
