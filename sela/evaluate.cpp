@@ -3,6 +3,8 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -164,6 +166,57 @@ EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Data
   return report;
 }
 
+void EvalReport::select_by_stability(const std::vector<double>& stability) {
+  std::map<std::int64_t, std::size_t> best;  // K -> head
+  for (std::size_t t = 0; t < heads.size(); ++t) {
+    heads[t].label_stability = t < stability.size() ? stability[t] : -1;
+    heads[t].selected = false;
+    if (heads[t].label_stability < 0) continue;
+    auto it = best.find(heads[t].k);
+    if (it == best.end() || heads[t].label_stability > heads[it->second].label_stability) {
+      best[heads[t].k] = t;
+    }
+  }
+  for (const auto& entry : best) heads[entry.second].selected = true;
+}
+
+std::vector<double> label_stability_from_metrics(const std::string& metrics_path,
+                                                 std::size_t heads) {
+  std::vector<double> stability(heads, -1.0);
+  std::ifstream in(metrics_path);
+  if (!in) return stability;
+  std::map<std::int64_t, std::vector<double>> by_step;  // step -> NMI(previous) per head
+  std::string line;
+  std::int64_t line_number = 0;
+  while (std::getline(in, line)) {
+    ++line_number;
+    if (line.find("\"label_step\"") == std::string::npos) continue;
+    nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
+    SELA_CHECK(!entry.is_discarded(), "label stability",
+               metrics_path << " line " << line_number << " is not JSON");
+    if (entry.value("event", "") != "label_step" || !entry.contains("heads")) continue;
+    std::vector<double> values(heads, -1.0);
+    for (const auto& head : entry["heads"]) {
+      std::size_t t = head.value("head", std::size_t{0});
+      if (t < heads && head.contains("nmi_previous")) values[t] = head["nmi_previous"].get<double>();
+    }
+    by_step[entry.value("step", std::int64_t{0})] = values;  // a repeated step: the last wins
+  }
+  by_step.erase(0);  // its predecessor is the random initial partition
+  if (by_step.empty()) return stability;
+  const std::size_t count = std::max<std::size_t>(1, (by_step.size() + 1) / 4);
+  for (std::size_t t = 0; t < heads; ++t) {
+    double sum = 0;
+    std::size_t used = 0;
+    for (auto it = by_step.rbegin(); it != by_step.rend() && used < count; ++it, ++used) {
+      if (it->second[t] < 0) break;
+      sum += it->second[t];
+    }
+    if (used == count && count > 0) stability[t] = sum / static_cast<double>(count);
+  }
+  return stability;
+}
+
 std::string EvalReport::to_json() const {
   nlohmann::json j;
   j["event"] = "eval";
@@ -178,6 +231,10 @@ std::string EvalReport::to_json() const {
                            {"test_ari", h.test.ari}, {"train_labels_nmi", h.train_labels.nmi},
                            {"train_labels_ami", h.train_labels.ami},
                            {"train_labels_ari", h.train_labels.ari}};
+    if (h.label_stability >= 0) {
+      head["label_stability"] = h.label_stability;
+      head["selected_by_stability"] = h.selected;
+    }
     if (h.test.accuracy >= 0) head["test_accuracy"] = h.test.accuracy;
     if (h.train_labels.accuracy >= 0) head["train_labels_accuracy"] = h.train_labels.accuracy;
     j["heads"].push_back(head);
@@ -188,21 +245,36 @@ std::string EvalReport::to_json() const {
 std::string EvalReport::table() const {
   std::ostringstream out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-6s %5s | %-26s | %-26s\n", "head", "K",
-                "test split: NMI  AMI  ARI  acc", "train labels: NMI  ARI  acc");
+  auto acc = [](double a) {
+    char b[16];
+    if (a < 0) return std::string("   -");
+    std::snprintf(b, sizeof b, "%.3f", a);
+    return std::string(b);
+  };
+  std::snprintf(line, sizeof line, "%-7s %5s | %-26s | %-26s | %s\n", "head", "K",
+                "test split: NMI  AMI  ARI  acc", "train labels: NMI  ARI  acc",
+                "label stability");
   out << line;
+  std::map<std::int64_t, int> heads_of_k;
+  for (const HeadReport& h : heads) ++heads_of_k[h.k];
   for (std::size_t t = 0; t < heads.size(); ++t) {
     const HeadReport& h = heads[t];
-    auto acc = [](double a) {
-      char b[16];
-      if (a < 0) return std::string("   -");
-      std::snprintf(b, sizeof b, "%.3f", a);
-      return std::string(b);
-    };
-    std::snprintf(line, sizeof line, "head%-2zu %5lld | %.3f %.3f %.3f %5s | %.3f %.3f %5s\n", t,
-                  static_cast<long long>(h.k), h.test.nmi, h.test.ami, h.test.ari,
-                  acc(h.test.accuracy).c_str(), h.train_labels.nmi, h.train_labels.ari,
-                  acc(h.train_labels.accuracy).c_str());
+    std::snprintf(line, sizeof line, "head%-2zu%c %5lld | %.3f %.3f %.3f %5s | %.3f %.3f %5s | %s\n",
+                  t, h.selected && heads_of_k[h.k] > 1 ? '*' : ' ', static_cast<long long>(h.k),
+                  h.test.nmi, h.test.ami, h.test.ari, acc(h.test.accuracy).c_str(),
+                  h.train_labels.nmi, h.train_labels.ari, acc(h.train_labels.accuracy).c_str(),
+                  acc(h.label_stability).c_str());
+    out << line;
+  }
+  for (std::size_t t = 0; t < heads.size(); ++t) {
+    const HeadReport& h = heads[t];
+    if (!h.selected || heads_of_k[h.k] < 2) continue;
+    std::snprintf(line, sizeof line,
+                  "* head%zu: the most stable of the %d heads with K=%lld (chosen without true "
+                  "classes): test NMI %.3f, ARI %.3f%s%s\n",
+                  t, heads_of_k[h.k], static_cast<long long>(h.k), h.test.nmi, h.test.ari,
+                  h.test.accuracy >= 0 ? ", acc " : "",
+                  h.test.accuracy >= 0 ? acc(h.test.accuracy).c_str() : "");
     out << line;
   }
   std::snprintf(line, sizeof line,

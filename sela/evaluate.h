@@ -9,7 +9,8 @@
 // NMI, adjusted NMI (AMI) and ARI of each head's argmax on the test split, the same for the
 // training pseudo-labels, accuracy after Hungarian matching for heads whose K equals the
 // class count, and weighted kNN top-1 on fc7 features (train as memory, test as queries;
-// k = 200 and 10, σ = 0.1, cosine similarity: the reference's CIFAR protocol).
+// k = 200 and 10, σ = 0.1, cosine similarity: the reference's CIFAR protocol). Among heads
+// of one K, the one whose labels were most stable is marked (select_by_stability).
 #pragma once
 
 #include <cstdint>
@@ -58,6 +59,8 @@ struct HeadReport {
   std::int64_t k = 0;
   ClusteringScores test;         // argmax of the head on the test split
   ClusteringScores train_labels; // the pseudo-labels of the training split
+  double label_stability = -1;   // see label_stability_from_metrics; -1 unknown
+  bool selected = false;         // the most stable head of its K (select_by_stability)
 };
 
 struct EvalReport {
@@ -66,7 +69,22 @@ struct EvalReport {
   std::int64_t train_samples = 0, test_samples = 0;
   std::string to_json() const;
   std::string table() const;  // the human-readable summary printed at the end of a run
+  // Records each head's stability and marks, for every K, the head with the highest one
+  // (ties: the lower index); heads with unknown stability (-1) are never selected.
+  void select_by_stability(const std::vector<double>& stability);
 };
+
+// How stable each head's labels were at the end of a run, a way to choose among heads of
+// the same K without true classes: the mean NMI between the labels before and after each
+// of the last quarter of the run's label steps (at least one; the first step, whose
+// predecessor is the random initial partition, never counts). Heads of one run that fell
+// into a poor partition early keep re-shuffling it; docs/results.md measures how often the
+// most stable K = 10 head is also the best one against the true classes. Read from the
+// label_step lines of metrics.jsonl; a step logged twice (a resumed run repeats the steps
+// after its last checkpoint) counts once, by its last line. Every head -1 when the file is
+// missing or holds fewer than two label steps.
+std::vector<double> label_stability_from_metrics(const std::string& metrics_path,
+                                                 std::size_t heads);
 
 // train_labels: the run's pseudo-labels, (T) x (N_train). Needs labelled data sets.
 EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Dataset& test,

@@ -524,6 +524,8 @@ TrainSummary Run::go() {
     }
     auto test = data::open_dataset(test_spec, options);
     EvalReport report = evaluate(*model_, *train_, *test, labels_, config_.batch_size, config_.workers);
+    report.select_by_stability(
+        label_stability_from_metrics(config_.out + "/metrics.jsonl", labels_.size()));
     json line = json::parse(report.to_json());
     line["test_data"] = test->info().spec;
     log(line);

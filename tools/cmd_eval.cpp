@@ -153,6 +153,8 @@ int run_eval(const Args& args) {
   }
 
   EvalReport report = evaluate(*model, *train, *test, train_labels, batch_size, workers);
+  report.select_by_stability(
+      label_stability_from_metrics(run.path + "/metrics.jsonl", run.model.clusters.size()));
   nlohmann::json out = nlohmann::json::parse(report.to_json());
   out["checkpoint"] = run.path;
   out["data"] = train->info().spec;
