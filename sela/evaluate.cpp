@@ -1,6 +1,7 @@
 // Implementation of sela/evaluate.h.
 #include "sela/evaluate.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -166,18 +167,42 @@ EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Data
   return report;
 }
 
-void EvalReport::select_by_stability(const std::vector<double>& stability) {
+std::vector<bool> most_stable_of_each_k(const std::vector<std::int64_t>& clusters,
+                                        const std::vector<double>& stability) {
   std::map<std::int64_t, std::size_t> best;  // K -> head
+  auto known = [&](std::size_t t) { return t < stability.size() && stability[t] >= 0; };
+  for (std::size_t t = 0; t < clusters.size(); ++t) {
+    if (!known(t)) continue;
+    auto it = best.find(clusters[t]);
+    if (it == best.end() || stability[t] > stability[it->second]) best[clusters[t]] = t;
+  }
+  std::vector<bool> selected(clusters.size(), false);
+  for (const auto& entry : best) selected[entry.second] = true;
+  return selected;
+}
+
+std::size_t default_display_head(const std::vector<std::int64_t>& clusters,
+                                 const std::vector<double>& stability) {
+  SELA_CHECK(!clusters.empty(), "default_display_head", "the run has no heads");
+  const std::int64_t smallest = *std::min_element(clusters.begin(), clusters.end());
+  std::vector<bool> selected = most_stable_of_each_k(clusters, stability);
+  std::size_t first = clusters.size();
+  for (std::size_t t = 0; t < clusters.size(); ++t) {
+    if (clusters[t] != smallest) continue;
+    if (selected[t]) return t;
+    first = std::min(first, t);
+  }
+  return first;
+}
+
+void EvalReport::select_by_stability(const std::vector<double>& stability) {
+  std::vector<std::int64_t> clusters;
+  for (const HeadReport& head : heads) clusters.push_back(head.k);
+  std::vector<bool> selected = most_stable_of_each_k(clusters, stability);
   for (std::size_t t = 0; t < heads.size(); ++t) {
     heads[t].label_stability = t < stability.size() ? stability[t] : -1;
-    heads[t].selected = false;
-    if (heads[t].label_stability < 0) continue;
-    auto it = best.find(heads[t].k);
-    if (it == best.end() || heads[t].label_stability > heads[it->second].label_stability) {
-      best[heads[t].k] = t;
-    }
+    heads[t].selected = selected[t];
   }
-  for (const auto& entry : best) heads[entry.second].selected = true;
 }
 
 std::vector<double> label_stability_from_metrics(const std::string& metrics_path,

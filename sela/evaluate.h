@@ -86,6 +86,16 @@ struct EvalReport {
 std::vector<double> label_stability_from_metrics(const std::string& metrics_path,
                                                  std::size_t heads);
 
+// For heads with K = clusters[t] and the given stability (-1 unknown): whether each head is
+// the most stable of its K (ties: the lower index; a K with no known stability has none).
+std::vector<bool> most_stable_of_each_k(const std::vector<std::int64_t>& clusters,
+                                        const std::vector<double>& stability);
+
+// The head a picture of "the" clustering should show: the most stable head of the smallest
+// K, or that K's first head when the run has no stability (fewer than two label steps).
+std::size_t default_display_head(const std::vector<std::int64_t>& clusters,
+                                 const std::vector<double>& stability);
+
 // train_labels: the run's pseudo-labels, (T) x (N_train). Needs labelled data sets.
 EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Dataset& test,
                     const std::vector<std::vector<std::int64_t>>& train_labels,

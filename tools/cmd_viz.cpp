@@ -1,6 +1,6 @@
 // `sela viz`: pictures of a run (sela/viz.h).
 //
-//   sela viz --checkpoint RUNDIR [--data SPEC] --out clusters.png [--head H]
+//   sela viz --checkpoint RUNDIR [--data SPEC] --out clusters.png [--head H|stable]
 //            [--clusters-shown C] [--per-cluster P]
 //   sela viz --curves RUNDIR --out curves.png
 //
@@ -58,7 +58,9 @@ int run_viz(const Args& args) {
   flags.add("data", "", "data whose clusters to show (default: the run's training data)");
   flags.add("split", "train", "split of --data: train | test (sources with splits)");
   flags.add("out", "", "PNG file to write (required)");
-  flags.add("head", "0", "head whose clusters to show");
+  flags.add("head", "stable",
+            "head whose clusters to show: a number, or stable (the most stable head of the "
+            "smallest K, as `sela eval` marks it; head 0's K when the run has no stability)");
   flags.add("clusters-shown", "0", "rows (clusters) drawn after sorting (0 = all non-empty)");
   flags.add("per-cluster", "10", "sample images per row");
   flags.add("seed", "0", "seed of the sample choice");
@@ -80,8 +82,15 @@ int run_viz(const Args& args) {
   SELA_CHECK(batch_size >= 1 && workers >= 1, command, "--batch-size and --workers must be >= 1");
   cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
   RunFolder run = read_run_folder(flags.get("checkpoint"), command);
-  std::int64_t head = flags.get_int("head");
   std::int64_t heads = static_cast<std::int64_t>(run.model.clusters.size());
+  std::int64_t head = 0;
+  if (flags.get("head") == "stable") {
+    head = static_cast<std::int64_t>(default_display_head(
+        run.model.clusters,
+        label_stability_from_metrics(run.path + "/metrics.jsonl", run.model.clusters.size())));
+  } else {
+    head = flags.get_int("head");
+  }
   SELA_CHECK(head >= 0 && head < heads, command,
              "--head " << head << " does not exist: the run has heads 0.." << heads - 1);
   const std::int64_t k = run.model.clusters[static_cast<std::size_t>(head)];

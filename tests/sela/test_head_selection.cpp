@@ -2,7 +2,8 @@
 // stability read from a hand-written metrics.jsonl (the quarter of the steps it averages,
 // step 0 left out, a resumed run's repeated steps counted once by their last line, other
 // events and heads with no record ignored), the head it selects per K (ties, unknown
-// stability), and how the report shows the choice in its JSON and its table.
+// stability), how the report shows the choice in its JSON and its table, and the head
+// `sela viz` shows by default.
 #include <doctest/doctest.h>
 
 #include <cstdlib>
@@ -128,4 +129,16 @@ TEST_CASE("select_by_stability marks the most stable head of each K, and the rep
   CHECK(report.heads[0].selected);
   CHECK(report.heads[1].label_stability == -1);
   CHECK(!report.heads[4].selected);
+}
+
+TEST_CASE("the head a picture shows by default: the most stable of the smallest K") {
+  const std::vector<std::int64_t> clusters{30, 10, 10, 50};
+  CHECK(default_display_head(clusters, {0.9, 0.5, 0.7, 0.1}) == 2);
+  CHECK(default_display_head(clusters, {0.9, 0.7, 0.7, 0.1}) == 1);  // a tie: the lower index
+  CHECK(default_display_head(clusters, {0.9, -1, 0.2, 0.1}) == 2);   // unknown never wins
+  CHECK(default_display_head(clusters, {-1, -1, -1, -1}) == 1);      // no stability: first K=10
+  CHECK(default_display_head(clusters, {}) == 1);
+  CHECK(default_display_head({7}, {}) == 0);
+  std::vector<bool> marks = most_stable_of_each_k(clusters, {0.9, 0.5, 0.7, -1});
+  CHECK(marks == std::vector<bool>{true, false, true, false});
 }
