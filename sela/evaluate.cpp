@@ -223,12 +223,15 @@ std::vector<double> label_stability_from_metrics(const std::string& metrics_path
     std::vector<double> values(heads, -1.0);
     for (const auto& head : entry["heads"]) {
       std::size_t t = head.value("head", std::size_t{0});
-      if (t < heads && head.contains("nmi_previous")) values[t] = head["nmi_previous"].get<double>();
+      if (t < heads && head.contains("nmi_previous")) {
+        values[t] = head["nmi_previous"].get<double>();
+      }
     }
     by_step[entry.value("step", std::int64_t{0})] = values;  // a repeated step: the last wins
   }
   by_step.erase(0);  // its predecessor is the random initial partition
   if (by_step.empty()) return stability;
+  // A quarter of all the run's steps, step 0 included in the count (but not averaged).
   const std::size_t count = std::max<std::size_t>(1, (by_step.size() + 1) / 4);
   for (std::size_t t = 0; t < heads; ++t) {
     double sum = 0;
@@ -237,7 +240,7 @@ std::vector<double> label_stability_from_metrics(const std::string& metrics_path
       if (it->second[t] < 0) break;
       sum += it->second[t];
     }
-    if (used == count && count > 0) stability[t] = sum / static_cast<double>(count);
+    if (used == count) stability[t] = sum / static_cast<double>(count);
   }
   return stability;
 }
@@ -270,7 +273,7 @@ std::string EvalReport::to_json() const {
 std::string EvalReport::table() const {
   std::ostringstream out;
   char line[256];
-  auto acc = [](double a) {
+  auto number_or_dash = [](double a) {
     char b[16];
     if (a < 0) return std::string("   -");
     std::snprintf(b, sizeof b, "%.3f", a);
@@ -284,11 +287,13 @@ std::string EvalReport::table() const {
   for (const HeadReport& h : heads) ++heads_of_k[h.k];
   for (std::size_t t = 0; t < heads.size(); ++t) {
     const HeadReport& h = heads[t];
-    std::snprintf(line, sizeof line, "head%-2zu%c %5lld | %.3f %.3f %.3f %5s | %.3f %.3f %5s | %s\n",
-                  t, h.selected && heads_of_k[h.k] > 1 ? '*' : ' ', static_cast<long long>(h.k),
-                  h.test.nmi, h.test.ami, h.test.ari, acc(h.test.accuracy).c_str(),
-                  h.train_labels.nmi, h.train_labels.ari, acc(h.train_labels.accuracy).c_str(),
-                  acc(h.label_stability).c_str());
+    const char marker = h.selected && heads_of_k[h.k] > 1 ? '*' : ' ';
+    std::snprintf(line, sizeof line,
+                  "head%-2zu%c %5lld | %.3f %.3f %.3f %5s | %.3f %.3f %5s | %s\n", t, marker,
+                  static_cast<long long>(h.k), h.test.nmi, h.test.ami, h.test.ari,
+                  number_or_dash(h.test.accuracy).c_str(), h.train_labels.nmi,
+                  h.train_labels.ari, number_or_dash(h.train_labels.accuracy).c_str(),
+                  number_or_dash(h.label_stability).c_str());
     out << line;
   }
   for (std::size_t t = 0; t < heads.size(); ++t) {
@@ -299,7 +304,7 @@ std::string EvalReport::table() const {
                   "classes): test NMI %.3f, ARI %.3f%s%s\n",
                   t, heads_of_k[h.k], static_cast<long long>(h.k), h.test.nmi, h.test.ari,
                   h.test.accuracy >= 0 ? ", acc " : "",
-                  h.test.accuracy >= 0 ? acc(h.test.accuracy).c_str() : "");
+                  h.test.accuracy >= 0 ? number_or_dash(h.test.accuracy).c_str() : "");
     out << line;
   }
   std::snprintf(line, sizeof line,
