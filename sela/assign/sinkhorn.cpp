@@ -37,6 +37,7 @@
 #include <limits>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
@@ -1423,6 +1424,15 @@ void SinkhornSolver::open_device_head(const SinkhornMemoryPlan&, const std::stri
 }
 #endif
 
+SinkhornResult SinkhornSolver::finish(SinkhornResult* result) const {
+  result->prepare_seconds = prepare_seconds_;
+  result->total_seconds = result->prepare_seconds + result->iterate_seconds + result->label_seconds;
+  count_clusters(result);
+  finish_warnings(options_, result);
+  log_summary(options_, *result);
+  return std::move(*result);
+}
+
 SinkhornResult SinkhornSolver::solve() {
   SELA_CHECK(head_open_, "sinkhorn",
              "solve before begin_head (or after a failed append or a solve)");
@@ -1450,12 +1460,7 @@ SinkhornResult SinkhornSolver::solve() {
       throw;
     }
     borrowed_device_logits_ = nullptr;
-    result.prepare_seconds = prepare_seconds_;
-    result.total_seconds = result.prepare_seconds + result.iterate_seconds + result.label_seconds;
-    count_clusters(&result);
-    finish_warnings(options_, &result);
-    log_summary(options_, result);
-    return result;
+    return finish(&result);
   }
 #endif
   with_storage_type(options_.storage, [&](auto tag) {
@@ -1471,12 +1476,7 @@ SinkhornResult SinkhornSolver::solve() {
     for (std::size_t i = 0; i < result.c.size(); ++i) result.c[i] *= std::exp(-b.row_shift[i]);
   }
   borrowed_logits_ = nullptr;
-  result.prepare_seconds = prepare_seconds_;
-  result.total_seconds = result.prepare_seconds + result.iterate_seconds + result.label_seconds;
-  count_clusters(&result);
-  finish_warnings(options_, &result);
-  log_summary(options_, result);
-  return result;
+  return finish(&result);
 }
 
 SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::int64_t k,

@@ -242,6 +242,8 @@ class SinkhornSolver {
   void run(SinkhornResult* result);
   template <typename Store>
   void run_device(SinkhornResult* result);
+  // Times, cluster sizes, warnings and the summary line, shared by the host and device paths.
+  SinkhornResult finish(SinkhornResult* result) const;
 
   SinkhornOptions options_;
   std::unique_ptr<Buffers> buffers_;

@@ -24,18 +24,13 @@
 #include "kernels/cpu/parallel.h"
 #include "sela/assign/linear_assignment.h"
 #include "sela/assign/sinkhorn.h"
+#include "tests/assign/sinkhorn_test_logits.h"
 
 using namespace sela::assign;
 
 namespace {
 
-std::vector<float> random_logits(std::int64_t n, std::int64_t k, float spread, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> normal(0.0f, spread);
-  std::vector<float> z(static_cast<std::size_t>(n * k));
-  for (float& v : z) v = normal(gen);
-  return z;
-}
+using sela::test::random_logits;
 
 // log p_ik = z_ik − logsumexp_k z_ik in float64.
 std::vector<double> log_softmax(const std::vector<float>& z, std::int64_t n, std::int64_t k) {

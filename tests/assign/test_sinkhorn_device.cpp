@@ -18,6 +18,7 @@
 
 #include "engine/error.h"
 #include "sela/assign/sinkhorn.h"
+#include "tests/assign/sinkhorn_test_logits.h"
 
 #if defined(SELA_HAVE_CUDA)
 #include "kernels/cuda/device.cuh"
@@ -36,11 +37,7 @@ bool gpu_usable() {
 }
 
 std::vector<float> random_logits(std::int64_t n, std::int64_t k, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> normal(0.0f, 1.5f);
-  std::vector<float> z(static_cast<std::size_t>(n * k));
-  for (float& v : z) v = normal(gen);
-  return z;
+  return sela::test::random_logits(n, k, 1.5f, seed);
 }
 
 // Runs `call`, which must throw sela::Error; returns the message ("" if it did not throw).

@@ -16,6 +16,7 @@
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 #include "sela/assign/sinkhorn_cpu.h"
+#include "tests/assign/sinkhorn_test_logits.h"
 
 using namespace sela::assign;
 
@@ -27,13 +28,7 @@ bool close(double got, double ref, double atol, double rtol) {
   return std::isfinite(got) && std::fabs(got - ref) <= atol + rtol * std::fabs(ref);
 }
 
-std::vector<float> random_logits(std::int64_t n, std::int64_t k, float spread, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> normal(0.0f, spread);
-  std::vector<float> z(static_cast<std::size_t>(n * k));
-  for (float& v : z) v = normal(gen);
-  return z;
-}
+using sela::test::random_logits;
 
 template <typename Store>
 Store poison_value();

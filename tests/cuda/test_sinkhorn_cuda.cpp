@@ -24,6 +24,7 @@
 #include "sela/assign/sinkhorn_cpu.h"
 #include "sela/assign/sinkhorn_cuda.cuh"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/assign/sinkhorn_test_logits.h"
 
 namespace {
 
@@ -41,13 +42,7 @@ using sela::test::poisoned;
 using sela::test::TestStream;
 using sela::test::Tolerance;
 
-std::vector<float> random_logits(std::int64_t n, std::int64_t k, float spread, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> normal(0.0f, spread);
-  std::vector<float> z(static_cast<std::size_t>(n * k));
-  for (float& v : z) v = normal(gen);
-  return z;
-}
+using sela::test::random_logits;
 
 // Confident, unbalanced logits like a trained network's (tools/bench/sinkhorn_numpy.py
 // --peak): peak·onehot(class) + N(0, 1), the class j drawn ∝ imbalance^(−j/(K−1)).
