@@ -125,8 +125,18 @@ if(Python3_Interpreter_FOUND)
 endif()
 find_path(SELA_CUDNN_INCLUDE_DIR cudnn_version.h HINTS ${sela_cudnn_hints} ${CUDAToolkit_INCLUDE_DIRS}
           PATH_SUFFIXES include)
-# The pip wheel ships libcudnn.so.9 without the unversioned link name.
-find_library(SELA_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 HINTS ${sela_cudnn_hints}
+# The library from the same installation as the header first: a machine with both a
+# system cuDNN and PyTorch's pip wheel (seen on the GPU machine: 9.14 in /usr/lib, 9.19 in
+# the wheel) would otherwise pair the wheel's header with the system library, and the
+# version the build reports would not be the one it runs. The pip wheel ships libcudnn.so.9
+# without the unversioned link name.
+if(SELA_CUDNN_INCLUDE_DIR)
+  get_filename_component(sela_cudnn_header_root ${SELA_CUDNN_INCLUDE_DIR} DIRECTORY)
+  find_library(SELA_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 NAMES_PER_DIR
+               PATHS ${sela_cudnn_header_root} ${SELA_CUDNN_INCLUDE_DIR}/../lib/x86_64-linux-gnu
+               PATH_SUFFIXES lib lib64 lib/x64 NO_DEFAULT_PATH)
+endif()
+find_library(SELA_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 NAMES_PER_DIR HINTS ${sela_cudnn_hints}
              ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64 lib/x64)
 mark_as_advanced(SELA_CUDNN_INCLUDE_DIR SELA_CUDNN_LIBRARY)
 set(SELA_CUDNN_FOUND OFF)

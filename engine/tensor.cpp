@@ -529,10 +529,10 @@ void Tensor::move_(Device target) {
   if (impl().grad) impl().grad = Tensor(impl().grad).to(target).impl_ptr();
 }
 
-Tensor& Tensor::set_requires_grad(bool requires) {
-  SELA_CHECK(!requires || is_floating(dtype()), "requires_grad",
+Tensor& Tensor::set_requires_grad(bool enabled) {
+  SELA_CHECK(!enabled || is_floating(dtype()), "requires_grad",
              "only floating tensors can require gradients, got " << describe());
-  impl().requires_grad = requires;
+  impl().requires_grad = enabled;
   return *this;
 }
 

@@ -149,7 +149,7 @@ class Tensor {
 
   // --- autograd ---------------------------------------------------------------------------
   bool requires_grad() const { return impl().requires_grad; }
-  Tensor& set_requires_grad(bool requires = true);
+  Tensor& set_requires_grad(bool enabled = true);
   bool is_leaf() const { return impl().grad_fn == nullptr; }
   Tensor grad() const;  // undefined Tensor when none accumulated yet
   void set_grad(const Tensor& grad) const;

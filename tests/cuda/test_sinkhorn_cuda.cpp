@@ -492,9 +492,16 @@ void compare_solves(const std::vector<float>& z, std::int64_t n, std::int64_t k,
   CHECK(got.col_marginal_error <= (same_passes ? 4.0 * want.col_marginal_error + 1e-6
                                                : std::max(4.0 * want.col_marginal_error, 1e-2)));
   if (same_passes) {
-    // Same number of passes: r and c differ by float summation order only.
-    CHECK(log_spread(got.r, want.r) <= 1e-3);
-    CHECK(log_spread(got.c, want.c) <= 1e-3);
+    // Same number of passes: r and c differ by float summation order and by the few 16-bit
+    // entries of A that round the other way (exp differs in its last float bit between the
+    // devices). At λ = 25 the iteration contracts slowly (hundreds of passes), so these
+    // differences add up along its slowest direction: an H100 gave spreads of 2.5e-3 to
+    // 4.5e-3 at λ = 25 (with identical labels and marginals equal to 5 digits), under 1e-3
+    // at λ ≤ 10. Bound: 1e-3 up to λ = 2.5, growing with λ to 1e-2 at λ = 25. A wrong
+    // kernel moves r or c by O(1).
+    const double spread_bound = 1e-3 * std::max(1.0, options.lambda / 2.5);
+    CHECK(log_spread(got.r, want.r) <= spread_bound);
+    CHECK(log_spread(got.c, want.c) <= spread_bound);
   }
   // Cluster sizes from labels that may differ on rows without a clear margin.
   CHECK(std::llabs(got.cluster_min - want.cluster_min) <= 1 + n / 1000);

@@ -13,21 +13,9 @@
 
 #include "engine/data/idx.h"
 #include "sela/trainer.h"
+#include "tests/temp_folder.h"
 
 namespace sela::test {
-
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-  TempFolder(const TempFolder&) = delete;
-  TempFolder& operator=(const TempFolder&) = delete;
-};
 
 // n 28x28 images of 4 classes (a bright 8x8 block at the class's own place, plus noise),
 // written as FOLDER/STEM-images.idx and FOLDER/STEM-labels.idx; returns the `idx:` spec.

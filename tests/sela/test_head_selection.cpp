@@ -14,21 +14,11 @@
 #include <nlohmann/json.hpp>
 
 #include "sela/evaluate.h"
+#include "tests/temp_folder.h"
 
 using namespace sela;
 
 namespace {
-
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_selection_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
 
 // One label_step line with NMI(previous) a for head 0 and b for head 1.
 std::string step_line(int step, double a, double b) {
@@ -49,7 +39,7 @@ HeadReport head_with(std::int64_t k, double test_nmi) {
 }  // namespace
 
 TEST_CASE("label stability: the mean NMI(previous) over the last quarter of the label steps") {
-  TempFolder folder;
+  sela::test::TempFolder folder("sela_selection_test");
   const std::string path = folder.path + "/metrics.jsonl";
   {
     std::ofstream out(path);

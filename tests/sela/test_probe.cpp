@@ -16,21 +16,11 @@
 #include "engine/data/idx.h"
 #include "kernels/cpu/parallel.h"
 #include "sela/probe.h"
+#include "tests/temp_folder.h"
 
 using namespace sela;
 
 namespace {
-
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_probe_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
 
 // n samples of `classes` Gaussian clusters in `dims` dimensions: class c's mean (from
 // class_means) plus N(0, 1) noise.
@@ -243,7 +233,7 @@ TEST_CASE("a probe on separable features reaches high accuracy; on shuffled labe
 }
 
 TEST_CASE("probes on a network: pools per block; grouped passes give the single-pass results") {
-  TempFolder folder;
+  sela::test::TempFolder folder("sela_probe_test");
   // 96 train and 48 test 28x28 images of 3 classes (a bright block at a class position).
   auto write = [&](const std::string& stem, int n, std::uint32_t seed) {
     std::mt19937 rng(seed);

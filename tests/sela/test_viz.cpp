@@ -18,21 +18,11 @@
 #include "engine/error.h"
 #include "engine/data/image_io.h"
 #include "sela/viz.h"
+#include "tests/temp_folder.h"
 
 using namespace sela;
 
 namespace {
-
-struct TempFolder {
-  std::string path;
-  TempFolder() {
-    char pattern[] = "/tmp/sela_viz_test_XXXXXX";
-    char* made = ::mkdtemp(pattern);
-    REQUIRE(made != nullptr);
-    path = made;
-  }
-  ~TempFolder() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
 
 // The hand-made case: 12 samples, K = 5.
 //   cluster 0: samples 0-3,  classes 1 1 1 2    purity 0.75, majority 1
@@ -165,7 +155,7 @@ TEST_CASE("softmax entropies and argmax against a float64 reference") {
 }
 
 TEST_CASE("cluster grid: size, row order and tile contents; the text margin") {
-  TempFolder folder;
+  sela::test::TempFolder folder("sela_viz_test");
   auto dataset = data::open_dataset(write_flat_images(folder.path));
   ClusterOrderOptions options;
   options.per_cluster = 3;
@@ -205,7 +195,7 @@ TEST_CASE("cluster grid: size, row order and tile contents; the text margin") {
 }
 
 TEST_CASE("training curves: read from metrics.jsonl, drawn where the data says, PNG written") {
-  TempFolder folder;
+  sela::test::TempFolder folder("sela_viz_test");
   std::string metrics = folder.path + "/metrics.jsonl";
   {
     std::ofstream out(metrics);
