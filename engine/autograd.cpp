@@ -26,8 +26,19 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
 void attach_node(const Tensor& output, std::shared_ptr<Node> node,
                  std::initializer_list<const Tensor*> inputs) {
   for (const Tensor* t : inputs) {
-    node->inputs.push_back(t != nullptr && t->defined() && t->requires_grad() ? t->impl_ptr()
-                                                                             : nullptr);
+    if (t == nullptr || !t->defined() || !t->requires_grad()) {
+      node->inputs.push_back(nullptr);
+    } else if (!t->grad_fn()) {
+      node->inputs.push_back(t->impl_ptr());  // a leaf: its gradient accumulates there
+    } else {
+      // The edge to a non-leaf: its producer and its shape, not its storage.
+      auto edge = std::make_shared<TensorImpl>();
+      edge->shape = t->shape();
+      edge->dtype = t->dtype();
+      edge->requires_grad = true;
+      edge->grad_fn = t->grad_fn();
+      node->inputs.push_back(std::move(edge));
+    }
   }
   output.impl_ptr()->grad_fn = std::move(node);
   output.impl_ptr()->requires_grad = true;
@@ -95,13 +106,20 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
   }
   std::unordered_map<Node*, Tensor> pending;  // summed gradient of each node's output
   pending[root.grad_fn().get()] = seed;
-  std::vector<Node*> ready{root.grad_fn().get()};
+  // Owning pointers: a Node whose edges were dropped may be held by nothing else, and is
+  // destroyed (saved tensors freed) when its own turn is over. No Node is created during
+  // backward (NoGradGuard), so the raw-pointer keys above cannot be reused.
+  std::vector<std::shared_ptr<Node>> ready{root.grad_fn()};
   while (!ready.empty()) {
-    Node* node = ready.back();
+    std::shared_ptr<Node> node = ready.back();
     ready.pop_back();
+    SELA_CHECK(!node->released, "backward",
+               "the graph through " << node->name() << " was already used by a backward, "
+                                    << "which freed its saved tensors; run the forward again "
+                                       "for a second backward");
     // A node all of whose consumers sent no gradient still releases its inputs.
     std::vector<Tensor> grads(node->inputs.size());
-    auto own = pending.find(node);
+    auto own = pending.find(node.get());
     if (own != pending.end()) {
       Tensor grad_output = own->second;
       pending.erase(own);
@@ -141,8 +159,11 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
           it->second = add(sum_so_far, more);
         }
       }
-      if (--dependencies[next] == 0) ready.push_back(next);
+      if (--dependencies[next] == 0) ready.push_back(input->grad_fn);
     }
+    node->inputs.clear();  // frees what only this node held (see "Memory" in the header)
+    node->inputs.shrink_to_fit();
+    node->released = true;
   }
 }
 

@@ -9,6 +9,15 @@
 // run_backward() orders the Nodes reachable from the root topologically, feeds each one
 // the sum of the gradients its output received, and accumulates leaf gradients into
 // TensorImpl::grad (summing over repeated backward calls, as PyTorch does).
+//
+// Memory (what a training step holds at its peak):
+//   * an edge to a non-leaf input holds that input's Node, its shape and dtype, never its
+//     storage: an intermediate tensor that no backward needs (a BatchNorm output feeding a
+//     ReLU, which saves only its own output) is freed as soon as the forward moves on;
+//   * backward frees the graph as it goes, as PyTorch does without retain_graph: once a
+//     Node's backward has run, its edges are dropped, and a Node nobody else holds is
+//     destroyed with its saved tensors. A second backward through the same graph is refused
+//     with a message (the saved tensors are gone); run the forward again instead.
 #pragma once
 
 #include <memory>
@@ -24,7 +33,11 @@ struct Node {
   // Returns one gradient per entry of `inputs` (an undefined Tensor where none flows).
   virtual std::vector<Tensor> backward(const Tensor& grad_output) = 0;
 
-  std::vector<std::shared_ptr<TensorImpl>> inputs;  // edges to the op's tensor inputs
+  // Edges to the op's tensor inputs, one per input (null where no gradient flows): a leaf's
+  // own TensorImpl (its gradient accumulates there), or for a non-leaf a storage-less
+  // TensorImpl with the input's shape, dtype and grad_fn (see "Memory" above).
+  std::vector<std::shared_ptr<TensorImpl>> inputs;
+  bool released = false;  // backward has run and the edges were dropped
 };
 
 // Gradient recording is on by default; NoGradGuard turns it off in its scope (per thread).

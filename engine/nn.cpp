@@ -2,6 +2,8 @@
 // ones); the models in models/ apply the reference initialisation.
 #include "engine/nn.h"
 
+#include <atomic>
+
 #include "engine/ops.h"
 
 namespace sela {
@@ -133,6 +135,14 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return batch_norm2d(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
 }
 
+Tensor BatchNorm2d::forward_relu(const Tensor& x) {
+  if (is_training()) {
+    *num_batches_tracked.data<std::int64_t>() += 1;
+  }
+  return batch_norm_relu2d(x, weight, bias, running_mean, running_var, is_training(), momentum,
+                           eps);
+}
+
 Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool with_bias) {
   SELA_CHECK(in_features > 0 && out_features > 0, "Linear",
              "features must be positive, got in " << in_features << ", out " << out_features);
@@ -154,9 +164,26 @@ Tensor Dropout::forward(const Tensor& x) {
 
 Tensor Flatten::forward(const Tensor& x) { return flatten(x); }
 
+namespace {
+std::atomic<bool> g_fuse_batch_norm_relu{true};
+}  // namespace
+
+void set_fuse_batch_norm_relu(bool enabled) { g_fuse_batch_norm_relu = enabled; }
+bool fuse_batch_norm_relu() { return g_fuse_batch_norm_relu; }
+
 Tensor Sequential::forward(const Tensor& x) {
+  const bool fuse = fuse_batch_norm_relu();
   Tensor h = x;
-  for (auto& layer : layers_) h = layer->forward(h);
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    auto* batch_norm = fuse ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
+    if (batch_norm != nullptr && i + 1 < layers_.size() &&
+        dynamic_cast<ReLU*>(layers_[i + 1].get()) != nullptr) {
+      h = batch_norm->forward_relu(h);
+      ++i;  // the ReLU ran inside
+      continue;
+    }
+    h = layers_[i]->forward(h);
+  }
   return h;
 }
 

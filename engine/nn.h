@@ -9,6 +9,11 @@
 //
 // forward() maps one tensor to one tensor; multi-output modules (MultiHead, the SeLa models)
 // offer their own forward returning several.
+//
+// Sequential runs a BatchNorm2d directly followed by a ReLU as one batch_norm_relu2d (the
+// same values and gradients; on CUDA one pass and one tensor less per block). The modules
+// and their names stay as they are, so state dicts do not change. On by default;
+// set_fuse_batch_norm_relu(false) runs them one by one (for A/B measurements).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +27,10 @@
 namespace sela {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Whether Sequential fuses BatchNorm2d + ReLU (see the top); process-wide, default on.
+void set_fuse_batch_norm_relu(bool enabled);
+bool fuse_batch_norm_relu();
 
 class Module {
  public:
@@ -87,6 +96,7 @@ class BatchNorm2d : public Module {
                        bool affine = true);
   const char* type_name() const override { return "BatchNorm2d"; }
   Tensor forward(const Tensor& x) override;
+  Tensor forward_relu(const Tensor& x);  // relu(forward(x)) as one op (batch_norm_relu2d)
 
   Tensor weight, bias;                // (C) or undefined without affine
   Tensor running_mean, running_var;   // (C)

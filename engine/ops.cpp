@@ -339,7 +339,10 @@ Tensor channel_vector(const Tensor& x, const char* op) {
 
 struct BatchNormTrainBackward : Node {
   Tensor x, gamma, save_mean, save_invstd;  // x (N, C, H, W); the rest (C)
-  const char* name() const override { return "batch_norm2d"; }
+  Tensor relu_output;  // batch_norm_relu2d: its output (the ReLU's mask); else undefined
+  const char* name() const override {
+    return relu_output.defined() ? "batch_norm_relu2d" : "batch_norm2d";
+  }
   std::vector<Tensor> backward(const Tensor& grad_in) override {
     Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
@@ -350,12 +353,18 @@ struct BatchNormTrainBackward : Node {
     if (on_cuda(grad)) {
       if constexpr (kCuda) {
         cuda_ops::batch_norm_backward_train(x, grad, gamma, save_mean, save_invstd, grad_x,
-                                            grad_gamma, grad_beta);
+                                            grad_gamma, grad_beta, relu_output);
       }
       return {grad_x, grad_gamma, grad_beta};
     }
     dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
       using T = decltype(tag);
+      if (relu_output.defined()) {  // the ReLU's backward first, as the composition does
+        Tensor masked = empty_like(grad, "relu_backward");
+        cpu::relu_backward<T>(grad.numel(), relu_output.data<T>(), grad.data<T>(),
+                              masked.data<T>());
+        grad = masked;
+      }
       cpu::batch_norm_backward_train<T>(
           batch, channels, spatial, x.data<T>(), grad.data<T>(),
           gamma.defined() ? gamma.data<T>() : nullptr, save_mean.data<T>(),
@@ -780,14 +789,15 @@ Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
   return out;
 }
 
-Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                    const Tensor& running_mean, const Tensor& running_var, bool training,
-                    double momentum, double eps) {
+namespace {
+
+// The checks both batch-norm ops make.
+void check_batch_norm_arguments(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                const Tensor& running_mean, const Tensor& running_var) {
   check_operand("batch_norm2d", x, "input");
   SELA_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm2d",
              "expects (N, C, H, W) or (N, C), got " << x.describe());
-  std::int64_t batch = x.size(0), channels = x.size(1);
-  std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
+  const std::int64_t channels = x.size(1);
   for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var}) {
     if (!t->defined()) continue;
     check_same_device("batch_norm2d", x, "input", *t, "parameter or running statistic");
@@ -796,39 +806,70 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   }
   SELA_CHECK(gamma.defined() == beta.defined(), "batch_norm2d",
              "weight and bias must both be given or both be absent");
-  Tensor out = empty_like(x, "batch_norm2d");
-  if (training) {
-    SELA_CHECK(batch * spatial > 1, "batch_norm2d",
-               "training needs more than one value per channel, got input " << x.describe()
-                                                                           << " (use a batch > 1)");
-    Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
-    Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
-    if (on_cuda(x)) {
-      if constexpr (kCuda) {
-        cuda_ops::batch_norm_forward_train(x, gamma, beta, eps, momentum, running_mean,
-                                           running_var, out, save_mean, save_invstd);
-      }
-    } else {
-      dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
-        using T = decltype(tag);
-        cpu::batch_norm_forward_train<T>(
-            batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
-            beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
-            static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
-            running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
-            save_mean.data<T>(), save_invstd.data<T>());
-      });
+}
+
+// Training mode of batch_norm2d (relu false) and batch_norm_relu2d (relu true).
+Tensor batch_norm_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps, bool relu) {
+  std::int64_t batch = x.size(0), channels = x.size(1);
+  std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
+  Tensor out = empty_like(x, relu ? "batch_norm_relu2d" : "batch_norm2d");
+  SELA_CHECK(batch * spatial > 1, "batch_norm2d",
+             "training needs more than one value per channel, got input " << x.describe()
+                                                                         << " (use a batch > 1)");
+  Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
+  Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
+  if (on_cuda(x)) {
+    if constexpr (kCuda) {
+      cuda_ops::batch_norm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var,
+                                         out, save_mean, save_invstd, relu);
     }
-    if (needs_grad({&x, &gamma, &beta})) {
-      auto node = std::make_shared<BatchNormTrainBackward>();
-      node->x = x.detach();
-      node->gamma = gamma.defined() ? gamma.detach() : Tensor();
-      node->save_mean = save_mean;
-      node->save_invstd = save_invstd;
-      attach_node(out, node, {&x, &gamma, &beta});
-    }
-    return out;
+  } else {
+    dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::batch_norm_forward_train<T>(
+          batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
+          beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
+          static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
+          running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
+          save_mean.data<T>(), save_invstd.data<T>());
+      if (relu) cpu::relu_forward<T>(out.numel(), out.data<T>(), out.data<T>());  // in place
+    });
   }
+  if (needs_grad({&x, &gamma, &beta})) {
+    auto node = std::make_shared<BatchNormTrainBackward>();
+    node->x = x.detach();
+    node->gamma = gamma.defined() ? gamma.detach() : Tensor();
+    node->save_mean = save_mean;
+    node->save_invstd = save_invstd;
+    if (relu) node->relu_output = out.detach();
+    attach_node(out, node, {&x, &gamma, &beta});
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         const Tensor& running_mean, const Tensor& running_var, bool training,
+                         double momentum, double eps) {
+  if (!training) return relu(batch_norm2d(x, gamma, beta, running_mean, running_var, false,
+                                          momentum, eps));
+  check_batch_norm_arguments(x, gamma, beta, running_mean, running_var);
+  return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, true);
+}
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                    const Tensor& running_mean, const Tensor& running_var, bool training,
+                    double momentum, double eps) {
+  check_batch_norm_arguments(x, gamma, beta, running_mean, running_var);
+  if (training) {
+    return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, false);
+  }
+  std::int64_t batch = x.size(0), channels = x.size(1);
+  std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
+  Tensor out = empty_like(x, "batch_norm2d");
   SELA_CHECK(running_mean.defined() && running_var.defined(), "batch_norm2d",
              "eval mode needs running statistics");
   if (on_cuda(x)) {

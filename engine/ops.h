@@ -47,6 +47,13 @@ Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                     const Tensor& running_mean, const Tensor& running_var, bool training,
                     double momentum, double eps);
+// relu(batch_norm2d(...)) as one op: the same values and gradients (bitwise on the CPU,
+// where it is that composition; on CUDA one pass with the ReLU fused into the batch norm's
+// elementwise pass and its mask into the backward), one tensor and two passes less over
+// the activation. Eval mode is the composition.
+Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         const Tensor& running_mean, const Tensor& running_var, bool training,
+                         double momentum, double eps);
 // Inverted dropout with a counter-based mask: element i is dropped according to
 // (seed, offset + i) only. Identity when !training or p == 0.
 Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,

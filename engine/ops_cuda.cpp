@@ -315,18 +315,27 @@ void max_pool2d_backward(const cpu::Pool2dShape& s, const Tensor& grad, const Te
 
 // --- batch normalisation -------------------------------------------------------------------------
 
+// The chunk sums of the training kernels (kernels/cuda/batchnorm.cuh), from the caching
+// allocator: returned to it when the op returns, reused by the next op on the stream.
+Tensor batch_norm_workspace(const ChannelSizes& n, Device device) {
+  return Tensor::empty({cuda::batch_norm_workspace_size(n.batch, n.channels, n.spatial)},
+                       DType::f64, device, "batch_norm2d workspace");
+}
+
 void batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
                               double momentum, const Tensor& running_mean,
                               const Tensor& running_var, const Tensor& out, const Tensor& save_mean,
-                              const Tensor& save_invstd) {
+                              const Tensor& save_invstd, bool relu) {
   const ChannelSizes n = channel_sizes(x);
+  const Tensor workspace = batch_norm_workspace(n, x.device());
   floating(x, "batch_norm2d", [&](auto tag) {
     using T = decltype(tag);
-    cuda::batch_norm_forward_train<T>(n.batch, n.channels, n.spatial, ptr<T>(x), optional<T>(gamma),
-                                      optional<T>(beta), static_cast<T>(eps),
-                                      static_cast<T>(momentum), optional<T>(running_mean),
-                                      optional<T>(running_var), ptr<T>(out), ptr<T>(save_mean),
-                                      ptr<T>(save_invstd), stream_of(x));
+    const auto forward = relu ? cuda::batch_norm_relu_forward_train<T>
+                              : cuda::batch_norm_forward_train<T>;
+    forward(n.batch, n.channels, n.spatial, ptr<T>(x), optional<T>(gamma), optional<T>(beta),
+            static_cast<T>(eps), static_cast<T>(momentum), optional<T>(running_mean),
+            optional<T>(running_var), ptr<T>(out), ptr<T>(save_mean), ptr<T>(save_invstd),
+            ptr<double>(workspace), stream_of(x));
   });
 }
 
@@ -345,14 +354,23 @@ void batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor&
 void batch_norm_backward_train(const Tensor& x, const Tensor& grad, const Tensor& gamma,
                                const Tensor& save_mean, const Tensor& save_invstd,
                                const Tensor& grad_x, const Tensor& grad_gamma,
-                               const Tensor& grad_beta) {
+                               const Tensor& grad_beta, const Tensor& relu_output) {
   const ChannelSizes n = channel_sizes(x);
+  const Tensor workspace = batch_norm_workspace(n, x.device());
   floating(x, "batch_norm2d_backward", [&](auto tag) {
     using T = decltype(tag);
+    if (relu_output.defined()) {
+      cuda::batch_norm_relu_backward_train<T>(
+          n.batch, n.channels, n.spatial, ptr<T>(x), ptr<T>(grad), ptr<T>(relu_output),
+          optional<T>(gamma), ptr<T>(save_mean), ptr<T>(save_invstd), ptr<T>(grad_x),
+          optional<T>(grad_gamma), optional<T>(grad_beta), ptr<double>(workspace), stream_of(x));
+      return;
+    }
     cuda::batch_norm_backward_train<T>(n.batch, n.channels, n.spatial, ptr<T>(x), ptr<T>(grad),
                                        optional<T>(gamma), ptr<T>(save_mean), ptr<T>(save_invstd),
                                        ptr<T>(grad_x), optional<T>(grad_gamma),
-                                       optional<T>(grad_beta), stream_of(x));
+                                       optional<T>(grad_beta), ptr<double>(workspace),
+                                       stream_of(x));
   });
 }
 
@@ -384,6 +402,7 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
     Tensor zeros = Tensor::empty({n.channels}, x.dtype(), device, "batch_norm2d_backward");
     Tensor invstd = Tensor::empty({n.channels}, x.dtype(), device, "batch_norm2d_backward");
     Tensor scratch = Tensor::empty(x.shape(), x.dtype(), device, "batch_norm2d_backward");
+    const Tensor workspace = batch_norm_workspace(n, device);
     cuda::fill<T>(n.channels, T(1), ptr<T>(ones), stream);
     cuda::fill<T>(n.channels, T(0), ptr<T>(zeros), stream);
     cuda::batch_norm_forward_eval<T>(1, n.channels, 1, ptr<T>(ones), nullptr, nullptr,
@@ -391,7 +410,8 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
                                      ptr<T>(invstd), stream);
     cuda::batch_norm_backward_train<T>(
         n.batch, n.channels, n.spatial, ptr<T>(x), ptr<T>(grad), nullptr, ptr<T>(running_mean),
-        ptr<T>(invstd), ptr<T>(scratch), optional<T>(grad_gamma), optional<T>(grad_beta), stream);
+        ptr<T>(invstd), ptr<T>(scratch), optional<T>(grad_gamma), optional<T>(grad_beta),
+        ptr<double>(workspace), stream);
   });
 }
 

@@ -73,17 +73,19 @@ void max_pool2d_backward(const cpu::Pool2dShape& s, const Tensor& grad, const Te
                          const Tensor& grad_x);
 
 // --- batch normalisation (x (N, C, spatial); optional tensors may be undefined) ------------
+// With `relu`, out = max(0, batch norm) in the same pass (batch_norm_relu2d).
 void batch_norm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
                               double momentum, const Tensor& running_mean,
                               const Tensor& running_var, const Tensor& out, const Tensor& save_mean,
-                              const Tensor& save_invstd);
+                              const Tensor& save_invstd, bool relu = false);
 void batch_norm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                              const Tensor& running_mean, const Tensor& running_var, double eps,
                              const Tensor& out);
+// With relu_output defined (the fused forward's out), grad is masked where it is not > 0.
 void batch_norm_backward_train(const Tensor& x, const Tensor& grad, const Tensor& gamma,
                                const Tensor& save_mean, const Tensor& save_invstd,
                                const Tensor& grad_x, const Tensor& grad_gamma,
-                               const Tensor& grad_beta);
+                               const Tensor& grad_beta, const Tensor& relu_output = Tensor());
 void batch_norm_backward_eval(const Tensor& grad, const Tensor& gamma, const Tensor& running_var,
                               double eps, const Tensor& grad_x);
 // dgamma = sum dy (x - running_mean) / sqrt(running_var + eps), dbeta = sum dy, per channel

@@ -90,10 +90,14 @@ int run_bench_train_step(const Args& args) {
   flags.add("cudnn-benchmark", "on",
             "GPU: time cuDNN's algorithms once per shape (on|off; the PyTorch twin sets "
             "torch.backends.cudnn.benchmark the same)");
+  flags.add("fuse-bn-relu", "on",
+            "run each BatchNorm2d + ReLU as one op (on|off; off runs them one by one, for A/B)");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
   flags.add_switch("json", "print one JSON object on the last line");
+  flags.add_switch("memory-census",
+                   "cuda: list what was in use at the peak of the timed steps, by op (slower)");
   if (!flags.parse(args)) return 0;
 
   Device device = Device::parse(flags.get("device"));
@@ -109,12 +113,14 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(steps >= 1 && warmup >= 0, "sela bench train-step", "--steps must be >= 1");
   const bool tf32_conv = on_off(flags, "tf32-conv"), tf32_matmul = on_off(flags, "tf32-matmul");
   const bool cudnn_benchmark = on_off(flags, "cudnn-benchmark");
+  set_fuse_batch_norm_relu(on_off(flags, "fuse-bn-relu"));
   cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
 
   DeviceReport report;
   {
     std::ostringstream math;
-    math << "float32 math: TF32 convolutions " << (tf32_conv ? "on" : "off")
+    math << "BatchNorm2d + ReLU " << (fuse_batch_norm_relu() ? "fused" : "one by one")
+         << "; float32 math: TF32 convolutions " << (tf32_conv ? "on" : "off")
          << ", TF32 matmuls " << (tf32_matmul ? "on" : "off") << ", cuDNN algorithm search "
          << (cudnn_benchmark ? "timed (benchmark)" : "heuristic");
     report.math = math.str();
@@ -125,6 +131,7 @@ int run_bench_train_step(const Args& args) {
     cuda::set_matmul_tf32(tf32_matmul);
     cuda::set_conv_benchmark(cudnn_benchmark);
     report.banner = device_line;
+    if (flags.get_switch("memory-census")) cuda::set_device_memory_census(device.index, true);
   }
 #endif
 
@@ -185,11 +192,22 @@ int run_bench_train_step(const Args& args) {
   if (device.is_cuda()) {
     cuda::DeviceMemoryStats stats = cuda::device_memory_stats(device.index);
     report.peak_mib = static_cast<double>(stats.peak_bytes) / (1 << 20);
+    if (flags.get_switch("memory-census")) {
+      std::cout << "memory in use at the peak of the timed steps ("
+                << cuda::human_bytes(stats.peak_bytes) << "), by the op that allocated it:\n";
+      for (const cuda::DeviceMemoryCensusEntry& entry :
+           cuda::device_memory_census_at_peak(device.index)) {
+        std::fprintf(stdout, "  %-40s %10.1f MiB in %zu blocks\n", entry.what.c_str(),
+                     static_cast<double>(entry.bytes) / (1 << 20), entry.blocks);
+      }
+      std::fflush(stdout);
+    }
     report.mallocs_during_timed = static_cast<long long>(stats.device_mallocs - mallocs_before);
     std::ostringstream extra;
     extra << ", \"gpu\": \"" << report.banner
           << "\", \"tf32_conv\": " << (tf32_conv ? "true" : "false") << ", \"tf32_matmul\": " << (tf32_matmul ? "true" : "false")
           << ", \"cudnn_benchmark\": " << (cudnn_benchmark ? "true" : "false")
+          << ", \"fuse_bn_relu\": " << (fuse_batch_norm_relu() ? "true" : "false")
           << ", \"peak_mem_mib\": " << report.peak_mib
           << ", \"device_mallocs_timed\": " << report.mallocs_during_timed;
     report.json = extra.str();

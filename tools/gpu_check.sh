@@ -81,10 +81,14 @@ source "$root/tools/gpu_lib.sh"
     echo "-- $config"
     # shellcheck disable=SC2086
     ours=$(with_sela_libs timeout 120 "$build/sela" bench train-step $config $bench_flags | tee /dev/stderr | grep '^{' | tail -n 1)
+    # The same with BatchNorm2d and ReLU as two ops (the A/B of the fused op, same process kind).
+    # shellcheck disable=SC2086
+    unfused=$(with_sela_libs timeout 120 "$build/sela" bench train-step $config $bench_flags --fuse-bn-relu off |
+              tee /dev/stderr | grep '^{' | tail -n 1)
     # shellcheck disable=SC2086
     theirs=$(timeout 120 "$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags |
              tee /dev/stderr | grep '^{' | tail -n 1)
-    echo "{\"sela\": ${ours:-null}, \"torch\": ${theirs:-null}}" >> "$results"
+    echo "{\"sela\": ${ours:-null}, \"sela_unfused\": ${unfused:-null}, \"torch\": ${theirs:-null}}" >> "$results"
   done
   echo "== train-step table ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1))"
   "$python" - "$results" <<'PY'
@@ -96,17 +100,49 @@ for line in open(sys.argv[1]):
     except ValueError:
         print("unreadable result line:", line.strip()); continue
     ours, theirs = pair.get("sela") or {}, pair.get("torch") or {}
+    unfused = pair.get("sela_unfused") or {}
     arch = ours.get("arch") or theirs.get("arch") or "?"
-    o, t = ours.get("images_per_s"), theirs.get("images_per_s")
+    o, t, u = ours.get("images_per_s"), theirs.get("images_per_s"), unfused.get("images_per_s")
     ratio = "%.2fx" % (o / t) if o and t else "-"
     fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-    rows.append((arch, fmt(o, "%.1f"), fmt(t, "%.1f"), ratio,
-                 fmt(ours.get("peak_mem_mib"), "%.0f"), fmt(theirs.get("peak_mem_mib"), "%.0f")))
-head = ("model", "ours img/s", "PyTorch img/s", "ours/PyTorch", "ours peak MiB", "PyTorch peak MiB")
+    rows.append((arch, fmt(o, "%.1f"), fmt(u, "%.1f"), fmt(t, "%.1f"), ratio,
+                 fmt(ours.get("peak_mem_mib"), "%.0f"), fmt(unfused.get("peak_mem_mib"), "%.0f"),
+                 fmt(theirs.get("peak_mem_mib"), "%.0f")))
+head = ("model", "ours img/s", "ours unfused BN+ReLU", "PyTorch img/s", "ours/PyTorch",
+        "ours peak MiB", "unfused peak MiB", "PyTorch peak MiB")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
 PY
+
+  # What our step holds at its peak, by op (alexnet, the larger model).
+  echo "== memory census of sela's alexnet step"
+  # shellcheck disable=SC2086
+  with_sela_libs timeout 90 "$build/sela" bench train-step --arch alexnet --batch 256 --heads 10 \
+    --clusters 3000 $bench_flags --memory-census | grep -v '^{' | tail -n 25
+
+  # Where the time goes, kernel by kernel, when Nsight Systems is on the machine (NSYS=0
+  # skips): sela's alexnet step and PyTorch's, 3 + 5 steps each; the top of each kernel table
+  # goes to $OUT/kernels_sela.txt and $OUT/kernels_torch.txt.
+  nsys_bin=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/*/bin/nsys \
+             /usr/local/cuda*/nsight-systems*/bin/nsys 2>/dev/null | head -n 1)
+  if [ "${NSYS:-1}" != 0 ] && [ -n "$nsys_bin" ]; then
+    echo "== kernel times ($nsys_bin)"
+    profile_flags="--arch alexnet --batch 256 --heads 10 --clusters 3000 --device cuda --warmup 3 --steps 5 --tf32-conv on --tf32-matmul off --cudnn-benchmark on"
+    # shellcheck disable=SC2086
+    with_sela_libs timeout 120 "$nsys_bin" profile -o /tmp/sela_step --force-overwrite true \
+      "$build/sela" bench train-step $profile_flags > /dev/null 2>&1 &&
+      timeout 60 "$nsys_bin" stats -r cuda_gpu_kern_sum /tmp/sela_step.nsys-rep 2>/dev/null |
+      head -n 45 > "$out/kernels_sela.txt"
+    # shellcheck disable=SC2086
+    timeout 120 "$nsys_bin" profile -o /tmp/torch_step --force-overwrite true \
+      "$python" "$root/tools/bench/torch_train_step.py" $profile_flags > /dev/null 2>&1 &&
+      timeout 60 "$nsys_bin" stats -r cuda_gpu_kern_sum /tmp/torch_step.nsys-rep 2>/dev/null |
+      head -n 45 > "$out/kernels_torch.txt"
+    head -n 25 "$out/kernels_sela.txt" "$out/kernels_torch.txt" 2>/dev/null
+  else
+    echo "== kernel times: no nsys on this machine (or NSYS=0)"
+  fi
 
   if [ "${CPU_TESTS:-1}" != 0 ]; then
     echo "== CPU tests"

@@ -51,7 +51,37 @@ struct DevicePool {
   std::unordered_map<std::size_t, std::vector<void*>> free_blocks;  // size class -> blocks
   std::unordered_map<void*, std::size_t> live;                      // handed out -> size class
   DeviceMemoryStats stats;
+  // The census (see the header): names of the live blocks, and the last state at the peak.
+  bool census = false;
+  std::unordered_map<void*, std::string> names;
+  std::vector<DeviceMemoryCensusEntry> census_at_peak;
 };
+
+// The live blocks by name, largest first; the caller holds the pool's mutex.
+void take_census(DevicePool& pool) {
+  std::unordered_map<std::string, DeviceMemoryCensusEntry> by_name;
+  for (const auto& [pointer, block] : pool.live) {
+    auto name = pool.names.find(pointer);
+    const std::string& what = name != pool.names.end() ? name->second : "(before the census)";
+    DeviceMemoryCensusEntry& entry = by_name[what];
+    entry.what = what;
+    entry.bytes += block;
+    ++entry.blocks;
+  }
+  pool.census_at_peak.clear();
+  for (auto& [what, entry] : by_name) pool.census_at_peak.push_back(std::move(entry));
+  std::sort(pool.census_at_peak.begin(), pool.census_at_peak.end(),
+            [](const DeviceMemoryCensusEntry& a, const DeviceMemoryCensusEntry& b) {
+              return a.bytes != b.bytes ? a.bytes > b.bytes : a.what < b.what;
+            });
+}
+
+// After count_allocation: the block's name, and a new census when this is the peak.
+void note_allocation(DevicePool& pool, void* pointer, const char* what) {
+  if (!pool.census) return;
+  pool.names[pointer] = what != nullptr && *what != '\0' ? what : "(unnamed)";
+  if (pool.stats.current_bytes == pool.stats.peak_bytes) take_census(pool);
+}
 
 DevicePool& device_pool(int device) {
   static DevicePool* pools = new DevicePool[kMaxDevices];  // leaked on purpose (see the header)
@@ -225,6 +255,7 @@ void* device_allocate(std::size_t bytes, int device, const char* what) {
     pool.stats.cached_bytes -= block;
     ++pool.stats.cache_hits;
     count_allocation(pool.stats, block);
+    note_allocation(pool, pointer, what);
     return pointer;
   }
 
@@ -244,6 +275,7 @@ void* device_allocate(std::size_t bytes, int device, const char* what) {
   pool.stats.reserved_bytes += block;
   ++pool.stats.device_mallocs;
   count_allocation(pool.stats, block);
+  note_allocation(pool, pointer, what);
   return pointer;
 }
 
@@ -264,6 +296,7 @@ void device_free(void* pointer, std::size_t bytes, int device) {
              "pointer " << pointer << " on cuda:" << device << " was allocated as a block of "
                         << block << " bytes but freed with " << bytes << " bytes");
   pool.live.erase(found);
+  if (pool.census) pool.names.erase(pointer);
   pool.free_blocks[block].push_back(pointer);
   pool.stats.current_bytes -= block;
   pool.stats.cached_bytes += block;
@@ -283,6 +316,24 @@ void reset_device_peak(int device) {
   DevicePool& pool = device_pool(device);
   std::lock_guard<std::mutex> lock(pool.mutex);
   pool.stats.peak_bytes = pool.stats.current_bytes;
+  if (pool.census) take_census(pool);
+}
+
+void set_device_memory_census(int device, bool enabled) {
+  check_device_index(device, "set_device_memory_census");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  pool.census = enabled;
+  pool.names.clear();
+  pool.census_at_peak.clear();
+  if (enabled) take_census(pool);
+}
+
+std::vector<DeviceMemoryCensusEntry> device_memory_census_at_peak(int device) {
+  check_device_index(device, "device_memory_census_at_peak");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  return pool.census_at_peak;
 }
 
 void release_cached_device_memory(int device) {

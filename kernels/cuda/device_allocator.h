@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sela::cuda {
 
@@ -65,6 +66,20 @@ void device_free(void* pointer, std::size_t bytes, int device);
 DeviceMemoryStats device_memory_stats(int device);
 // peak_bytes = current_bytes.
 void reset_device_peak(int device);
+// The census: what the memory in use was at the peak, by the `what` names given to
+// device_allocate (tensors are named by the op that made them). Off by default (it keeps a
+// name per block and walks the blocks at every new peak); a benchmark turns it on before it
+// allocates anything (blocks from before are counted as "(before the census)"). The peak is
+// the one of device_memory_stats (size classes), reset with it by reset_device_peak.
+struct DeviceMemoryCensusEntry {
+  std::string what;
+  std::size_t bytes = 0;   // size classes
+  std::size_t blocks = 0;
+};
+void set_device_memory_census(int device, bool enabled);
+// Largest first; empty when the census is off.
+std::vector<DeviceMemoryCensusEntry> device_memory_census_at_peak(int device);
+
 // cudaFree of every cached block, after waiting for the device (cudaDeviceSynchronize: a
 // cached block may still be read by queued kernels). Blocks in use stay.
 void release_cached_device_memory(int device);

@@ -8,7 +8,8 @@
 // cache; the out-of-memory error for 1 PiB (what was asked, "free", the op's name) leaves no
 // CUDA error behind; bad frees are refused; pinned host memory round-trips through the
 // device, is reused, and is NOT reused while a copy queued on the device stream may still
-// read it (the stream is held by a host function until the test lets it go).
+// read it (the stream is held by a host function until the test lets it go); the census of
+// the blocks in use at the peak.
 #include <cuda_runtime_api.h>
 
 #include <atomic>
@@ -150,6 +151,39 @@ SELA_CUDA_TEST("current, peak, cached and reserved bytes follow allocations", st
   sela::cuda::reset_device_peak(device);
   CHECK(sela::cuda::device_memory_stats(device).peak_bytes == one.current_bytes);
   sela::cuda::device_free(a, small, device);
+}
+
+SELA_CUDA_TEST("the census names what was in use at the peak", census) {
+  const int device = sela::cuda::current_device();
+  CHECK(sela::cuda::device_memory_census_at_peak(device).empty());  // off by default
+  sela::cuda::set_device_memory_census(device, true);
+  sela::cuda::reset_device_peak(device);
+  const std::size_t before = sela::cuda::device_memory_stats(device).current_bytes;
+  void* a = sela::cuda::device_allocate(3 * kMiB, device, "census a");
+  void* b1 = sela::cuda::device_allocate(kMiB, device, "census b");
+  void* b2 = sela::cuda::device_allocate(kMiB, device, "census b");  // the peak: a + 2 b
+  sela::cuda::device_free(b2, kMiB, device);
+  void* c = sela::cuda::device_allocate(kMiB / 2, device, "census c");  // below the peak
+  const auto census = sela::cuda::device_memory_census_at_peak(device);
+  std::size_t total = 0, a_bytes = 0, b_bytes = 0, b_blocks = 0, c_bytes = 0;
+  for (const auto& entry : census) {
+    total += entry.bytes;
+    if (entry.what == "census a") a_bytes = entry.bytes;
+    if (entry.what == "census b") b_bytes = entry.bytes, b_blocks = entry.blocks;
+    if (entry.what == "census c") c_bytes = entry.bytes;
+  }
+  CHECK(a_bytes == 3 * kMiB);
+  CHECK(b_bytes == 2 * kMiB);
+  CHECK(b_blocks == 2);
+  CHECK(c_bytes == 0);  // allocated after the peak
+  CHECK(total == before + 5 * kMiB);  // the census accounts for the whole peak
+  CHECK(total == sela::cuda::device_memory_stats(device).peak_bytes);
+  for (std::size_t i = 1; i < census.size(); ++i) CHECK(census[i - 1].bytes >= census[i].bytes);
+  sela::cuda::device_free(a, 3 * kMiB, device);
+  sela::cuda::device_free(b1, kMiB, device);
+  sela::cuda::device_free(c, kMiB / 2, device);
+  sela::cuda::set_device_memory_census(device, false);
+  CHECK(sela::cuda::device_memory_census_at_peak(device).empty());
 }
 
 SELA_CUDA_TEST("release_cached_device_memory returns every cached block", release) {

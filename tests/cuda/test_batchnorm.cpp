@@ -41,8 +41,12 @@ struct Shape {
   std::int64_t batch, channels, spatial;
 };
 
-const Shape kShapes[] = {{2, 1, 1},     {7, 3, 5},    {33, 7, 1},  {4, 33, 49},
-                         {16, 64, 256}, {256, 16, 1}, {3, 5, 3025}};
+// The training kernels cut a channel's N * spatial values into chunks of 8192 (at most 1024
+// chunks): one chunk ({16, 64, 256}: exactly 4096), two unequal halves ({3, 5, 3025}), 24
+// ({64, 3, 3025}), and the 1024-chunk cap ({2, 1, 4500001}).
+const Shape kShapes[] = {{2, 1, 1},     {7, 3, 5},    {33, 7, 1},    {4, 33, 49},
+                         {16, 64, 256}, {256, 16, 1}, {3, 5, 3025},  {64, 3, 3025},
+                         {2, 1, 4500001}};
 
 struct Options {
   bool affine = true;      // gamma and beta given
@@ -100,12 +104,17 @@ void check_batch_norm(const Shape& s, const Options& options, std::uint64_t seed
 
   // --- GPU ---------------------------------------------------------------------------------
   DeviceBuffer<T> dx(x), dgamma(gamma), dbeta(beta), dgrad_y(grad_y);
+  // NaN at first: a kernel reading a chunk sum it did not write fails the comparisons; the
+  // "twice" runs below reuse it with the previous call's contents.
+  auto workspace =
+      poisoned<double>(sela::cuda::batch_norm_workspace_size(s.batch, s.channels, s.spatial));
   auto run_forward = [&](DeviceBuffer<T>& y, DeviceBuffer<T>& mean, DeviceBuffer<T>& invstd,
                          DeviceBuffer<T>& rm, DeviceBuffer<T>& rv) {
     sela::cuda::batch_norm_forward_train<T>(
         s.batch, s.channels, s.spatial, dx.data(), pointer_or_null(dgamma, options.affine),
         pointer_or_null(dbeta, options.affine), eps, momentum, pointer_or_null(rm, options.track),
-        pointer_or_null(rv, options.track), y.data(), mean.data(), invstd.data(), stream);
+        pointer_or_null(rv, options.track), y.data(), mean.data(), invstd.data(), workspace.data(),
+        stream);
     stream.sync();
   };
   auto y = poisoned<T>(n), mean = poisoned<T>(c), invstd = poisoned<T>(c);
@@ -135,7 +144,7 @@ void check_batch_norm(const Shape& s, const Options& options, std::uint64_t seed
     sela::cuda::batch_norm_backward_train<T>(
         s.batch, s.channels, s.spatial, dx.data(), dgrad_y.data(),
         pointer_or_null(dgamma, options.affine), dmean.data(), dinvstd.data(), gx.data(), gg.data(),
-        gb.data(), stream);
+        gb.data(), workspace.data(), stream);
     stream.sync();
   };
   auto gx = poisoned<T>(n), gg = poisoned<T>(c), gb = poisoned<T>(c);
@@ -157,7 +166,7 @@ void check_batch_norm(const Shape& s, const Options& options, std::uint64_t seed
   sela::cuda::batch_norm_backward_train<T>(s.batch, s.channels, s.spatial, dx.data(),
                                            dgrad_y.data(), pointer_or_null(dgamma, options.affine),
                                            dmean.data(), dinvstd.data(), gx3.data(), nullptr,
-                                           nullptr, stream);
+                                           nullptr, workspace.data(), stream);
   stream.sync();
   check_identical(gx3.download(), got_gx, "backward without grad_gamma/grad_beta" + tag);
 

@@ -326,24 +326,29 @@ void pooling_and_dropout_ops() {
   }
 }
 
+// batch_norm2d, and with `fused` batch_norm_relu2d (on the CPU the composition relu(batch
+// norm), tests/engine/test_batch_norm_relu.cpp; on CUDA the fused kernels). {16, 3, 40, 40}
+// has 25,600 values per channel: the training kernels split it into 4 chunks.
 template <typename T>
-void batch_norm_ops() {
-  std::uint64_t seed = 600;
-  for (const Shape& shape :
-       {Shape{4, 5, 7, 3}, Shape{6, 3}, Shape{2, 8, 1, 1}, Shape{3, 2, 17, 17}}) {
+void batch_norm_ops(bool fused) {
+  std::uint64_t seed = fused ? 650 : 600;
+  const std::string op_name = fused ? "batch_norm_relu2d " : "batch_norm2d ";
+  for (const Shape& shape : {Shape{4, 5, 7, 3}, Shape{6, 3}, Shape{2, 8, 1, 1},
+                             Shape{3, 2, 17, 17}, Shape{16, 3, 40, 40}}) {
     const std::int64_t channels = shape[1];
     for (bool training : {true, false}) {
-      const std::string tag =
-          std::string(training ? "train " : "eval ") + sela::shape_str(shape) + type_name<T>();
+      const std::string tag = op_name + std::string(training ? "train " : "eval ") +
+                              sela::shape_str(shape) + type_name<T>();
       Tensor running_mean = random_tensor<T>({channels}, ++seed, -0.5, 0.5);
       Tensor running_var = random_tensor<T>({channels}, ++seed, 0.5, 2.0);
       Tensor running_mean_gpu = running_mean.to(kGpu), running_var_gpu = running_var.to(kGpu);
       Tensor x = random_tensor<T>(shape, ++seed, -2.0, 3.0).set_requires_grad();
       Tensor gamma = random_tensor<T>({channels}, ++seed, 0.5, 1.5).set_requires_grad();
       Tensor beta = random_tensor<T>({channels}, ++seed).set_requires_grad();
-      auto on = [training](const Tensor& mean, const Tensor& var) {
-        return [mean, var, training](const std::vector<Tensor>& v) {
-          return sela::batch_norm2d(v[0], v[1], v[2], mean, var, training, 0.1, 1e-5);
+      auto on = [training, fused](const Tensor& mean, const Tensor& var) {
+        return [mean, var, training, fused](const std::vector<Tensor>& v) {
+          return fused ? sela::batch_norm_relu2d(v[0], v[1], v[2], mean, var, training, 0.1, 1e-5)
+                       : sela::batch_norm2d(v[0], v[1], v[2], mean, var, training, 0.1, 1e-5);
         };
       };
       std::vector<Tensor> cpu_inputs{x, gamma, beta};
@@ -352,7 +357,7 @@ void batch_norm_ops() {
       Tensor y_cpu = on(running_mean, running_var)(cpu_inputs);
       poison_cache({y_cpu});
       Tensor y_gpu = on(running_mean_gpu, running_var_gpu)(gpu_inputs);
-      expect_close(y_gpu, y_cpu, sum_tolerance<T>(), "batch_norm2d " + tag + ": forward");
+      expect_close(y_gpu, y_cpu, sum_tolerance<T>(), tag + ": forward");
       expect_close(running_mean_gpu, running_mean, sum_tolerance<T>(), "running mean " + tag);
       expect_close(running_var_gpu, running_var, sum_tolerance<T>(), "running var " + tag);
       Tensor grad_output = random_tensor<T>(shape, ++seed);
@@ -363,16 +368,19 @@ void batch_norm_ops() {
       const char* names[] = {"x", "gamma", "beta"};
       for (int i = 0; i < 3; ++i) {
         expect_close(gpu_inputs[i].grad(), cpu_inputs[i].grad(), sum_tolerance<T>(),
-                     "batch_norm2d " + tag + ": gradient of " + names[i]);
+                     tag + ": gradient of " + names[i]);
       }
     }
   }
   // affine off
   Tensor x = random_tensor<T>({3, 4, 5, 5}, ++seed).set_requires_grad();
   compare_op(
-      "batch_norm2d without affine" + std::string(type_name<T>()),
-      [](const auto& v) {
-        return sela::batch_norm2d(v[0], Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+      op_name + "without affine" + std::string(type_name<T>()),
+      [fused](const auto& v) {
+        return fused ? sela::batch_norm_relu2d(v[0], Tensor(), Tensor(), Tensor(), Tensor(), true,
+                                               0.1, 1e-5)
+                     : sela::batch_norm2d(v[0], Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1,
+                                          1e-5);
       },
       {x}, sum_tolerance<T>(), sum_tolerance<T>(), ++seed);
 }
@@ -438,10 +446,12 @@ SELA_CUDA_TEST("engine ops on CUDA: max_pool2d, dropout", pooling_dropout_test) 
   pooling_and_dropout_ops<double>();
 }
 
-SELA_CUDA_TEST("engine ops on CUDA: batch_norm2d train and eval, running statistics",
+SELA_CUDA_TEST("engine ops on CUDA: batch_norm2d and batch_norm_relu2d, train and eval",
                batch_norm_test) {
-  batch_norm_ops<float>();
-  batch_norm_ops<double>();
+  for (bool fused : {false, true}) {
+    batch_norm_ops<float>(fused);
+    batch_norm_ops<double>(fused);
+  }
 }
 
 SELA_CUDA_TEST("engine ops on CUDA: log_softmax, cross_entropy (host and device gradients)",

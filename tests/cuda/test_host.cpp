@@ -136,23 +136,32 @@ TEST_CASE("max-pool launchers use the CPU shape check") {
 TEST_CASE("batch-norm launchers check sizes, eps and running statistics") {
   cudaStream_t s = nullptr;
   float* p = fake<float>();
+  double* w = fake<double>();
   CHECK(contains(error_of([&] {
                    sela::cuda::batch_norm_forward_train<float>(1, 3, 1, p, p, p, 1e-5f, 0.1f, p, p,
-                                                               p, p, p, s);
+                                                               p, p, p, w, s);
                  }),
                  "more than 1 value per channel"));
-  CHECK_THROWS_AS(
-      sela::cuda::batch_norm_forward_train<float>(2, 3, 4, p, p, p, -1.0f, 0.1f, p, p, p, p, p, s),
-      sela::Error);
+  CHECK_THROWS_AS(sela::cuda::batch_norm_forward_train<float>(2, 3, 4, p, p, p, -1.0f, 0.1f, p, p,
+                                                              p, p, p, w, s),
+                  sela::Error);
   CHECK(contains(error_of([&] {
                    sela::cuda::batch_norm_forward_train<float>(2, 3, 4, p, p, p, 1e-5f, 0.1f, p,
-                                                               nullptr, p, p, p, s);
+                                                               nullptr, p, p, p, w, s);
                  }),
                  "both be given"));
+  CHECK(contains(error_of([&] {
+                   sela::cuda::batch_norm_forward_train<float>(2, 3, 4, p, p, p, 1e-5f, 0.1f, p, p,
+                                                               p, p, p, nullptr, s);
+                 }),
+                 "is null"));
+  CHECK(sela::cuda::batch_norm_workspace_size(256, 96, 3025) == 96 * (95 * 2 + 3));
+  CHECK(sela::cuda::batch_norm_workspace_size(2, 1, 4500001) == 1024 * 2 + 3);
   CHECK_THROWS_AS(sela::cuda::batch_norm_forward_eval<float>(2, -3, 4, p, p, p, p, p, 1e-5f, p, s),
                   sela::Error);
-  CHECK_THROWS_AS(sela::cuda::batch_norm_backward_train<float>(0, 3, 4, p, p, p, p, p, p, p, p, s),
-                  sela::Error);
+  CHECK_THROWS_AS(
+      sela::cuda::batch_norm_backward_train<float>(0, 3, 4, p, p, p, p, p, p, p, p, w, s),
+      sela::Error);
 }
 
 TEST_CASE("dropout launchers check p and the counter range") {
