@@ -165,6 +165,41 @@ inline __m512 exp16_nonpositive(__m512 v) {
   return _mm512_maskz_mov_ps(representable, _mm512_scalef_ps(p, n));
 }
 
+// Σ of the 16 lanes in a fixed tree: lanes j and j + 8, then j and j + 4, then j and j + 2,
+// then the last two (GCC 12's _mm512_reduce_add_ps, written out so that the result does not
+// depend on the compiler and so that reduce_add_8_rows can reproduce it bit for bit).
+inline float reduce_add16(__m512 v) {
+  const __m256 t3 = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m128 t6 = _mm_add_ps(_mm256_castps256_ps128(t3), _mm256_extractf128_ps(t3, 1));
+  const __m128 t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtss_f32(t8) + _mm_cvtss_f32(_mm_shuffle_ps(t8, t8, _MM_SHUFFLE(1, 1, 1, 1)));
+}
+
+// reduce_add16 of eight rows at once, the eight sums in row order: the same additions of
+// the same lanes (float addition is commutative), arranged across registers: about 3
+// instructions per row instead of 8, which matters when K is small and a pass spends most
+// of its time per row, not per value.
+inline __m256 reduce_add_8_rows(const __m512 (&v)[8]) {
+  __m512 pairs[4];  // rows 2p and 2p + 1: lanes j + 8 added to lanes j, one row per half
+  for (int p = 0; p < 4; ++p) {
+    const __m512 low = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 high = _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2));
+    pairs[p] = _mm512_add_ps(low, high);
+  }
+  __m512 quads[2];  // rows 4h .. 4h + 3: lanes j + 4 added to lanes j, one row per 128 bits
+  for (int h = 0; h < 2; ++h) {
+    const __m512 low = _mm512_shuffle_f32x4(pairs[2 * h], pairs[2 * h + 1], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 high = _mm512_shuffle_f32x4(pairs[2 * h], pairs[2 * h + 1], _MM_SHUFFLE(3, 1, 3, 1));
+    quads[h] = _mm512_add_ps(low, high);
+    // lanes j + 2 added to lanes j, then lane 1 added to lane 0, within each 128 bits
+    quads[h] = _mm512_add_ps(quads[h], _mm512_shuffle_ps(quads[h], quads[h], _MM_SHUFFLE(1, 0, 3, 2)));
+    quads[h] = _mm512_add_ps(quads[h], _mm512_shuffle_ps(quads[h], quads[h], _MM_SHUFFLE(1, 1, 1, 1)));
+  }
+  const __m512i first_lanes = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castps512_ps256(_mm512_permutex2var_ps(quads[0], first_lanes, quads[1]));
+}
+
 inline __mmask16 lanes_below(std::int64_t begin, std::int64_t limit) {
   std::int64_t left = limit - begin;
   if (left >= 16) return static_cast<__mmask16>(0xFFFF);
@@ -243,15 +278,18 @@ inline float row_dot16(const Store* row, const float* r_rel, std::int64_t stride
   __m512 d = _mm512_setzero_ps();
   for (std::int64_t j = 0; j < stride; j += 16)
     d = _mm512_fmadd_ps(load16(row + j), _mm512_loadu_ps(r_rel + j), d);
-  return _mm512_reduce_add_ps(d);
+  return reduce_add16(d);
 }
 #endif
 
 // Rows [begin, end): each row's dot with r_rel goes to weight_of(i, dot), which returns the
-// row's weight in the column sums; the weighted rows are summed into scratch.partial.
-template <typename Store, typename WeightOf>
+// row's weight in the column sums; the weighted rows are summed into scratch.partial. With
+// AVX-512, groups of kRowsPerGroup rows go to group_weights(i, dots, weights) instead (the
+// dots of rows i.., their weights out), which must give what weight_of would row by row.
+template <typename Store, typename WeightOf, typename GroupWeights>
 void pass_chunk(const Store* a, std::int64_t begin, std::int64_t end, std::int64_t stride,
-                const float* r_rel, ChunkScratch scratch, WeightOf&& weight_of) {
+                const float* r_rel, ChunkScratch scratch, WeightOf&& weight_of,
+                [[maybe_unused]] GroupWeights&& group_weights) {
   std::fill(scratch.partial, scratch.partial + stride, 0.0);
   std::fill(scratch.block, scratch.block + stride, 0.0f);
   int rows_in_block = 0;
@@ -279,9 +317,12 @@ void pass_chunk(const Store* a, std::int64_t begin, std::int64_t end, std::int64
         _mm_prefetch(next + line * 64, _MM_HINT_T0);
       }
     }
+    static_assert(kRowsPerGroup == 8, "reduce_add_8_rows takes eight rows");
+    alignas(32) float dots[kRowsPerGroup], weights[kRowsPerGroup];
+    _mm256_store_ps(dots, reduce_add_8_rows(dot));
+    group_weights(i, dots, weights);
     __m512 weight[kRowsPerGroup];
-    for (int q = 0; q < kRowsPerGroup; ++q)
-      weight[q] = _mm512_set1_ps(weight_of(i + q, _mm512_reduce_add_ps(dot[q])));
+    for (int q = 0; q < kRowsPerGroup; ++q) weight[q] = _mm512_set1_ps(weights[q]);
     for (std::int64_t j = 0; j < stride; j += 16) {
       __m512 s = _mm512_loadu_ps(scratch.block + j);
       for (int q = 0; q < kRowsPerGroup; ++q)
@@ -593,8 +634,35 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
           c[i] = c_new * factor;
           return static_cast<float>(factor / static_cast<double>(dot));
         };
+        // Eight rows of weight_of at once (the plain iteration; over-relaxation's pow stays
+        // per row): the same IEEE divisions lane by lane, and the change added in row order,
+        // so the results are those of weight_of bit for bit.
+        auto group_weights = [&](std::int64_t i, const float* dots, float* weights) {
+#if SELA_SINKHORN_AVX512
+          const __m256 d = _mm256_load_ps(dots);
+          const __mmask8 usable =
+              _mm256_cmp_ps_mask(d, _mm256_setzero_ps(), _CMP_GT_OQ) &
+              _mm256_cmp_ps_mask(d, _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+                                 _CMP_LT_OQ);
+          if (!relaxed && usable == 0xFF) {
+            const __m512d c_new =
+                _mm512_div_pd(_mm512_set1_pd(inv_n_rscale), _mm512_maskz_cvtps_pd(0xFF, d));
+            if (measure_change) {
+              alignas(64) double terms[kRowsPerGroup];
+              _mm512_store_pd(terms, _mm512_abs_pd(_mm512_sub_pd(
+                                         _mm512_div_pd(_mm512_loadu_pd(c + i), c_new),
+                                         _mm512_set1_pd(1.0))));
+              for (int q = 0; q < kRowsPerGroup; ++q) change += terms[q];
+            }
+            _mm512_storeu_pd(c + i, c_new);
+            _mm256_store_ps(weights, _mm256_div_ps(_mm256_set1_ps(1.0f), d));
+            return;
+          }
+#endif
+          for (int q = 0; q < kRowsPerGroup; ++q) weights[q] = weight_of(i + q, dots[q]);
+        };
         pass_chunk<Store>(a, begin, end, stride, r_rel, chunk_scratch(workspace, chunk, stride),
-                          weight_of);
+                          weight_of, group_weights);
         chunk_change[static_cast<std::size_t>(chunk)] = change;
         chunk_bad[static_cast<std::size_t>(chunk)] = bad;
       });
@@ -650,8 +718,8 @@ double sinkhorn_labels(const Store* a, std::int64_t n, std::int64_t k, std::int6
           float top = _mm512_reduce_max_ps(best);
           __mmask16 winners = _mm512_cmp_ps_mask(best, _mm512_set1_ps(top), _CMP_EQ_OQ);
           best_index = _mm512_mask_reduce_min_epi32(winners, best_at);
-          dot = _mm512_reduce_add_ps(d);
-          floor_dot = _mm512_reduce_add_ps(fd);
+          dot = reduce_add16(d);
+          floor_dot = reduce_add16(fd);
 #else
       float top = -1.0f;
       for (std::int64_t j = 0; j < k; ++j) {
