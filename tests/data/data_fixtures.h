@@ -22,32 +22,20 @@
 
 #include "engine/data/dataset.h"
 #include "engine/data/image.h"
+#include "tests/temp_folder.h"
 #include "engine/error.h"
 
 namespace sela::data::testing {
 
+// tests/temp_folder.h's folder, with the path and "/" the data tests use.
 class TempDir {
  public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base && *base ? base : "/tmp") + "/sela-data-test-XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    char* made = mkdtemp(buffer.data());
-    REQUIRE_MESSAGE(made != nullptr, "mkdtemp failed for " << pattern);
-    path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
+  TempDir() : folder_("sela-data-test"), path_(folder_.path) {}
   const std::filesystem::path& path() const { return path_; }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }
 
  private:
+  sela::test::TempFolder folder_;
   std::filesystem::path path_;
 };
 
