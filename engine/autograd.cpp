@@ -94,6 +94,11 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
   while (!stack.empty()) {
     Node* node = stack.back();
     stack.pop_back();
+    // Refused here, before any gradient is accumulated, not when the node's turn comes.
+    SELA_CHECK(!node->released, "backward",
+               "the graph through " << node->name() << " was already used by a backward, "
+                                    << "which freed its saved tensors; run the forward again "
+                                       "for a second backward");
     for (const auto& input : node->inputs) {
       if (!input || !input->grad_fn) continue;
       Node* next = input->grad_fn.get();
@@ -113,10 +118,6 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
   while (!ready.empty()) {
     std::shared_ptr<Node> node = ready.back();
     ready.pop_back();
-    SELA_CHECK(!node->released, "backward",
-               "the graph through " << node->name() << " was already used by a backward, "
-                                    << "which freed its saved tensors; run the forward again "
-                                       "for a second backward");
     // A node all of whose consumers sent no gradient still releases its inputs.
     std::vector<Tensor> grads(node->inputs.size());
     auto own = pending.find(node.get());

@@ -14,10 +14,12 @@
 //   * an edge to a non-leaf input holds that input's Node, its shape and dtype, never its
 //     storage: an intermediate tensor that no backward needs (a BatchNorm output feeding a
 //     ReLU, which saves only its own output) is freed as soon as the forward moves on;
-//   * backward frees the graph as it goes, as PyTorch does without retain_graph: once a
-//     Node's backward has run, its edges are dropped, and a Node nobody else holds is
-//     destroyed with its saved tensors. A second backward through the same graph is refused
-//     with a message (the saved tensors are gone); run the forward again instead.
+//   * backward frees the graph as it goes: once a Node's backward has run, its edges are
+//     dropped, and a Node nobody else holds is destroyed with its saved tensors (a Node
+//     whose output tensor is still held, e.g. logits kept after the loss, keeps its own
+//     saved tensors until that tensor goes). Any second backward through a graph is
+//     refused with a message before it changes any gradient (PyTorch refuses it only where
+//     saved tensors were freed); run the forward again instead.
 #pragma once
 
 #include <memory>

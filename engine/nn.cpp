@@ -3,6 +3,7 @@
 #include "engine/nn.h"
 
 #include <atomic>
+#include <typeinfo>
 
 #include "engine/ops.h"
 
@@ -175,10 +176,10 @@ Tensor Sequential::forward(const Tensor& x) {
   const bool fuse = fuse_batch_norm_relu();
   Tensor h = x;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    auto* batch_norm = fuse ? dynamic_cast<BatchNorm2d*>(layers_[i].get()) : nullptr;
-    if (batch_norm != nullptr && i + 1 < layers_.size() &&
-        dynamic_cast<ReLU*>(layers_[i + 1].get()) != nullptr) {
-      h = batch_norm->forward_relu(h);
+    // Exactly these two types: a subclass may override forward().
+    if (fuse && i + 1 < layers_.size() && typeid(*layers_[i]) == typeid(BatchNorm2d) &&
+        typeid(*layers_[i + 1]) == typeid(ReLU)) {
+      h = static_cast<BatchNorm2d&>(*layers_[i]).forward_relu(h);
       ++i;  // the ReLU ran inside
       continue;
     }

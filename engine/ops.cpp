@@ -792,19 +792,20 @@ Tensor max_pool2d(const Tensor& x, std::int64_t kernel, std::int64_t stride,
 namespace {
 
 // The checks both batch-norm ops make.
-void check_batch_norm_arguments(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                const Tensor& running_mean, const Tensor& running_var) {
-  check_operand("batch_norm2d", x, "input");
-  SELA_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm2d",
+void check_batch_norm_arguments(const char* op, const Tensor& x, const Tensor& gamma,
+                                const Tensor& beta, const Tensor& running_mean,
+                                const Tensor& running_var) {
+  check_operand(op, x, "input");
+  SELA_CHECK(x.dim() == 4 || x.dim() == 2, op,
              "expects (N, C, H, W) or (N, C), got " << x.describe());
   const std::int64_t channels = x.size(1);
   for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var}) {
     if (!t->defined()) continue;
-    check_same_device("batch_norm2d", x, "input", *t, "parameter or running statistic");
-    check_same_dtype("batch_norm2d", x, *t);
-    check_shape("batch_norm2d", *t, {channels}, "parameter or running statistic");
+    check_same_device(op, x, "input", *t, "parameter or running statistic");
+    check_same_dtype(op, x, *t);
+    check_shape(op, *t, {channels}, "parameter or running statistic");
   }
-  SELA_CHECK(gamma.defined() == beta.defined(), "batch_norm2d",
+  SELA_CHECK(gamma.defined() == beta.defined(), op,
              "weight and bias must both be given or both be absent");
 }
 
@@ -856,14 +857,14 @@ Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          double momentum, double eps) {
   if (!training) return relu(batch_norm2d(x, gamma, beta, running_mean, running_var, false,
                                           momentum, eps));
-  check_batch_norm_arguments(x, gamma, beta, running_mean, running_var);
+  check_batch_norm_arguments("batch_norm_relu2d", x, gamma, beta, running_mean, running_var);
   return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, true);
 }
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                     const Tensor& running_mean, const Tensor& running_var, bool training,
                     double momentum, double eps) {
-  check_batch_norm_arguments(x, gamma, beta, running_mean, running_var);
+  check_batch_norm_arguments("batch_norm2d", x, gamma, beta, running_mean, running_var);
   if (training) {
     return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, false);
   }

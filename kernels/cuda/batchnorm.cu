@@ -43,13 +43,17 @@ struct ChannelWalker {
   }
 };
 
-// How a channel's `count` values are cut into chunks (one step-1 block each).
+// How a channel's `count` values are cut into chunks (one step-1 block each). No chunk is
+// empty (the partial kernels rely on begin < count; their `end` would wrap otherwise): with
+// chunks = ceil(count / kChunkValues) > 1, length = ceil(count / chunks) > kChunkValues / 2
+// >= kMaxChunks >= chunks, so (chunks - 1) * length < count.
 struct Chunking {
   std::int64_t chunks, length;  // chunks * length >= count
 };
 Chunking chunking(std::int64_t count) {
   std::int64_t chunks = (count + kChunkValues - 1) / kChunkValues;
   chunks = chunks < 1 ? 1 : (chunks > kMaxChunks ? kMaxChunks : chunks);
+  static_assert(kChunkValues / 2 >= kMaxChunks, "a chunk could be empty (see above)");
   return {chunks, (count + chunks - 1) / chunks};
 }
 
@@ -141,7 +145,7 @@ __global__ void forward_apply_kernel(Index total, Index spatial, Index channels,
                                      const double* constants, T* y) {
   for (Index e = static_cast<Index>(blockIdx.x) * kElementwiseBlock + threadIdx.x; e < total;
        e += static_cast<Index>(gridDim.x) * kElementwiseBlock) {
-    const Index c = (e / spatial) % channels;
+    const std::int64_t c = (e / spatial) % channels;  // 64-bit: c * 3 may pass 2^32
     const T center = static_cast<T>(constants[c * 3]), scale = static_cast<T>(constants[c * 3 + 1]),
             shift = static_cast<T>(constants[c * 3 + 2]);
     const T value = (x[e] - center) * scale + shift;
@@ -216,7 +220,7 @@ __global__ void backward_apply_kernel(Index total, Index spatial, Index channels
                                       const double* constants, T* grad_x) {
   for (Index e = static_cast<Index>(blockIdx.x) * kElementwiseBlock + threadIdx.x; e < total;
        e += static_cast<Index>(gridDim.x) * kElementwiseBlock) {
-    const Index c = (e / spatial) % channels;
+    const std::int64_t c = (e / spatial) % channels;  // 64-bit: c * 3 may pass 2^32
     const T k = static_cast<T>(constants[c * 3]), a = static_cast<T>(constants[c * 3 + 1]),
             b = static_cast<T>(constants[c * 3 + 2]), mean = save_mean[c];
     grad_x[e] = output_grad<kRelu>(grad_y, relu_output, e) * k + (x[e] - mean) * a + b;

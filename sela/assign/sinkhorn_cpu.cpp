@@ -26,7 +26,7 @@
 #include "engine/error.h"
 #include "kernels/cpu/parallel.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VL__)  // VL: the 8-lane masks of the group pass
 // GCC 12's AVX-512 intrinsics start from an "undefined" register that its
 // -Wmaybe-uninitialized flags once inlined (GCC bug 105593, fixed in GCC 13).
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
@@ -189,14 +189,16 @@ inline __m256 reduce_add_8_rows(const __m512 (&v)[8]) {
   }
   __m512 quads[2];  // rows 4h .. 4h + 3: lanes j + 4 added to lanes j, one row per 128 bits
   for (int h = 0; h < 2; ++h) {
-    const __m512 low = _mm512_shuffle_f32x4(pairs[2 * h], pairs[2 * h + 1], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 high = _mm512_shuffle_f32x4(pairs[2 * h], pairs[2 * h + 1], _MM_SHUFFLE(3, 1, 3, 1));
-    quads[h] = _mm512_add_ps(low, high);
+    const __m512 even = pairs[2 * h], odd = pairs[2 * h + 1];
+    const __m512 low = _mm512_shuffle_f32x4(even, odd, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 high = _mm512_shuffle_f32x4(even, odd, _MM_SHUFFLE(3, 1, 3, 1));
+    __m512 q = _mm512_add_ps(low, high);
     // lanes j + 2 added to lanes j, then lane 1 added to lane 0, within each 128 bits
-    quads[h] = _mm512_add_ps(quads[h], _mm512_shuffle_ps(quads[h], quads[h], _MM_SHUFFLE(1, 0, 3, 2)));
-    quads[h] = _mm512_add_ps(quads[h], _mm512_shuffle_ps(quads[h], quads[h], _MM_SHUFFLE(1, 1, 1, 1)));
+    q = _mm512_add_ps(q, _mm512_shuffle_ps(q, q, _MM_SHUFFLE(1, 0, 3, 2)));
+    quads[h] = _mm512_add_ps(q, _mm512_shuffle_ps(q, q, _MM_SHUFFLE(1, 1, 1, 1)));
   }
-  const __m512i first_lanes = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i first_lanes =
+      _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
   return _mm512_castps512_ps256(_mm512_permutex2var_ps(quads[0], first_lanes, quads[1]));
 }
 

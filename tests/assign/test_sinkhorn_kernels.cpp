@@ -534,24 +534,30 @@ TEST_CASE("over-relaxed pass: c = c_old^(1-omega) c_new^omega and the column sum
 TEST_CASE("sinkhorn_pass: rows without mass inside a group of eight are counted and zeroed") {
   // The pass handles eight rows at a time (their dots, c and weights together) and falls
   // back to one row at a time for a group holding an unusable dot (0, Inf or NaN). Rows 3
-  // and 11 (in the first two groups) and row 21 (in the scalar tail of 22 rows) have A = 0,
+  // and 11 (in the first two groups) and row 27 (in the scalar tail of 30 rows) have A = 0,
   // so their dot is 0: they must be counted as bad, get c = 0 and add nothing, while every
-  // other row, in the same groups, gets c = 1 / (N r_scale dot) as usual.
-  const std::int64_t n = 22, k = 10, stride = sinkhorn_row_stride(k);
+  // other row (rows 16-23 through the eight-row path) gets c = 1 / (N r_scale dot), and
+  // the change sums |c_old / c_new - 1| over them.
+  const std::int64_t n = 30, k = 10, stride = sinkhorn_row_stride(k);
   auto z = random_logits(n, k, 0.3f, 5);
   std::vector<float> a = stored_matrix<float>(z, n, k, 10.0f);
-  for (std::int64_t empty : {3, 11, 21})
-    for (std::int64_t j = 0; j < stride; ++j) a[static_cast<std::size_t>(empty * stride + j)] = 0.0f;
+  for (std::int64_t empty : {3, 11, 27})
+    for (std::int64_t j = 0; j < stride; ++j)
+      a[static_cast<std::size_t>(empty * stride + j)] = 0.0f;
   std::vector<float> r_rel(static_cast<std::size_t>(stride), 0.0f);
   for (std::int64_t j = 0; j < k; ++j) r_rel[static_cast<std::size_t>(j)] = 0.3f + 0.05f * j;
-  std::vector<double> c(static_cast<std::size_t>(n), 0.5), cols(static_cast<std::size_t>(k));
+  std::vector<double> c(static_cast<std::size_t>(n)), cols(static_cast<std::size_t>(k));
+  for (std::int64_t i = 0; i < n; ++i) c[static_cast<std::size_t>(i)] = 0.01 * (i + 1);
+  const std::vector<double> c_old = c;
   std::vector<char> workspace(sinkhorn_workspace_bytes(n, stride));
   std::int64_t bad = -1;
   const double r_scale = 2.0;
-  sinkhorn_pass<float>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 1.0, c.data(),
-                       cols.data(), true, workspace.data(), workspace.size(), &bad);
+  const double change =
+      sinkhorn_pass<float>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 1.0, c.data(),
+                           cols.data(), true, workspace.data(), workspace.size(), &bad);
   CHECK(bad == 3);
   std::vector<double> cols_ref(static_cast<std::size_t>(k), 0.0);
+  double change_ref = 0.0;
   for (std::int64_t i = 0; i < n; ++i) {
     CAPTURE(i);
     double dot = 0.0;
@@ -563,10 +569,12 @@ TEST_CASE("sinkhorn_pass: rows without mass inside a group of eight are counted 
     }
     const double c_ref = 1.0 / (static_cast<double>(n) * r_scale * dot);
     CHECK(close(c[static_cast<std::size_t>(i)], c_ref, 0.0, 1e-6));
+    change_ref += std::fabs(c_old[static_cast<std::size_t>(i)] / c_ref - 1.0);
     for (std::int64_t j = 0; j < k; ++j)
       cols_ref[static_cast<std::size_t>(j)] += loaded(a, i, j, stride) * c_ref;
   }
   for (std::int64_t j = 0; j < k; ++j)
     CHECK(close(cols[static_cast<std::size_t>(j)], cols_ref[static_cast<std::size_t>(j)], 1e-300,
                 1e-5));
+  CHECK(close(change, change_ref, 1e-12, 1e-5));
 }

@@ -15,7 +15,8 @@
 //   eval grad_x           atol 1e-7 + rtol 1e-6
 // and a million times tighter in double, except grad_gamma / grad_beta there: atol 1e-14 *
 // N * spatial (two double sums in different orders), rtol 1e-12. Training forward and
-// backward run twice: identical bits.
+// backward run twice: identical bits. The fused ReLU variants are compared with the unfused
+// kernels on the GPU (see there).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -169,6 +170,48 @@ void check_batch_norm(const Shape& s, const Options& options, std::uint64_t seed
                                            nullptr, workspace.data(), stream);
   stream.sync();
   check_identical(gx3.download(), got_gx, "backward without grad_gamma/grad_beta" + tag);
+
+  // --- the fused ReLU variants, against the unfused kernels on the same device -------------
+  // Forward: relu(the unfused y) with the same statistics; backward: the unfused backward of
+  // the gradient masked where the fused output is not > 0. The GPU's own y is the reference
+  // (a CPU y of the other sign at an element within rounding of 0 would flip the mask). The
+  // arithmetic is the same, so the tolerance is a few ulps; a wrong mask is off by O(1).
+  {
+    auto yr = poisoned<T>(n), mean_r = poisoned<T>(c), invstd_r = poisoned<T>(c);
+    DeviceBuffer<T> rm_r(running_mean0), rv_r(running_var0);
+    sela::cuda::batch_norm_relu_forward_train<T>(
+        s.batch, s.channels, s.spatial, dx.data(), pointer_or_null(dgamma, options.affine),
+        pointer_or_null(dbeta, options.affine), eps, momentum, pointer_or_null(rm_r, options.track),
+        pointer_or_null(rv_r, options.track), yr.data(), mean_r.data(), invstd_r.data(),
+        workspace.data(), stream);
+    stream.sync();
+    std::vector<T> relu_y = got_y;
+    for (T& v : relu_y) v = v < T(0) ? T(0) : v;
+    const Tolerance ulps{1e-7 * f, 1e-6 * f};
+    const std::vector<T> got_yr = yr.download();
+    check_close(got_yr, relu_y, ulps, "batch_norm_relu_forward_train y" + tag);
+    check_identical(mean_r.download(), got_mean, "fused forward: save_mean" + tag);
+    check_identical(invstd_r.download(), got_invstd, "fused forward: save_invstd" + tag);
+
+    std::vector<T> masked = grad_y;
+    for (std::size_t i = 0; i < masked.size(); ++i) masked[i] = got_yr[i] > T(0) ? grad_y[i] : T(0);
+    DeviceBuffer<T> dmasked(masked), dyr(got_yr);
+    auto gx_u = poisoned<T>(n), gg_u = poisoned<T>(c), gb_u = poisoned<T>(c);
+    sela::cuda::batch_norm_backward_train<T>(
+        s.batch, s.channels, s.spatial, dx.data(), dmasked.data(),
+        pointer_or_null(dgamma, options.affine), dmean.data(), dinvstd.data(), gx_u.data(),
+        gg_u.data(), gb_u.data(), workspace.data(), stream);
+    auto gx_f = poisoned<T>(n), gg_f = poisoned<T>(c), gb_f = poisoned<T>(c);
+    sela::cuda::batch_norm_relu_backward_train<T>(
+        s.batch, s.channels, s.spatial, dx.data(), dgrad_y.data(), dyr.data(),
+        pointer_or_null(dgamma, options.affine), dmean.data(), dinvstd.data(), gx_f.data(),
+        gg_f.data(), gb_f.data(), workspace.data(), stream);
+    stream.sync();
+    check_close(gx_f.download(), gx_u.download(), {ulps.atol * k_max, ulps.rtol},
+                "batch_norm_relu_backward_train grad_x" + tag);
+    check_close(gg_f.download(), gg_u.download(), sums, "fused grad_gamma" + tag);
+    check_close(gb_f.download(), gb_u.download(), sums, "fused grad_beta" + tag);
+  }
 
   // --- eval mode, with the running statistics as constants ----------------------------------
   DeviceBuffer<T> drm0(running_mean0), drv0(running_var0);

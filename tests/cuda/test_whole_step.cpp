@@ -109,8 +109,8 @@ std::string weight_of_bias_before_batchnorm(const std::string& name,
   const std::size_t dot = layer.rfind('.');
   if (dot == std::string::npos) return "";
   const std::string index = layer.substr(dot + 1);
-  if (index.empty() || !std::all_of(index.begin(), index.end(),
-                                         [](unsigned char c) { return std::isdigit(c) != 0; })) return "";
+  const auto is_digit = [](unsigned char c) { return std::isdigit(c) != 0; };
+  if (index.empty() || !std::all_of(index.begin(), index.end(), is_digit)) return "";
   const std::string next = layer.substr(0, dot + 1) + std::to_string(std::stoi(index) + 1);
   for (const auto& buffer : buffers)
     if (buffer.first == next + ".running_mean") return layer + ".weight";
@@ -181,7 +181,8 @@ void whole_step(double scale, double rtol) {
   std::vector<double> zero_gradient_atol(cpu_parameters.size(), -1.0);
   int zero_gradient_biases = 0;
   for (std::size_t i = 0; i < cpu_parameters.size(); ++i) {
-    const std::string weight = weight_of_bias_before_batchnorm(cpu_parameters[i].first, cpu_buffers);
+    const std::string weight =
+        weight_of_bias_before_batchnorm(cpu_parameters[i].first, cpu_buffers);
     if (weight.empty()) continue;
     zero_gradient_atol[i] = scale * max_abs_grad_of(cpu_parameters, weight);
     ++zero_gradient_biases;

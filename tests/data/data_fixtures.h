@@ -22,8 +22,8 @@
 
 #include "engine/data/dataset.h"
 #include "engine/data/image.h"
-#include "tests/temp_folder.h"
 #include "engine/error.h"
+#include "tests/temp_folder.h"
 
 namespace sela::data::testing {
 

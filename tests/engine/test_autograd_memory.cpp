@@ -94,3 +94,17 @@ TEST_CASE("a second backward through a released graph is refused with a message"
   CHECK(message.find("already used by a backward") != std::string::npos);
   CHECK(message.find("run the forward again") != std::string::npos);
 }
+
+TEST_CASE("a refused second backward changes no gradient") {
+  // Two losses over one shared trunk: the second backward reaches the trunk's released
+  // graph and must be refused before its own head adds anything to w_b's gradient.
+  Tensor x = ramp_leaf();
+  Tensor w_a = Tensor::full({kCount}, 0.5).set_requires_grad();
+  Tensor w_b = Tensor::full({kCount}, -1.5).set_requires_grad();
+  Tensor trunk = relu(scale(x, 2.0));
+  Tensor loss_a = sum(mul(trunk, w_a)), loss_b = sum(mul(trunk, w_b));
+  trunk = Tensor();
+  loss_a.backward();
+  CHECK_THROWS_AS(loss_b.backward(), Error);
+  CHECK_FALSE(w_b.grad().defined());  // untouched
+}

@@ -83,6 +83,12 @@ void fused_equals_composition(const Case& c, std::uint64_t seed) {
   }
 }
 
+// Turns Sequential's fusion off for its scope (back on even when the scope throws).
+struct FusionOff {
+  FusionOff() { set_fuse_batch_norm_relu(false); }
+  ~FusionOff() { set_fuse_batch_norm_relu(true); }
+};
+
 // conv -> batch norm -> relu -> pool -> conv -> batch norm -> relu.
 std::shared_ptr<Sequential> small_network(std::uint64_t seed) {
   auto net = std::make_shared<Sequential>();
@@ -122,9 +128,11 @@ TEST_CASE("Sequential fuses BatchNorm2d + ReLU: same bits, one count per forward
   Tensor y_fused = fused_net->forward(images);
   REQUIRE(y_fused.grad_fn());
   CHECK(std::string(y_fused.grad_fn()->name()) == "batch_norm_relu2d");  // the fused op ran
-  set_fuse_batch_norm_relu(false);
-  Tensor y_plain = plain_net->forward(images);
-  set_fuse_batch_norm_relu(true);
+  Tensor y_plain;
+  {
+    FusionOff off;
+    y_plain = plain_net->forward(images);
+  }
   CHECK(std::string(y_plain.grad_fn()->name()) == "relu");
   check_same_bits<float>(y_fused, y_plain, "output");
 
