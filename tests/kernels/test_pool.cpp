@@ -292,3 +292,56 @@ TEST_CASE("max_pool2d rejects bad shapes and bad argmax") {
   float grad_out[4] = {1, 2, 3, 4};
   CHECK_THROWS_AS(sela::cpu::max_pool2d_backward<float>(s, grad_out, bad_arg, x), sela::Error);
 }
+
+TEST_CASE("max_pool2d, rows wide enough for the 16-column stride-2 form: NaN, ties, threads") {
+  // Output rows of 38 and 20 interior columns: two and one 16-column blocks plus a scalar
+  // remainder (kernels/cpu/pool.cpp). Expected values from the plain rule, NaN included:
+  // a candidate wins when it is larger or NaN (the last NaN in scan order is recorded), and
+  // on ties the first maximum in scan order stays.
+  for (const auto& s : {make_shape(1, 2, 9, 77, 3, 3, 2, 2), make_shape(2, 3, 6, 41, 2, 3, 2, 2)}) {
+    CAPTURE(describe(s));
+    std::mt19937_64 rng(5);
+    std::uniform_int_distribution<int> level(0, 9);  // ten levels: many ties
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    std::vector<float> input(static_cast<std::size_t>(input_size(s)));
+    for (float& v : input)
+      v = unit(rng) < 0.03 ? std::numeric_limits<float>::quiet_NaN() : 0.5f * level(rng);
+    const std::int64_t oh_n = s.out_height(), ow_n = s.out_width();
+    std::vector<float> want(static_cast<std::size_t>(output_size(s)));
+    std::vector<std::int32_t> want_arg(want.size());
+    for (std::int64_t p = 0; p < s.batch * s.channels; ++p)
+      for (std::int64_t oh = 0; oh < oh_n; ++oh)
+        for (std::int64_t ow = 0; ow < ow_n; ++ow) {
+          float best = -std::numeric_limits<float>::infinity();
+          std::int32_t best_index = -1;
+          for (std::int64_t kh = 0; kh < s.kernel_h; ++kh)
+            for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
+              const std::int64_t h = oh * s.stride_h + kh, w = ow * s.stride_w + kw;
+              const float v = input[static_cast<std::size_t>((p * s.in_height + h) * s.in_width + w)];
+              if (best_index < 0 || v > best || std::isnan(v)) {
+                best = v;
+                best_index = static_cast<std::int32_t>(h * s.in_width + w);
+              }
+            }
+          const std::size_t o = static_cast<std::size_t>((p * oh_n + oh) * ow_n + ow);
+          want[o] = best;
+          want_arg[o] = best_index;
+        }
+    for (int threads : {1, 2}) {
+      sela::cpu::set_num_threads(threads);
+      std::vector<float> output(want.size(), 7.0f);
+      std::vector<std::int32_t> argmax(want.size(), -7);
+      sela::cpu::max_pool2d_forward<float>(s, input.data(), output.data(), argmax.data());
+      std::int64_t bad = 0, nan_outputs = 0;
+      for (std::size_t o = 0; o < want.size(); ++o) {
+        const bool same_value = std::isnan(want[o]) ? std::isnan(output[o]) : output[o] == want[o];
+        bad += !same_value || argmax[o] != want_arg[o];
+        nan_outputs += std::isnan(output[o]);
+      }
+      CAPTURE(threads);
+      CHECK(bad == 0);
+      CHECK(nan_outputs > 0);  // the NaN rule was exercised
+    }
+  }
+  sela::cpu::set_num_threads(0);
+}
