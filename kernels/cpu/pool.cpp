@@ -55,7 +55,8 @@ void pool_row_stride2(const float* in, std::int64_t width, std::int64_t h0, std:
     const std::int64_t lanes = std::min<std::int64_t>(16, interior - j);
     const std::int64_t last = 2 * (lanes - 1);
     const __mmask16 columns = static_cast<__mmask16>((1u << lanes) - 1u);
-    const __mmask16 first_half = static_cast<__mmask16>((1u << std::min<std::int64_t>(16, last + 1)) - 1u);
+    const __mmask16 first_half =
+        static_cast<__mmask16>((1u << std::min<std::int64_t>(16, last + 1)) - 1u);
     const __mmask16 second_half =
         static_cast<__mmask16>((1u << std::max<std::int64_t>(0, last - 15)) - 1u);
     __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
@@ -65,8 +66,9 @@ void pool_row_stride2(const float* in, std::int64_t width, std::int64_t h0, std:
       for (std::int64_t kw = 0; kw < kernel_w; ++kw) {
         const std::int64_t position0 = h * width + first_w + kw + 2 * j;
         const float* candidates = in + position0;
-        const __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(first_half, candidates), even,
-                                                _mm512_maskz_loadu_ps(second_half, candidates + 16));
+        const __m512 low = _mm512_maskz_loadu_ps(first_half, candidates);
+        const __m512 high = _mm512_maskz_loadu_ps(second_half, candidates + 16);
+        const __m512 v = _mm512_permutex2var_ps(low, even, high);
         const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
                                _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);  // NaN wins
         best = _mm512_mask_mov_ps(best, take, v);

@@ -194,7 +194,8 @@ void check_batch_norm(const Shape& s, const Options& options, std::uint64_t seed
     check_identical(invstd_r.download(), got_invstd, "fused forward: save_invstd" + tag);
 
     std::vector<T> masked = grad_y;
-    for (std::size_t i = 0; i < masked.size(); ++i) masked[i] = got_yr[i] > T(0) ? grad_y[i] : T(0);
+    for (std::size_t i = 0; i < masked.size(); ++i)
+      masked[i] = got_yr[i] > T(0) ? grad_y[i] : T(0);
     DeviceBuffer<T> dmasked(masked), dyr(got_yr);
     auto gx_u = poisoned<T>(n), gg_u = poisoned<T>(c), gb_u = poisoned<T>(c);
     sela::cuda::batch_norm_backward_train<T>(

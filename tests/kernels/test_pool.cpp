@@ -317,7 +317,8 @@ TEST_CASE("max_pool2d, rows wide enough for the 16-column stride-2 form: NaN, ti
           for (std::int64_t kh = 0; kh < s.kernel_h; ++kh)
             for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
               const std::int64_t h = oh * s.stride_h + kh, w = ow * s.stride_w + kw;
-              const float v = input[static_cast<std::size_t>((p * s.in_height + h) * s.in_width + w)];
+              const std::int64_t at = (p * s.in_height + h) * s.in_width + w;
+              const float v = input[static_cast<std::size_t>(at)];
               if (best_index < 0 || v > best || std::isnan(v)) {
                 best = v;
                 best_index = static_cast<std::int32_t>(h * s.in_width + w);
