@@ -76,7 +76,7 @@ std::int64_t output_size(const Pool2dShape& s) {
 }
 
 // Naive forward over the full padded window, padded positions being -inf; the first
-// maximum in scan order wins. Inputs contain no NaN.
+// maximum in scan order wins, and a NaN always wins (the last NaN in scan order stays).
 void reference_forward(const Pool2dShape& s, const std::vector<double>& input,
                        std::vector<double>* output, std::vector<std::int64_t>* argmax) {
   const std::int64_t oh_n = s.out_height(), ow_n = s.out_width();
@@ -94,7 +94,7 @@ void reference_forward(const Pool2dShape& s, const std::vector<double>& input,
             const bool inside = h >= 0 && h < s.in_height && w >= 0 && w < s.in_width;
             const double v = inside ? input[(p * s.in_height + h) * s.in_width + w]
                                     : -std::numeric_limits<double>::infinity();
-            if (v > best) {
+            if (v > best || std::isnan(v)) {
               best = v;
               best_index = h * s.in_width + w;
             }
@@ -306,28 +306,9 @@ TEST_CASE("max_pool2d, rows wide enough for the 16-column stride-2 form: NaN, ti
     std::vector<float> input(static_cast<std::size_t>(input_size(s)));
     for (float& v : input)
       v = unit(rng) < 0.03 ? std::numeric_limits<float>::quiet_NaN() : 0.5f * level(rng);
-    const std::int64_t oh_n = s.out_height(), ow_n = s.out_width();
-    std::vector<float> want(static_cast<std::size_t>(output_size(s)));
-    std::vector<std::int32_t> want_arg(want.size());
-    for (std::int64_t p = 0; p < s.batch * s.channels; ++p)
-      for (std::int64_t oh = 0; oh < oh_n; ++oh)
-        for (std::int64_t ow = 0; ow < ow_n; ++ow) {
-          float best = -std::numeric_limits<float>::infinity();
-          std::int32_t best_index = -1;
-          for (std::int64_t kh = 0; kh < s.kernel_h; ++kh)
-            for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
-              const std::int64_t h = oh * s.stride_h + kh, w = ow * s.stride_w + kw;
-              const std::int64_t at = (p * s.in_height + h) * s.in_width + w;
-              const float v = input[static_cast<std::size_t>(at)];
-              if (best_index < 0 || v > best || std::isnan(v)) {
-                best = v;
-                best_index = static_cast<std::int32_t>(h * s.in_width + w);
-              }
-            }
-          const std::size_t o = static_cast<std::size_t>((p * oh_n + oh) * ow_n + ow);
-          want[o] = best;
-          want_arg[o] = best_index;
-        }
+    std::vector<double> want;
+    std::vector<std::int64_t> want_arg;
+    reference_forward(s, widen(input), &want, &want_arg);
     for (int threads : {1, 2}) {
       sela::cpu::set_num_threads(threads);
       std::vector<float> output(want.size(), 7.0f);
@@ -335,7 +316,8 @@ TEST_CASE("max_pool2d, rows wide enough for the 16-column stride-2 form: NaN, ti
       sela::cpu::max_pool2d_forward<float>(s, input.data(), output.data(), argmax.data());
       std::int64_t bad = 0, nan_outputs = 0;
       for (std::size_t o = 0; o < want.size(); ++o) {
-        const bool same_value = std::isnan(want[o]) ? std::isnan(output[o]) : output[o] == want[o];
+        const bool same_value =
+            std::isnan(want[o]) ? std::isnan(output[o]) : static_cast<double>(output[o]) == want[o];
         bad += !same_value || argmax[o] != want_arg[o];
         nan_outputs += std::isnan(output[o]);
       }
