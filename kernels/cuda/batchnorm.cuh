@@ -1,5 +1,7 @@
 // Batch normalisation on CUDA — the twin of kernels/cpu/batchnorm.h (same names and
-// arguments, plus a workspace and the stream), with PyTorch's BatchNorm2d semantics
+// arguments, plus a workspace and the stream; the fused batch_norm_relu_* have no CPU twin:
+// on the CPU engine/ops.cpp composes them from these kernels and the ReLU's, which measured
+// faster there than a fused CPU kernel), with PyTorch's BatchNorm2d semantics
 // (BatchNorm1d: spatial = 1). x is (N, C, spatial) row-major; pointers are device pointers,
 // gamma / beta / running statistics may be nullptr exactly where the CPU kernel allows it.
 //
