@@ -813,21 +813,22 @@ void check_batch_norm_arguments(const char* op, const Tensor& x, const Tensor& g
 Tensor batch_norm_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                         const Tensor& running_mean, const Tensor& running_var, double momentum,
                         double eps, bool relu) {
+  const char* op = relu ? "batch_norm_relu2d" : "batch_norm2d";
   std::int64_t batch = x.size(0), channels = x.size(1);
   std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
-  Tensor out = empty_like(x, relu ? "batch_norm_relu2d" : "batch_norm2d");
-  SELA_CHECK(batch * spatial > 1, "batch_norm2d",
+  SELA_CHECK(batch * spatial > 1, op,
              "training needs more than one value per channel, got input " << x.describe()
                                                                          << " (use a batch > 1)");
-  Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
-  Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), "batch_norm2d");
+  Tensor out = empty_like(x, op);
+  Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), op);
+  Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), op);
   if (on_cuda(x)) {
     if constexpr (kCuda) {
       cuda_ops::batch_norm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var,
                                          out, save_mean, save_invstd, relu);
     }
   } else {
-    dispatch_floating(x.dtype(), "batch_norm2d", [&](auto tag) {
+    dispatch_floating(x.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
       cpu::batch_norm_forward_train<T>(
           batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
