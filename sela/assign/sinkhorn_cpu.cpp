@@ -46,6 +46,8 @@ namespace {
 // of a parallel region per pass (and its spinning when the machine is shared).
 constexpr std::int64_t kValuesPerChunk = std::int64_t{1} << 20;
 constexpr int kRowsPerGroup = 8;             // rows sharing each load of r and of the column sums
+// sinkhorn_relaxation_factor uses its series where |x/y − 1| is below this, pow elsewhere.
+constexpr double kRelaxationSeriesBound = 1e-2;
 constexpr int kRowsPerColumnBlock = 64;      // float32 column sums flushed to double after
 constexpr float kExpUnderflow = -87.33654f;  // log(FLT_MIN): exp gives 0 below (then the floor)
 
@@ -586,14 +588,42 @@ void sinkhorn_column_sums(const Store* a, std::int64_t n, std::int64_t k, std::i
 
 double sinkhorn_relaxation_factor(double x, double y, double omega) {
   const double delta = x / y - 1.0;
-  if (std::fabs(delta) < 1e-3) {
-    // log(1+δ) to δ³ and exp(u) to u³: truncation below 3e-13 for |δ| < 1e-3.
-    const double log_ratio = delta * (1.0 - delta * (0.5 - delta * (1.0 / 3.0)));
-    const double u = (1.0 - omega) * log_ratio;
-    return 1.0 + u * (1.0 + u * (0.5 + u * (1.0 / 6.0)));
+  if (std::fabs(delta) < kRelaxationSeriesBound) {
+    // log(1+δ) to δ⁷ and exp(u) to u⁶ (truncation below 2e-17 for |δ| < 1e-2, |1 − ω| < 1),
+    // each polynomial in Estrin's form with explicit fused multiply-adds: a shorter chain
+    // than Horner's, and the exact operations of the AVX-512 form below.
+    const double d2 = delta * delta, d4 = d2 * d2;
+    const double log_poly =
+        std::fma(std::fma(1.0 / 7, d2, std::fma(-1.0 / 6, delta, 1.0 / 5)), d4,
+                 std::fma(std::fma(-1.0 / 4, delta, 1.0 / 3), d2, std::fma(-1.0 / 2, delta, 1.0)));
+    const double u = (1.0 - omega) * (delta * log_poly);
+    const double u2 = u * u, u4 = u2 * u2;
+    return std::fma(std::fma(1.0 / 720, u2, std::fma(1.0 / 120, u, 1.0 / 24)), u4,
+                    std::fma(std::fma(1.0 / 6, u, 1.0 / 2), u2, std::fma(1.0, u, 1.0)));
   }
   return std::pow(x / y, 1.0 - omega);
 }
+
+#if SELA_SINKHORN_AVX512
+namespace {
+// sinkhorn_relaxation_factor's series for eight values of δ at once: the same fused
+// multiply-adds in the same Estrin arrangement, so each lane is bit for bit the scalar
+// series (tests/assign/test_sinkhorn_kernels.cpp checks it).
+__m512d relaxation_series(__m512d delta, double omega) {
+  auto fma = [](double a, __m512d x, __m512d b) { return _mm512_fmadd_pd(_mm512_set1_pd(a), x, b); };
+  auto fma_v = [](__m512d a, __m512d x, __m512d b) { return _mm512_fmadd_pd(a, x, b); };
+  auto constant = [](double v) { return _mm512_set1_pd(v); };
+  const __m512d d2 = _mm512_mul_pd(delta, delta), d4 = _mm512_mul_pd(d2, d2);
+  const __m512d log_poly =
+      fma_v(fma(1.0 / 7, d2, fma(-1.0 / 6, delta, constant(1.0 / 5))), d4,
+            fma_v(fma(-1.0 / 4, delta, constant(1.0 / 3)), d2, fma(-1.0 / 2, delta, constant(1.0))));
+  const __m512d u = _mm512_mul_pd(constant(1.0 - omega), _mm512_mul_pd(delta, log_poly));
+  const __m512d u2 = _mm512_mul_pd(u, u), u4 = _mm512_mul_pd(u2, u2);
+  return fma_v(fma(1.0 / 720, u2, fma(1.0 / 120, u, constant(1.0 / 24))), u4,
+               fma_v(fma(1.0 / 6, u, constant(1.0 / 2)), u2, fma(1.0, u, constant(1.0))));
+}
+}  // namespace
+#endif
 
 template <typename Store>
 double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_t stride,
@@ -636,9 +666,11 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
           c[i] = c_new * factor;
           return static_cast<float>(factor / static_cast<double>(dot));
         };
-        // Eight rows of weight_of at once (the plain iteration; over-relaxation's pow stays
-        // per row): the same IEEE divisions lane by lane, and the change added in row order,
-        // so the results are those of weight_of bit for bit.
+        // Eight rows of weight_of at once: the same IEEE operations lane by lane, and the
+        // change added in row order, so the results are those of weight_of bit for bit. An
+        // over-relaxed group computes the factor's series for all eight rows (where the
+        // iteration spends its time, |c_i / c_new_i − 1| < 1e-2) and pow only for the rows
+        // beyond; a group holding a row that is not usable (or c_i = 0) goes row by row.
         auto group_weights = [&](std::int64_t i, const float* dots, float* weights) {
 #if SELA_SINKHORN_AVX512
           const __m256 d = _mm256_load_ps(dots);
@@ -659,6 +691,38 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
             _mm512_storeu_pd(c + i, c_new);
             _mm256_store_ps(weights, _mm256_div_ps(_mm256_set1_ps(1.0f), d));
             return;
+          }
+          if (relaxed && usable == 0xFF) {
+            const __m512d c_old = _mm512_loadu_pd(c + i);
+            if (_mm512_cmp_pd_mask(c_old, _mm512_setzero_pd(), _CMP_GT_OQ) == 0xFF) {
+              const __m512d c_new = _mm512_div_pd(_mm512_set1_pd(inv_n_rscale),
+                                                  _mm512_maskz_cvtps_pd(0xFF, d));
+              const __m512d delta =
+                  _mm512_sub_pd(_mm512_div_pd(c_old, c_new), _mm512_set1_pd(1.0));
+              if (measure_change) {
+                alignas(64) double terms[kRowsPerGroup];
+                _mm512_store_pd(terms, _mm512_abs_pd(delta));
+                for (int q = 0; q < kRowsPerGroup; ++q) change += terms[q];
+              }
+              alignas(64) double factors[kRowsPerGroup];
+              _mm512_store_pd(factors, relaxation_series(delta, omega));
+              const __mmask8 near_one = _mm512_cmp_pd_mask(
+                  _mm512_abs_pd(delta), _mm512_set1_pd(kRelaxationSeriesBound), _CMP_LT_OQ);
+              if (near_one != 0xFF) {  // the rows away from convergence: pow, one by one
+                alignas(64) double olds[kRowsPerGroup], news[kRowsPerGroup];
+                _mm512_store_pd(olds, c_old);
+                _mm512_store_pd(news, c_new);
+                for (int q = 0; q < kRowsPerGroup; ++q) {
+                  if (!(near_one & (1u << q)))
+                    factors[q] = sinkhorn_relaxation_factor(olds[q], news[q], omega);
+                }
+              }
+              const __m512d factor = _mm512_load_pd(factors);
+              _mm512_storeu_pd(c + i, _mm512_mul_pd(c_new, factor));
+              _mm256_store_ps(weights, _mm512_cvtpd_ps(
+                                           _mm512_div_pd(factor, _mm512_maskz_cvtps_pd(0xFF, d))));
+              return;
+            }
           }
 #endif
           for (int q = 0; q < kRowsPerGroup; ++q) weights[q] = weight_of(i + q, dots[q]);

@@ -139,7 +139,7 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
                      std::size_t workspace_bytes, std::int64_t* bad_rows);
 
 // x^(1−ω)·y^ω / y = (x/y)^(1−ω), exact to double rounding also for x/y near 1 (where the
-// over-relaxed iteration spends its time), cheaply: a short series there, pow elsewhere.
+// over-relaxed iteration spends its time), cheaply: a series for |x/y − 1| < 1e-2, pow elsewhere.
 double sinkhorn_relaxation_factor(double x, double y, double omega);
 
 // Labels y_i = argmax_k A_ik r_rel_k (first index on ties) and the row marginal error of

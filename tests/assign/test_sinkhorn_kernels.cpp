@@ -475,10 +475,10 @@ TEST_CASE(
 }
 
 TEST_CASE("over-relaxed pass: c = c_old^(1-omega) c_new^omega and the column sums use it") {
-  // The factor against pow in float64, on both sides of its series/pow switch (|x/y - 1| = 1e-3).
-  for (double omega : {1.2, 1.5, 1.9}) {
-    for (double delta :
-         {-0.3, -2e-3, -1e-3, -3e-4, -1e-7, 0.0, 1e-9, 5e-4, 9.9e-4, 1.5e-3, 0.7, 5.0}) {
+  // The factor against pow in float64, on both sides of its series/pow switch (|x/y - 1| = 1e-2).
+  for (double omega : {0.5, 1.2, 1.5, 1.9}) {
+    for (double delta : {-0.3, -2e-2, -1e-2, -9.99e-3, -5e-3, -3e-4, -1e-7, 0.0, 1e-9, 5e-4,
+                         3e-3, 9.9e-3, 1e-2, 1.5e-2, 0.7, 5.0}) {
       const double y = 0.37, x = y * (1.0 + delta);
       const double ref = std::pow(x / y, 1.0 - omega);
       CHECK_MESSAGE(close(sinkhorn_relaxation_factor(x, y, omega), ref, 0.0, 1e-12),
@@ -529,6 +529,57 @@ TEST_CASE("over-relaxed pass: c = c_old^(1-omega) c_new^omega and the column sum
       sinkhorn_pass<BFloat16>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 2.0, c.data(),
                               cols.data(), false, workspace.data(), workspace.size(), nullptr),
       sela::Error);
+}
+
+TEST_CASE("over-relaxed pass near convergence: each row's c is c_new times the scalar factor") {
+  // Near convergence c_old / c_new is within 1e-2 of 1 on most rows, where groups of eight
+  // rows take the vector form of the factor's series. Rows 40, 41 and 97 are 2e-2 away
+  // (pow for those lanes), row 130 has c = 0 (its group goes row by row), rows 200..202 are
+  // the tail after the groups. Every row's c must be c_new * sinkhorn_relaxation_factor(
+  // c_old, c_new, omega), bit for bit, with c_new from a plain pass over the same A and r.
+  const std::int64_t n = 203, k = 10, stride = sinkhorn_row_stride(k);
+  auto z = random_logits(n, k, 0.5f, 321);
+  std::vector<float> a = stored_matrix<float>(z, n, k, 10.0f);
+  std::mt19937 gen(9);
+  std::uniform_real_distribution<float> uniform(0.1f, 1.0f);
+  std::uniform_real_distribution<double> small(-9.9e-3, 9.9e-3);
+  std::vector<float> r_rel(static_cast<std::size_t>(stride), 0.0f);
+  for (std::int64_t j = 0; j < k; ++j) r_rel[static_cast<std::size_t>(j)] = uniform(gen);
+  const double omega = 1.4, r_scale = 0.8;
+  std::vector<char> workspace(sinkhorn_workspace_bytes(n, stride));
+  std::vector<double> c_new(static_cast<std::size_t>(n), 1.0), cols(static_cast<std::size_t>(k));
+  sinkhorn_pass<float>(a.data(), n, k, stride, n, r_rel.data(), r_scale, 1.0, c_new.data(),
+                       cols.data(), false, workspace.data(), workspace.size(), nullptr);
+  std::vector<double> c_old(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double delta = (i == 40 || i == 41 || i == 97) ? -2e-2 : small(gen);
+    c_old[static_cast<std::size_t>(i)] =
+        i == 130 ? 0.0 : c_new[static_cast<std::size_t>(i)] * (1.0 + delta);
+  }
+  std::vector<double> c = c_old;
+  const double change =
+      sinkhorn_pass<float>(a.data(), n, k, stride, n, r_rel.data(), r_scale, omega, c.data(),
+                           cols.data(), true, workspace.data(), workspace.size(), nullptr);
+  double change_ref = 0.0;
+  std::int64_t mismatches = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double old = c_old[static_cast<std::size_t>(i)], fresh = c_new[static_cast<std::size_t>(i)];
+    change_ref += std::fabs(old / fresh - 1.0);
+    const double expected =
+        old > 0.0 ? fresh * sinkhorn_relaxation_factor(old, fresh, omega) : fresh;
+    if (c[static_cast<std::size_t>(i)] != expected) {
+      ++mismatches;
+      MESSAGE("row " << i << ": " << c[static_cast<std::size_t>(i)] << " != " << expected);
+    }
+  }
+  CHECK(mismatches == 0);
+  CHECK(close(change, change_ref, 0.0, 1e-12));
+  // The column sums use the relaxed c: against float64 with that c (float32 weights).
+  for (std::int64_t j = 0; j < k; ++j) {
+    double ref = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) ref += loaded(a, i, j, stride) * c[static_cast<std::size_t>(i)];
+    CHECK_MESSAGE(close(cols[static_cast<std::size_t>(j)], ref, 1e-300, 1e-5), "column " << j);
+  }
 }
 
 TEST_CASE("sinkhorn_pass: rows without mass inside a group of eight are counted and zeroed") {
