@@ -89,7 +89,8 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
-          {"sinkhorn_max_iters", c.sinkhorn_max_iters}, {"sinkhorn_storage", c.storage}, {"device", c.device},
+          {"sinkhorn_max_iters", c.sinkhorn_max_iters},
+          {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage}, {"device", c.device},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
           {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
@@ -170,6 +171,7 @@ void Run::build_model() {
   sk.lambda = config_.lambda;
   sk.storage = assign::parse_storage(config_.storage);
   sk.max_iters = config_.sinkhorn_max_iters;
+  sk.over_relaxation = config_.sinkhorn_omega;
   sk.device = device_;  // the fused CUDA kernels on a GPU run (logits come from the host)
   solver_ = std::make_unique<assign::SinkhornSolver>(sk);
   if (config_.label_logits == "recorded") {
@@ -295,7 +297,8 @@ void Run::label_step(std::int64_t epoch) {
                  {"row_marginal_error", result.row_marginal_error},
                  {"col_marginal_error", result.col_marginal_error},
                  {"cluster_min", result.cluster_min}, {"cluster_max", result.cluster_max},
-                 {"clusters_empty", result.clusters_empty}, {"nmi_previous", nmi_previous}};
+                 {"clusters_empty", result.clusters_empty}, {"nmi_previous", nmi_previous},
+                 {"over_relaxation", result.over_relaxation}};
     std::printf("  %s head%zu K=%lld: %lld iterations %.2fs, marginal errors %.1e/%.1e, "
                 "clusters %lld..%lld, NMI(previous) %.3f",
                 label.c_str(), t, static_cast<long long>(k),

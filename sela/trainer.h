@@ -60,6 +60,10 @@ struct TrainConfig {
   double dropout = 0.5;
   double crop_min_scale = 0;     // random-resized-crop minimum area share (0 = the source's)
   std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
+  // Over-relaxation ω of the label steps' Sinkhorn (1: the published algorithm; sinkhorn.h):
+  // half the iterations at 1.4, with a safeguard that returns to plain steps if it diverges,
+  // and the same labels on the default run's logits (docs/perf.md).
+  double sinkhorn_omega = 1.4;
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   int threads = 0;

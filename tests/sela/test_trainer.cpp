@@ -12,6 +12,8 @@
 #include <string>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/safetensors.h"
 #include "sela/run_files.h"
 #include "sela/trainer.h"
@@ -163,6 +165,36 @@ TEST_CASE("--label-logits recorded: label steps reuse the training pass's logits
   TrainConfig wrong = recorded_config("bad");
   wrong.label_logits = "stale";
   CHECK(error_of(wrong).find("--label-logits must be fresh or recorded") != std::string::npos);
+}
+
+TEST_CASE("--sinkhorn-omega reaches the label steps' solver and config.json") {
+  // The solver's own tests show what omega does (tests/assign/test_sinkhorn.cpp); this one
+  // shows that the trainer hands it over: every head solve of every label step reports it.
+  using nlohmann::json;
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  auto every_solve_reports = [&](const std::string& out, double omega) {
+    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
+    int solves = 0, matching = 0;
+    for (std::string line; std::getline(metrics, line);) {
+      json entry = json::parse(line);
+      if (entry["event"] != "label_step") continue;
+      for (const json& head : entry["heads"]) {
+        ++solves;
+        if (head["over_relaxation"].get<double>() == omega) ++matching;
+      }
+    }
+    return solves > 0 && matching == solves;
+  };
+  TrainConfig plain = tiny_config(spec, folder.path + "/plain");
+  train(plain);
+  TrainConfig relaxed = tiny_config(spec, folder.path + "/relaxed");
+  relaxed.sinkhorn_omega = 1.4;
+  train(relaxed);
+  CHECK(every_solve_reports("plain", 1.0));
+  CHECK(every_solve_reports("relaxed", 1.4));
+  std::ifstream config_file(folder.path + "/relaxed/config.json");
+  CHECK(json::parse(config_file)["sinkhorn_omega"].get<double>() == 1.4);
 }
 
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
