@@ -610,13 +610,16 @@ namespace {
 // multiply-adds in the same Estrin arrangement, so each lane is bit for bit the scalar
 // series (tests/assign/test_sinkhorn_kernels.cpp checks it).
 __m512d relaxation_series(__m512d delta, double omega) {
-  auto fma = [](double a, __m512d x, __m512d b) { return _mm512_fmadd_pd(_mm512_set1_pd(a), x, b); };
+  auto fma = [](double a, __m512d x, __m512d b) {
+    return _mm512_fmadd_pd(_mm512_set1_pd(a), x, b);
+  };
   auto fma_v = [](__m512d a, __m512d x, __m512d b) { return _mm512_fmadd_pd(a, x, b); };
   auto constant = [](double v) { return _mm512_set1_pd(v); };
   const __m512d d2 = _mm512_mul_pd(delta, delta), d4 = _mm512_mul_pd(d2, d2);
   const __m512d log_poly =
       fma_v(fma(1.0 / 7, d2, fma(-1.0 / 6, delta, constant(1.0 / 5))), d4,
-            fma_v(fma(-1.0 / 4, delta, constant(1.0 / 3)), d2, fma(-1.0 / 2, delta, constant(1.0))));
+            fma_v(fma(-1.0 / 4, delta, constant(1.0 / 3)), d2,
+                  fma(-1.0 / 2, delta, constant(1.0))));
   const __m512d u = _mm512_mul_pd(constant(1.0 - omega), _mm512_mul_pd(delta, log_poly));
   const __m512d u2 = _mm512_mul_pd(u, u), u4 = _mm512_mul_pd(u2, u2);
   return fma_v(fma(1.0 / 720, u2, fma(1.0 / 120, u, constant(1.0 / 24))), u4,

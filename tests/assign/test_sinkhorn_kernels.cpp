@@ -563,13 +563,14 @@ TEST_CASE("over-relaxed pass near convergence: each row's c is c_new times the s
   double change_ref = 0.0;
   std::int64_t mismatches = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const double old = c_old[static_cast<std::size_t>(i)], fresh = c_new[static_cast<std::size_t>(i)];
+    const std::size_t row = static_cast<std::size_t>(i);
+    const double old = c_old[row], fresh = c_new[row];
     change_ref += std::fabs(old / fresh - 1.0);
     const double expected =
         old > 0.0 ? fresh * sinkhorn_relaxation_factor(old, fresh, omega) : fresh;
-    if (c[static_cast<std::size_t>(i)] != expected) {
+    if (c[row] != expected) {
       ++mismatches;
-      MESSAGE("row " << i << ": " << c[static_cast<std::size_t>(i)] << " != " << expected);
+      MESSAGE("row " << i << ": " << c[row] << " != " << expected);
     }
   }
   CHECK(mismatches == 0);
@@ -577,7 +578,8 @@ TEST_CASE("over-relaxed pass near convergence: each row's c is c_new times the s
   // The column sums use the relaxed c: against float64 with that c (float32 weights).
   for (std::int64_t j = 0; j < k; ++j) {
     double ref = 0.0;
-    for (std::int64_t i = 0; i < n; ++i) ref += loaded(a, i, j, stride) * c[static_cast<std::size_t>(i)];
+    for (std::int64_t i = 0; i < n; ++i)
+      ref += loaded(a, i, j, stride) * c[static_cast<std::size_t>(i)];
     CHECK_MESSAGE(close(cols[static_cast<std::size_t>(j)], ref, 1e-300, 1e-5), "column " << j);
   }
 }
