@@ -23,6 +23,7 @@
 #define SELA_BATCHNORM_AVX512 1
 #endif
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/error.h"
@@ -54,6 +55,7 @@ void for_each_channel(std::int64_t batch, std::int64_t channels, std::int64_t sp
 // Independent accumulator lanes that let the compiler vectorise a double sum without
 // reassociating it; combined in a fixed order.
 constexpr int kLanes = 8;
+constexpr std::int64_t kPrefetchRuns = 2;  // how many runs ahead prefetch_run asks
 
 double combine_lanes(double* lanes) {
   for (int width = kLanes / 2; width >= 1; width /= 2)
@@ -155,6 +157,16 @@ void accumulate_grad<float>(std::int64_t n, const float* g, const float* a, doub
 }
 #endif
 
+// Asks for the start of a run that a channel loop reads soon (the runs of one channel lie
+// C * spatial values apart, a stride the hardware prefetcher does not follow).
+template <typename T>
+inline void prefetch_run(const T* run, std::int64_t spatial) {
+  const std::int64_t bytes = spatial * static_cast<std::int64_t>(sizeof(T));
+  const std::int64_t lines = std::min<std::int64_t>(4, (bytes + 63) / 64);
+  for (std::int64_t l = 0; l < lines; ++l)
+    __builtin_prefetch(reinterpret_cast<const char*>(run) + 64 * l);
+}
+
 // out[n, c, :] = (in[n, c, :] - center) * scale + shift for every n of channel c.
 template <typename T>
 void affine_channel(std::int64_t batch, std::int64_t channels, std::int64_t spatial, std::int64_t c,
@@ -186,8 +198,11 @@ void batch_norm_forward_train(std::int64_t batch, std::int64_t channels, std::in
 
   for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
     double lanes[kLanes] = {};
-    for (std::int64_t n = 0; n < batch; ++n)
+    for (std::int64_t n = 0; n < batch; ++n) {
+      if (n + kPrefetchRuns < batch)
+        prefetch_run(x + ((n + kPrefetchRuns) * channels + c) * spatial, spatial);
       accumulate(spatial, x + (n * channels + c) * spatial, lanes);
+    }
     const double mean = combine_lanes(lanes) / static_cast<double>(count);
 
     double sq_lanes[kLanes] = {};
@@ -251,6 +266,11 @@ void batch_norm_backward_train(std::int64_t batch, std::int64_t channels, std::i
     double g_lanes[kLanes] = {}, gx_lanes[kLanes] = {};
     for (std::int64_t n = 0; n < batch; ++n) {
       const std::int64_t offset = (n * channels + c) * spatial;
+      if (n + kPrefetchRuns < batch) {
+        const std::int64_t ahead = offset + kPrefetchRuns * channels * spatial;
+        prefetch_run(grad_y + ahead, spatial);
+        prefetch_run(x + ahead, spatial);
+      }
       accumulate_grad(spatial, grad_y + offset, x + offset, mean, g_lanes, gx_lanes);
     }
     const double sum_dy = combine_lanes(g_lanes);
