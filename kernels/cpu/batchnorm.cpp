@@ -110,12 +110,16 @@ void accumulate_grad(std::int64_t n, const T* g, const T* a, double center, doub
 #if defined(SELA_BATCHNORM_AVX512)
 static_assert(kLanes == 8, "one __m512d holds the 8 lanes");
 
+// The lanes a group of `count` values fills: all 8, or the first count when fewer remain.
+inline __mmask8 live_lanes(std::int64_t count) {
+  return count >= kLanes ? __mmask8(0xFF) : static_cast<__mmask8>((1u << count) - 1);
+}
+
 // Floats a[0 .. 7] as doubles; with count < 8 only a[0 .. count-1], the rest +0.0.
 // (The maskz conversions: GCC 12 warns that _mm512_cvtps_pd reads an undefined register.)
 inline __m512d load_as_double(const float* a, std::int64_t count) {
   if (count >= kLanes) return _mm512_maskz_cvtps_pd(0xFF, _mm256_loadu_ps(a));
-  const __mmask8 mask = static_cast<__mmask8>((1u << count) - 1);
-  return _mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(mask, a));
+  return _mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(live_lanes(count), a));
 }
 
 template <>
@@ -134,8 +138,7 @@ void accumulate_squared_deviation<float>(std::int64_t n, const float* a, double 
   for (std::int64_t i = 0; i < n; i += kLanes) {
     const __m512d d = _mm512_sub_pd(load_as_double(a + i, n - i), c);
     // Masked-off lanes: d = -center, so d * d is not +0.0 there; keep those lanes as they are.
-    const __mmask8 live = n - i >= kLanes ? __mmask8(0xFF) : __mmask8((1u << (n - i)) - 1);
-    sum = _mm512_mask3_fmadd_pd(d, d, sum, live);
+    sum = _mm512_mask3_fmadd_pd(d, d, sum, live_lanes(n - i));
   }
   _mm512_storeu_pd(lanes, sum);
 }
@@ -149,8 +152,7 @@ void accumulate_grad<float>(std::int64_t n, const float* g, const float* a, doub
     const __m512d gi = load_as_double(g + i, n - i);  // masked-off lanes: +0.0
     const __m512d d = _mm512_sub_pd(load_as_double(a + i, n - i), c);
     g_sum = _mm512_add_pd(g_sum, gi);
-    const __mmask8 live = n - i >= kLanes ? __mmask8(0xFF) : __mmask8((1u << (n - i)) - 1);
-    ga_sum = _mm512_mask3_fmadd_pd(gi, d, ga_sum, live);
+    ga_sum = _mm512_mask3_fmadd_pd(gi, d, ga_sum, live_lanes(n - i));
   }
   _mm512_storeu_pd(g_lanes, g_sum);
   _mm512_storeu_pd(ga_lanes, ga_sum);

@@ -67,6 +67,18 @@ WorkspaceLayout workspace_layout(std::int64_t channels, std::int64_t count) {
   return {0, partials, partials + channels * 3};
 }
 
+// The block's two chunk sums, reduced over its threads and stored as partials[c][chunk].
+__device__ inline void store_chunk_sums(double first, double second, std::int64_t c,
+                                        double* partials) {
+  first = detail::block_sum<kPartialBlock>(first);
+  second = detail::block_sum<kPartialBlock>(second);
+  if (threadIdx.x == 0) {
+    double* out = partials + (c * gridDim.x + blockIdx.x) * 2;
+    out[0] = first;
+    out[1] = second;
+  }
+}
+
 // Step 1 of the forward: shifted sums S1, S2 of chunk blockIdx.x of channel blockIdx.y.
 template <typename T, typename Index>
 __global__ void forward_partial_kernel(std::int64_t channels, Index count, Index chunk_length,
@@ -83,13 +95,7 @@ __global__ void forward_partial_kernel(std::int64_t channels, Index count, Index
       s1 += d;
       s2 += d * d;
     }
-    s1 = detail::block_sum<kPartialBlock>(s1);
-    s2 = detail::block_sum<kPartialBlock>(s2);
-    if (threadIdx.x == 0) {
-      double* out = partials + (c * gridDim.x + blockIdx.x) * 2;
-      out[0] = s1;
-      out[1] = s2;
-    }
+    store_chunk_sums(s1, s2, c, partials);
   }
 }
 
@@ -180,13 +186,7 @@ __global__ void backward_partial_kernel(std::int64_t channels, Index count, Inde
       dy_acc += dy;
       dy_x_acc += dy * (static_cast<double>(x[e]) - mean);
     }
-    dy_acc = detail::block_sum<kPartialBlock>(dy_acc);
-    dy_x_acc = detail::block_sum<kPartialBlock>(dy_x_acc);
-    if (threadIdx.x == 0) {
-      double* out = partials + (c * gridDim.x + blockIdx.x) * 2;
-      out[0] = dy_acc;
-      out[1] = dy_x_acc;
-    }
+    store_chunk_sums(dy_acc, dy_x_acc, c, partials);
   }
 }
 

@@ -681,51 +681,46 @@ double sinkhorn_pass(const Store* a, std::int64_t n, std::int64_t k, std::int64_
               _mm256_cmp_ps_mask(d, _mm256_setzero_ps(), _CMP_GT_OQ) &
               _mm256_cmp_ps_mask(d, _mm256_set1_ps(std::numeric_limits<float>::infinity()),
                                  _CMP_LT_OQ);
-          if (!relaxed && usable == 0xFF) {
+          const __m512d c_old = _mm512_loadu_pd(c + i);
+          const bool all_positive =
+              _mm512_cmp_pd_mask(c_old, _mm512_setzero_pd(), _CMP_GT_OQ) == 0xFF;
+          if (usable == 0xFF && (!relaxed || all_positive)) {
             const __m512d c_new =
                 _mm512_div_pd(_mm512_set1_pd(inv_n_rscale), _mm512_maskz_cvtps_pd(0xFF, d));
+            // c_old / c_new − 1: the change and the factor's argument (the plain pass needs it
+            // only on the iterations that measure the change).
+            const __m512d delta =
+                measure_change || relaxed
+                    ? _mm512_sub_pd(_mm512_div_pd(c_old, c_new), _mm512_set1_pd(1.0))
+                    : _mm512_setzero_pd();
             if (measure_change) {
               alignas(64) double terms[kRowsPerGroup];
-              _mm512_store_pd(terms, _mm512_abs_pd(_mm512_sub_pd(
-                                         _mm512_div_pd(_mm512_loadu_pd(c + i), c_new),
-                                         _mm512_set1_pd(1.0))));
+              _mm512_store_pd(terms, _mm512_abs_pd(delta));
               for (int q = 0; q < kRowsPerGroup; ++q) change += terms[q];
             }
-            _mm512_storeu_pd(c + i, c_new);
-            _mm256_store_ps(weights, _mm256_div_ps(_mm256_set1_ps(1.0f), d));
-            return;
-          }
-          if (relaxed && usable == 0xFF) {
-            const __m512d c_old = _mm512_loadu_pd(c + i);
-            if (_mm512_cmp_pd_mask(c_old, _mm512_setzero_pd(), _CMP_GT_OQ) == 0xFF) {
-              const __m512d c_new = _mm512_div_pd(_mm512_set1_pd(inv_n_rscale),
-                                                  _mm512_maskz_cvtps_pd(0xFF, d));
-              const __m512d delta =
-                  _mm512_sub_pd(_mm512_div_pd(c_old, c_new), _mm512_set1_pd(1.0));
-              if (measure_change) {
-                alignas(64) double terms[kRowsPerGroup];
-                _mm512_store_pd(terms, _mm512_abs_pd(delta));
-                for (int q = 0; q < kRowsPerGroup; ++q) change += terms[q];
-              }
-              alignas(64) double factors[kRowsPerGroup];
-              _mm512_store_pd(factors, relaxation_series(delta, omega));
-              const __mmask8 near_one = _mm512_cmp_pd_mask(
-                  _mm512_abs_pd(delta), _mm512_set1_pd(kRelaxationSeriesBound), _CMP_LT_OQ);
-              if (near_one != 0xFF) {  // the rows away from convergence: pow, one by one
-                alignas(64) double olds[kRowsPerGroup], news[kRowsPerGroup];
-                _mm512_store_pd(olds, c_old);
-                _mm512_store_pd(news, c_new);
-                for (int q = 0; q < kRowsPerGroup; ++q) {
-                  if (!(near_one & (1u << q)))
-                    factors[q] = sinkhorn_relaxation_factor(olds[q], news[q], omega);
-                }
-              }
-              const __m512d factor = _mm512_load_pd(factors);
-              _mm512_storeu_pd(c + i, _mm512_mul_pd(c_new, factor));
-              _mm256_store_ps(weights, _mm512_cvtpd_ps(
-                                           _mm512_div_pd(factor, _mm512_maskz_cvtps_pd(0xFF, d))));
+            if (!relaxed) {
+              _mm512_storeu_pd(c + i, c_new);
+              _mm256_store_ps(weights, _mm256_div_ps(_mm256_set1_ps(1.0f), d));
               return;
             }
+            alignas(64) double factors[kRowsPerGroup];
+            _mm512_store_pd(factors, relaxation_series(delta, omega));
+            const __mmask8 near_one = _mm512_cmp_pd_mask(
+                _mm512_abs_pd(delta), _mm512_set1_pd(kRelaxationSeriesBound), _CMP_LT_OQ);
+            if (near_one != 0xFF) {  // the rows away from convergence: pow, one by one
+              alignas(64) double olds[kRowsPerGroup], news[kRowsPerGroup];
+              _mm512_store_pd(olds, c_old);
+              _mm512_store_pd(news, c_new);
+              for (int q = 0; q < kRowsPerGroup; ++q) {
+                if (!(near_one & (1u << q)))
+                  factors[q] = sinkhorn_relaxation_factor(olds[q], news[q], omega);
+              }
+            }
+            const __m512d factor = _mm512_load_pd(factors);
+            _mm512_storeu_pd(c + i, _mm512_mul_pd(c_new, factor));
+            _mm256_store_ps(weights, _mm512_cvtpd_ps(
+                                         _mm512_div_pd(factor, _mm512_maskz_cvtps_pd(0xFF, d))));
+            return;
           }
 #endif
           for (int q = 0; q < kRowsPerGroup; ++q) weights[q] = weight_of(i + q, dots[q]);
