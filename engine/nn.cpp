@@ -5,6 +5,7 @@
 #include <atomic>
 #include <typeinfo>
 
+#include "engine/cuda_graph.h"
 #include "engine/ops.h"
 
 namespace sela {
@@ -129,17 +130,24 @@ BatchNorm2d::BatchNorm2d(std::int64_t channels, double eps, double momentum, boo
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i64));
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
-  if (is_training()) {
-    *num_batches_tracked.data<std::int64_t>() += 1;
+// One more batch tracked: now, or (inside a CUDA-graph capture) after every replay.
+void BatchNorm2d::count_batch(const Tensor& x) {
+  if (!is_training()) return;
+  auto count = [this]() { *num_batches_tracked.data<std::int64_t>() += 1; };  // a host int64
+  if (graph::capturing(x.device())) {
+    graph::after_each_replay(x.device(), count);
+  } else {
+    count();
   }
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  count_batch(x);
   return batch_norm2d(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
 }
 
 Tensor BatchNorm2d::forward_relu(const Tensor& x) {
-  if (is_training()) {
-    *num_batches_tracked.data<std::int64_t>() += 1;
-  }
+  count_batch(x);
   return batch_norm_relu2d(x, weight, bias, running_mean, running_var, is_training(), momentum,
                            eps);
 }
@@ -159,7 +167,14 @@ Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel, stride
 
 Tensor Dropout::forward(const Tensor& x) {
   if (!is_training() || p == 0.0) return x;
-  std::uint64_t offset = calls++ << 40;
+  if (graph::capturing(x.device())) {
+    // Each replay draws the masks of the module's call count at that time, and counts a call.
+    const std::int64_t* offset = graph::refreshed_value(
+        x.device(), [this]() { return static_cast<std::int64_t>(calls * kDropoutOffsetPerCall); });
+    graph::after_each_replay(x.device(), [this]() { ++calls; });
+    return dropout(x, p, true, seed, calls * kDropoutOffsetPerCall, offset);
+  }
+  const std::uint64_t offset = calls++ * kDropoutOffsetPerCall;
   return dropout(x, p, true, seed, offset);
 }
 

@@ -102,6 +102,9 @@ class BatchNorm2d : public Module {
   Tensor running_mean, running_var;   // (C)
   Tensor num_batches_tracked;         // () int64, as PyTorch keeps it
   double eps, momentum;
+
+ private:
+  void count_batch(const Tensor& x);
 };
 
 class Linear : public Module {
@@ -130,7 +133,9 @@ class MaxPool2d : public Module {
 };
 
 // Inverted dropout. The mask of call number `calls` uses counters starting at
-// calls * 2^40, so masks never repeat within a run; `calls` is trainer state (checkpointed).
+// calls * 2^40 (kDropoutOffsetPerCall), so masks never repeat within a run; `calls` is trainer
+// state (checkpointed). Inside a CUDA-graph capture the offset is a refreshed device value
+// and each replay counts one call (engine/cuda_graph.h).
 class Dropout : public Module {
  public:
   explicit Dropout(double p = 0.5, std::uint64_t seed = 0) : p(p), seed(seed) {}

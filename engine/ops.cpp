@@ -901,14 +901,16 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
-               std::uint64_t offset) {
+               std::uint64_t offset, const std::int64_t* device_offset) {
   check_operand("dropout", x, "input");
   SELA_CHECK(p >= 0.0 && p < 1.0, "dropout", "probability must be in [0, 1), got " << p);
+  SELA_CHECK(device_offset == nullptr || on_cuda(x), "dropout",
+             "a device offset needs a GPU tensor, got " << x.describe());
   if (!training || p == 0.0) return x;
   Tensor out = empty_like(x, "dropout");
   Tensor mask = Tensor::empty(x.shape(), DType::u8, x.device(), "dropout");
   if (on_cuda(x)) {
-    if constexpr (kCuda) cuda_ops::dropout_forward(x, p, seed, offset, out, mask);
+    if constexpr (kCuda) cuda_ops::dropout_forward(x, p, seed, offset, device_offset, out, mask);
   } else {
     dispatch_floating(x.dtype(), "dropout", [&](auto tag) {
       using T = decltype(tag);

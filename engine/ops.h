@@ -56,8 +56,13 @@ Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          double momentum, double eps);
 // Inverted dropout with a counter-based mask: element i is dropped according to
 // (seed, offset + i) only. Identity when !training or p == 0.
+// device_offset (GPU only, optional): a device int64 the kernel reads the offset from when it
+// runs, instead of `offset` (a CUDA graph's refreshed value, engine/cuda_graph.h); it must
+// equal `offset` modulo 4 (the kernel's launch shape is computed from `offset`).
 Tensor dropout(const Tensor& x, double p, bool training, std::uint64_t seed,
-               std::uint64_t offset);
+               std::uint64_t offset, const std::int64_t* device_offset = nullptr);
+// What an nn Dropout module adds to its offset per call (2^40 counters per call).
+inline constexpr std::uint64_t kDropoutOffsetPerCall = std::uint64_t(1) << 40;
 
 // --- losses --------------------------------------------------------------------------------
 Tensor log_softmax(const Tensor& x);  // (N, K), along K

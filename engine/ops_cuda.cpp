@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda_graph.h"
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_check.h"
@@ -121,8 +122,12 @@ std::string collect_locked(int device, DeviceChecks& checks) {
   return "";
 }
 
-// A device slot for one cross-entropy call on `device`.
+// A device slot for one cross-entropy call on `device` (the capturing graph's own slot
+// while a CUDA graph is being captured: see engine/cuda_graph.h).
 std::int64_t* reserve_slot(int device, const Tensor& logits) {
+  if (graph::capturing(logits.device())) {
+    return graph::error_slot(logits.device(), logits.describe(), logits.size(1));
+  }
   CheckRegistry& r = registry();
   std::string error;
   std::int64_t* slot = nullptr;
@@ -153,9 +158,9 @@ void raise_deferred_errors(int device) {
   {
     std::lock_guard<std::mutex> lock(r.mutex);
     auto found = r.devices.find(device);
-    if (found == r.devices.end()) return;
-    error = collect_locked(device, found->second);
+    if (found != r.devices.end()) error = collect_locked(device, found->second);
   }
+  if (error.empty()) error = graph::collect_replay_errors(device);
   if (!error.empty()) SELA_FAIL_HINT("cross_entropy", error, "labels must be in [0, K)");
 }
 
@@ -418,11 +423,11 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
 // --- dropout -------------------------------------------------------------------------------------
 
 void dropout_forward(const Tensor& x, double p, std::uint64_t seed, std::uint64_t offset,
-                     const Tensor& out, const Tensor& mask) {
+                     const std::int64_t* device_offset, const Tensor& out, const Tensor& mask) {
   floating(x, "dropout", [&](auto tag) {
     using T = decltype(tag);
-    cuda::dropout_forward<T>(x.numel(), ptr<T>(x), static_cast<T>(p), seed, offset, ptr<T>(out),
-                             ptr<std::uint8_t>(mask), stream_of(x));
+    cuda::dropout_forward<T>(x.numel(), ptr<T>(x), static_cast<T>(p), seed, offset, device_offset,
+                             ptr<T>(out), ptr<std::uint8_t>(mask), stream_of(x));
   });
 }
 

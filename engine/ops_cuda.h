@@ -95,8 +95,9 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
                                      double eps, const Tensor& grad_gamma, const Tensor& grad_beta);
 
 // --- dropout (the counter-based mask of kernels/cuda/dropout.cuh, equal to the CPU's) -------
+// device_offset: nullptr, or a device int64 read as the offset when the kernel runs.
 void dropout_forward(const Tensor& x, double p, std::uint64_t seed, std::uint64_t offset,
-                     const Tensor& out, const Tensor& mask);
+                     const std::int64_t* device_offset, const Tensor& out, const Tensor& mask);
 void dropout_backward(const Tensor& grad, const Tensor& mask, double p, const Tensor& grad_x);
 
 // --- losses --------------------------------------------------------------------------------

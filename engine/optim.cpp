@@ -11,11 +11,7 @@
 #if defined(SELA_HAVE_CUDA)
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
-#include <cstring>
-
-#include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/device_allocator.h"
+#include "engine/cuda_graph.h"
 #include "kernels/cuda/sgd.cuh"
 #include "kernels/cuda/stream.h"
 #endif
@@ -25,62 +21,27 @@ namespace sela {
 #if defined(SELA_HAVE_CUDA)
 // The pointer arrays of each fused launch. A group's device array is
 //   [param pointers | grad pointers | momentum-buffer pointers | sizes]   (4 * count int64)
-// uploaded from a pinned staging copy; before the staging buffer is rewritten the host
-// waits for the previous upload from it (an event), which has long finished by then.
+// written by cuda::write_int64_values, whose kernels carry the values in their arguments:
+// no staging buffer to guard, and a CUDA graph that captures a step (engine/cuda_graph.h)
+// replays the pointers of its own gradients, whatever the eager steps around it uploaded.
 struct Sgd::DeviceArrays {
   struct Group {
-    Group() = default;
-    Group(const Group&) = delete;
-    Group& operator=(const Group&) = delete;
-
     std::vector<std::int64_t> uploaded;  // what the device array holds now
     Tensor device_array;                 // (capacity) int64 on the device
-    std::int64_t* staging = nullptr;     // pinned host copy, `staging_count` values
-    std::size_t staging_count = 0;
-    cudaEvent_t upload_done = nullptr;
     int device = 0;
 
-    ~Group() {
-      try {
-        if (upload_done != nullptr) {
-          SELA_CUDA_WARN(cudaEventSynchronize(upload_done));
-          SELA_CUDA_WARN(cudaEventDestroy(upload_done));
-        }
-        if (staging != nullptr) {
-          cuda::pinned_host_free(staging, staging_count * sizeof(std::int64_t));
-        }
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "sela: warning: releasing SGD pointer arrays failed: %s\n", e.what());
-      }
-    }
-
-    // Makes the device array hold `values` (uploads only when they changed).
-    void update(const std::vector<std::int64_t>& values, cudaStream_t stream) {
-      if (values == uploaded) return;
+    // Makes the device array hold `values` (writes only when they changed). In a capture
+    // it always writes (eager steps between replays may write other values), and what the
+    // array holds is known again only after the next eager write.
+    void update(const std::vector<std::int64_t>& values, cudaStream_t stream, bool capturing) {
+      if (!capturing && values == uploaded) return;
       const auto count = static_cast<std::int64_t>(values.size());
       if (!device_array.defined() || device_array.numel() < count) {
         device_array = Tensor::empty({count}, DType::i64, Device::cuda(device), "sgd");
       }
-      if (upload_done == nullptr) {
-        SELA_CUDA_CHECK(cudaEventCreateWithFlags(&upload_done, cudaEventDisableTiming));
-      } else {
-        SELA_CUDA_CHECK(cudaEventSynchronize(upload_done));  // the staging buffer is free
-      }
-      if (staging_count < values.size()) {
-        if (staging != nullptr) {
-          cuda::pinned_host_free(staging, staging_count * sizeof(std::int64_t));
-        }
-        staging = nullptr;
-        staging = static_cast<std::int64_t*>(
-            cuda::pinned_host_allocate(values.size() * sizeof(std::int64_t)));
-        staging_count = values.size();
-      }
-      std::memcpy(staging, values.data(), values.size() * sizeof(std::int64_t));
-      SELA_CUDA_CHECK(cudaMemcpyAsync(device_array.device_data<std::int64_t>(), staging,
-                                      values.size() * sizeof(std::int64_t),
-                                      cudaMemcpyHostToDevice, stream));
-      SELA_CUDA_CHECK(cudaEventRecord(upload_done, stream));
-      uploaded = values;
+      cuda::write_int64_values(values.data(), count, device_array.device_data<std::int64_t>(),
+                               stream);
+      uploaded = capturing ? std::vector<std::int64_t>() : values;
     }
   };
 
@@ -236,7 +197,25 @@ void Sgd::step_cuda(const cpu::SgdConfig& config) {
     cudaStream_t stream = cuda::device_stream(device);
     DeviceArrays::Group& group = device_arrays_->groups[{device, dtype, launch_number}];
     group.device = device;
-    group.update(values, stream);
+    const bool capturing = graph::capturing(Device::cuda(device));
+    if (capturing) {
+      SELA_CHECK(!first, "sgd",
+                 "a parameter takes its first update inside a CUDA-graph capture (the captured "
+                 "update would treat every replay as the first); run one eager step first");
+      // A replay writes the captured pointers: the host's record of the array is stale.
+      graph::after_each_replay(Device::cuda(device), [&group]() { group.uploaded.clear(); });
+      // The hyper-parameters are kernel arguments, fixed at capture time.
+      graph::before_each_replay(Device::cuda(device), [this, config]() {
+        SELA_CHECK(options_.lr == config.lr && options_.momentum == config.momentum &&
+                       options_.weight_decay == config.weight_decay &&
+                       options_.dampening == config.dampening &&
+                       options_.nesterov == config.nesterov,
+                   "sgd", "the learning rate or another SGD option changed since the step was "
+                          "captured (lr " << config.lr << " then, " << options_.lr
+                                          << " now); capture the step again");
+      });
+    }
+    group.update(values, stream, capturing);
     std::int64_t* base = group.device_array.device_data<std::int64_t>();
     auto launch = [&](auto tag) {
       using T = decltype(tag);

@@ -14,8 +14,10 @@
 // step where some parameters take their first update and others do not): the launch reads
 // device arrays of parameter, gradient and momentum-buffer pointers and sizes. The arrays
 // are uploaded only when one of those pointers changed since the last step (the caching
-// allocator usually hands the gradients the same blocks every step), from a pinned staging
-// buffer, asynchronously. The momentum buffers and pointer arrays of GPU parameters are
+// allocator usually hands the gradients the same blocks every step), by small kernels that
+// carry the values in their arguments. Inside a CUDA-graph capture (engine/cuda_graph.h) the
+// arrays are always written, the hyper-parameters are fixed (a replay with another lr is
+// refused), and no parameter may take its first update. The momentum buffers and pointer arrays of GPU parameters are
 // allocated when the optimiser is made (momentum_buffers() still shows a buffer only from
 // its parameter's first update on), so the first step uses the same memory as every later
 // step and the caching allocator reaches its steady state after one step.

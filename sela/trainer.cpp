@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/allocator.h"
+#include "engine/cuda_graph.h"
 #include "engine/data/augment.h"
 #include "engine/data/loader.h"
 #include "engine/ops.h"
@@ -91,6 +92,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
           {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage}, {"device", c.device},
+          {"cuda_graph", c.cuda_graph},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
           {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
@@ -114,6 +116,11 @@ class Run {
       const std::string& label, double* seconds, std::vector<std::vector<float>>* scratch);
   void record_logits(const std::vector<Tensor>& logits, const data::Batch& batch);
   double train_epoch(std::int64_t epoch);
+  // --cuda-graph: one training step on `images` / `targets` as a replay of the captured step,
+  // capturing it first when there is none yet or the lr changed. Returns the loss (after the
+  // update, which the graph includes) and the step's logits, outputs of the graph.
+  double graph_step(const Tensor& images, const std::vector<Tensor>& targets,
+                    std::vector<Tensor>* logits);
   void save_checkpoint(std::int64_t epochs_done);
   void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
 
@@ -135,6 +142,16 @@ class Run {
   std::vector<std::vector<float>> recorded_logits_;
   std::vector<std::uint8_t> recorded_;
   TrainSummary summary_;
+  // --cuda-graph: the captured step, its static inputs and outputs, the lr it was captured
+  // with, and the eager steps taken so far (a capture needs one: cuDNN plans, first update).
+  struct CapturedStep {
+    std::unique_ptr<CudaGraph> graph;
+    Tensor images, loss;
+    std::vector<Tensor> targets, logits;
+    double lr = -1;
+  };
+  CapturedStep captured_;
+  std::int64_t eager_steps_ = 0;
 };
 
 void Run::open_data() {
@@ -421,10 +438,18 @@ double Run::train_epoch(std::int64_t epoch) {
       }
       targets.push_back(device_.is_cpu() ? head_targets : head_targets.to(device_));
     }
-    optimizer_->zero_grad();
-    std::vector<Tensor> logits = model_->forward_heads(images);  // (B, K_t) per head
-    Tensor loss = sela_loss(logits, targets);
-    double value = loss.item();
+    std::vector<Tensor> logits;  // (B, K_t) per head
+    Tensor loss;
+    double value = 0;
+    const bool replay = config_.cuda_graph && eager_steps_ > 0;
+    if (replay) {
+      value = graph_step(images, targets, &logits);
+    } else {
+      optimizer_->zero_grad();
+      logits = model_->forward_heads(images);
+      loss = sela_loss(logits, targets);
+      value = loss.item();
+    }
     // After item(): on a GPU the forward pass has run, so these copies wait for nothing.
     if (config_.label_logits == "recorded") record_logits(logits, batch);
     if (!std::isfinite(value)) {
@@ -434,8 +459,11 @@ double Run::train_epoch(std::int64_t epoch) {
                                         << "; the last good checkpoint is kept in " << config_.out,
                      "lower --lr or check the input data");
     }
-    loss.backward();
-    optimizer_->step();
+    if (!replay) {
+      loss.backward();
+      optimizer_->step();
+      ++eager_steps_;
+    }
     loss_sum += value;
     ++batches;
     images_done += batch.size;
@@ -466,6 +494,37 @@ double Run::train_epoch(std::int64_t epoch) {
   return mean_loss;
 }
 
+double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
+                      std::vector<Tensor>* logits) {
+  CapturedStep& step = captured_;
+  if (!step.graph || step.lr != optimizer_->lr()) {
+    step.graph.reset();  // its private pool goes back to the shared cache
+    if (!step.images.defined()) {
+      step.images = Tensor::empty(images.shape(), images.dtype(), device_, "static images");
+      for (const Tensor& t : targets) {
+        step.targets.push_back(Tensor::empty(t.shape(), t.dtype(), device_, "static targets"));
+      }
+    }
+    step.graph = std::make_unique<CudaGraph>(device_);
+    step.graph->capture([&]() {
+      optimizer_->zero_grad();
+      step.logits = model_->forward_heads(step.images);
+      step.loss = sela_loss(step.logits, step.targets);
+      step.loss.backward();
+      optimizer_->step();
+    });
+    step.lr = optimizer_->lr();
+  }
+  SELA_CHECK(images.shape() == step.images.shape(), "sela train",
+             "--cuda-graph: batch " << images.describe() << " differs from the captured step's "
+                                    << step.images.describe() << " (batches must be full)");
+  step.images.copy_from(images);  // queued on the device's stream, before the replay
+  for (std::size_t t = 0; t < targets.size(); ++t) step.targets[t].copy_from(targets[t]);
+  step.graph->replay();
+  *logits = step.logits;
+  return step.loss.item();
+}
+
 TrainSummary Run::go() {
   auto start = std::chrono::steady_clock::now();
   cpu::set_num_threads(config_.threads);
@@ -477,6 +536,10 @@ TrainSummary Run::go() {
   }
   const std::string device_line = checked_device_description(device_, "sela train");
   if (!device_.is_cpu()) std::printf("sela train: %s\n", device_line.c_str());
+  SELA_CHECK(!config_.cuda_graph || device_.is_cuda(), "sela train",
+             "--cuda-graph on needs a GPU, but the run is on " << device_.str()
+                                                              << " (use --device cuda or drop "
+                                                                 "--cuda-graph)");
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",

@@ -66,6 +66,9 @@ struct TrainConfig {
   double sinkhorn_omega = 1.4;
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
+  // GPU: run each training step as a replay of a captured CUDA graph (engine/cuda_graph.h);
+  // the first step of a run and of each learning rate is eager, then captured.
+  bool cuda_graph = false;
   int threads = 0;
   int workers = 0;  // data loader threads; 0 = 1 on the CPU, up to 8 feeding a GPU
   std::uint64_t seed = 0;

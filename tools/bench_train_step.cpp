@@ -12,6 +12,14 @@
 // allocator's peak of memory handed to tensors, reset after warm-up; PyTorch's
 // max_memory_allocated is the same notion), and whether the timed steps made any cudaMalloc
 // (the steady state should make none).
+//
+// --cuda-graph on captures one step after the warm-up (engine/cuda_graph.h) and times its
+// replays, each followed by loss.item() as the eager steps are. Its peak memory is taken over
+// the capture and the timed replays: the capture allocates as an eager step does, and the
+// replays allocate nothing. That is the peak of memory handed to tensors; the graph's private
+// pool keeps every block the step used, and since the caching allocator matches size classes
+// exactly (no splitting), those blocks add up to more than that peak: reserved_mib (what
+// cudaMalloc holds, PyTorch's max_memory_reserved is the twin's) and graph_pool_mib show it.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +28,7 @@
 #include <sstream>
 
 #include "engine/allocator.h"
+#include "engine/cuda_graph.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "kernels/cpu/gemm.h"
@@ -92,6 +101,9 @@ int run_bench_train_step(const Args& args) {
             "torch.backends.cudnn.benchmark the same)");
   flags.add("fuse-bn-relu", "on",
             "run each BatchNorm2d + ReLU as one op (on|off; off runs them one by one, for A/B)");
+  flags.add("cuda-graph", "off",
+            "GPU: capture one step as a CUDA graph after the warm-up and time its replays "
+            "(on|off)");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
@@ -113,6 +125,12 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(steps >= 1 && warmup >= 0, "sela bench train-step", "--steps must be >= 1");
   const bool tf32_conv = on_off(flags, "tf32-conv"), tf32_matmul = on_off(flags, "tf32-matmul");
   const bool cudnn_benchmark = on_off(flags, "cudnn-benchmark");
+  const bool use_graph = on_off(flags, "cuda-graph");
+  SELA_CHECK(!use_graph || device.is_cuda(), "sela bench train-step",
+             "--cuda-graph on needs a GPU (--device cuda), got --device " << device.str());
+  SELA_CHECK(!use_graph || warmup >= 1, "sela bench train-step",
+             "--cuda-graph on needs --warmup >= 1: the eager warm-up makes the cuDNN plans and "
+             "the first SGD update, which a capture cannot");
   set_fuse_batch_norm_relu(on_off(flags, "fuse-bn-relu"));
   cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
 
@@ -122,7 +140,8 @@ int run_bench_train_step(const Args& args) {
     math << "BatchNorm2d + ReLU " << (fuse_batch_norm_relu() ? "fused" : "one by one")
          << "; float32 math: TF32 convolutions " << (tf32_conv ? "on" : "off")
          << ", TF32 matmuls " << (tf32_matmul ? "on" : "off") << ", cuDNN algorithm search "
-         << (cudnn_benchmark ? "timed (benchmark)" : "heuristic");
+         << (cudnn_benchmark ? "timed (benchmark)" : "heuristic")
+         << (use_graph ? "; the step replayed as a CUDA graph" : "; eager steps");
     report.math = math.str();
   }
 #if defined(SELA_HAVE_CUDA)
@@ -178,13 +197,39 @@ int run_bench_train_step(const Args& args) {
   if (device.is_cuda()) {
     synchronize(device);
     cuda::reset_device_peak(device.index);
-    mallocs_before = cuda::device_memory_stats(device.index).device_mallocs;
   }
+#endif
+  // The captured step: the same train_step body without the host read.
+  std::unique_ptr<CudaGraph> graph;
+  Tensor graph_loss;
+  double capture_ms = 0;
+  if (use_graph) {
+    graph = std::make_unique<CudaGraph>(device);
+    auto start = std::chrono::steady_clock::now();
+    graph->capture([&]() {
+      optimizer.zero_grad();
+      graph_loss = sela_loss(model->forward_heads(images), targets);
+      graph_loss.backward();
+      optimizer.step();
+    });
+    capture_ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * 1e3;
+    std::printf("captured one step as a CUDA graph: %lld kernels, %.1f ms to capture and "
+                "instantiate, private pool %.1f MiB\n",
+                static_cast<long long>(graph->kernel_nodes()), capture_ms,
+                static_cast<double>(graph->pool_bytes()) / (1 << 20));
+  }
+#if defined(SELA_HAVE_CUDA)
+  if (device.is_cuda()) mallocs_before = cuda::device_memory_stats(device.index).device_mallocs;
 #endif
   std::vector<double> seconds;
   for (std::int64_t i = 0; i < steps; ++i) {
     auto start = std::chrono::steady_clock::now();
-    loss = train_step(*model, optimizer, images, targets);  // item() waits for the device
+    if (graph) {
+      graph->replay();
+      loss = graph_loss.item();  // waits for the device
+    } else {
+      loss = train_step(*model, optimizer, images, targets);  // item() waits for the device
+    }
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!json) std::fprintf(stdout, "  step %lld: %.1f ms, loss %.4f\n", static_cast<long long>(i), seconds.back() * 1e3, loss);
   }
@@ -208,7 +253,15 @@ int run_bench_train_step(const Args& args) {
           << "\", \"tf32_conv\": " << (tf32_conv ? "true" : "false") << ", \"tf32_matmul\": " << (tf32_matmul ? "true" : "false")
           << ", \"cudnn_benchmark\": " << (cudnn_benchmark ? "true" : "false")
           << ", \"fuse_bn_relu\": " << (fuse_batch_norm_relu() ? "true" : "false")
+          << ", \"cuda_graph\": " << (graph ? "true" : "false");
+    if (graph) {
+      extra << ", \"graph_kernels\": " << graph->kernel_nodes()
+            << ", \"graph_capture_ms\": " << capture_ms
+            << ", \"graph_pool_mib\": " << static_cast<double>(graph->pool_bytes()) / (1 << 20);
+    }
+    extra
           << ", \"peak_mem_mib\": " << report.peak_mib
+          << ", \"reserved_mib\": " << static_cast<double>(stats.reserved_bytes) / (1 << 20)
           << ", \"device_mallocs_timed\": " << report.mallocs_during_timed;
     report.json = extra.str();
   }

@@ -88,7 +88,15 @@ source "$root/tools/gpu_lib.sh"
     # shellcheck disable=SC2086
     theirs=$(timeout 120 "$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags |
              tee /dev/stderr | grep '^{' | tail -n 1)
-    echo "{\"sela\": ${ours:-null}, \"sela_unfused\": ${unfused:-null}, \"torch\": ${theirs:-null}}" >> "$results"
+    # The step captured as a CUDA graph and replayed, on both sides (engine/cuda_graph.h;
+    # torch.cuda.graph for PyTorch).
+    # shellcheck disable=SC2086
+    graphed=$(with_sela_libs timeout 120 "$build/sela" bench train-step $config $bench_flags --cuda-graph on |
+              tee /dev/stderr | grep '^{' | tail -n 1)
+    # shellcheck disable=SC2086
+    their_graph=$(timeout 120 "$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags --cuda-graph on |
+                  tee /dev/stderr | grep '^{' | tail -n 1)
+    echo "{\"sela\": ${ours:-null}, \"sela_unfused\": ${unfused:-null}, \"torch\": ${theirs:-null}, \"sela_graph\": ${graphed:-null}, \"torch_graph\": ${their_graph:-null}}" >> "$results"
   done
   echo "== train-step table ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1))"
   "$python" - "$results" <<'PY'
@@ -101,15 +109,21 @@ for line in open(sys.argv[1]):
         print("unreadable result line:", line.strip()); continue
     ours, theirs = pair.get("sela") or {}, pair.get("torch") or {}
     unfused = pair.get("sela_unfused") or {}
+    graphed, their_graph = pair.get("sela_graph") or {}, pair.get("torch_graph") or {}
     arch = ours.get("arch") or theirs.get("arch") or "?"
     o, t, u = ours.get("images_per_s"), theirs.get("images_per_s"), unfused.get("images_per_s")
-    ratio = "%.2fx" % (o / t) if o and t else "-"
+    g, tg = graphed.get("images_per_s"), their_graph.get("images_per_s")
+    ratio = lambda a, b: "%.2fx" % (a / b) if a and b else "-"
     fmt = lambda v, f: (f % v) if isinstance(v, (int, float)) else "-"
-    rows.append((arch, fmt(o, "%.1f"), fmt(u, "%.1f"), fmt(t, "%.1f"), ratio,
+    rows.append((arch, fmt(o, "%.1f"), fmt(u, "%.1f"), fmt(t, "%.1f"), ratio(o, t),
+                 fmt(g, "%.1f"), fmt(tg, "%.1f"), ratio(g, tg), ratio(g, t),
                  fmt(ours.get("peak_mem_mib"), "%.0f"), fmt(unfused.get("peak_mem_mib"), "%.0f"),
-                 fmt(theirs.get("peak_mem_mib"), "%.0f")))
+                 fmt(theirs.get("peak_mem_mib"), "%.0f"), fmt(graphed.get("peak_mem_mib"), "%.0f"),
+                 fmt(their_graph.get("peak_mem_mib"), "%.0f")))
 head = ("model", "ours img/s", "ours unfused BN+ReLU", "PyTorch img/s", "ours/PyTorch",
-        "ours peak MiB", "unfused peak MiB", "PyTorch peak MiB")
+        "ours graph img/s", "PyTorch graph img/s", "graph/graph", "ours graph/PyTorch eager",
+        "ours peak MiB", "unfused peak MiB", "PyTorch peak MiB", "ours graph peak MiB",
+        "PyTorch graph peak MiB")
 widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

@@ -5,7 +5,10 @@
 #   device run: carry ["third_party_headers"], command: OUT=$OUT tools/gpu_full_run.sh
 # Writes $OUT/full_run.log, $OUT/full_eval.json and $OUT/full_metrics.jsonl. Stops itself
 # after FULL_RUN_S seconds (default 300): a run cut short keeps its last checkpoint's
-# metrics, and the log says so.
+# metrics, and the log says so. FULL_RUN_FLAGS adds flags to `sela train` (e.g.
+# "--cuda-graph on"). Before the run, the training step of this recipe (alexnet-32 width 1,
+# batch 128, 6 heads, here all of K = 30) is timed eagerly and as a CUDA-graph replay, in one
+# call each (`sela bench train-step`), into $OUT/full_run.log.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/gpu_check_out}"
@@ -22,11 +25,18 @@ source "$root/tools/gpu_lib.sh"
   fi
   [ -e /tmp/fashion-mnist/train-images-idx3-ubyte ] ||
     unpack_fashion_mnist "$root/third_party_headers/datasets/fashion-mnist" /tmp/fashion-mnist
+  echo "== the recipe's training step, eager and as a CUDA graph"
+  for graph in off on; do
+    LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout 60 "$build/sela" bench train-step \
+      --device cuda --arch alexnet-32 --width-mult 1 --batch 128 --heads 6 --clusters 30 \
+      --warmup 5 --steps 50 --cuda-graph "$graph" --json | grep "median step\|^{"
+  done
   rm -rf /tmp/sela-full-gpu
   start=$(date +%s)
+  # shellcheck disable=SC2086
   LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout -k 10 "${FULL_RUN_S:-300}" \
     "$build/sela" train --device cuda --width-mult 1 --workers 8 --data fashion-mnist:/tmp/fashion-mnist \
-    --out /tmp/sela-full-gpu | grep -v "^epoch\|logits" | tail -n 40
+    --out /tmp/sela-full-gpu ${FULL_RUN_FLAGS:-} | grep -v "^epoch\|logits" | tail -n 40
   echo "== exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s (124: stopped by FULL_RUN_S)"
   cp /tmp/sela-full-gpu/eval.json "$out/full_eval.json" 2>/dev/null
   cp /tmp/sela-full-gpu/metrics.jsonl "$out/full_metrics.jsonl" 2>/dev/null

@@ -46,11 +46,23 @@ void count_allocation(DeviceMemoryStats& stats, std::size_t block) {
 
 // --- device pools ----------------------------------------------------------------------------
 
+// A private pool (see the header): its blocks, in use or free, belong to it until released.
+struct PrivatePool {
+  std::unordered_map<std::size_t, std::vector<void*>> free_blocks;  // size class -> blocks
+  std::size_t live_blocks = 0;  // handed out, not yet freed
+  std::size_t held_bytes = 0;   // in use and free
+  bool released = false;        // its graph is gone: blocks go to the shared cache when freed
+};
+
 struct DevicePool {
   std::mutex mutex;
   std::unordered_map<std::size_t, std::vector<void*>> free_blocks;  // size class -> blocks
   std::unordered_map<void*, std::size_t> live;                      // handed out -> size class
   DeviceMemoryStats stats;
+  // Private pools by id, the pool each of their blocks belongs to, and the active one (0: none).
+  std::unordered_map<std::uint64_t, PrivatePool> private_pools;
+  std::unordered_map<void*, std::uint64_t> owner;
+  std::uint64_t active_private = 0, next_private = 1;
   // The census (see the header): names of the live blocks, and the last state at the peak.
   bool census = false;
   std::unordered_map<void*, std::string> names;
@@ -240,13 +252,12 @@ std::string human_bytes(std::uint64_t bytes) {
   return text;
 }
 
-void* device_allocate(std::size_t bytes, int device, const char* what) {
-  check_device_index(device, "device_allocate");
-  if (bytes == 0) return nullptr;
-  DevicePool& pool = device_pool(device);
-  std::lock_guard<std::mutex> lock(pool.mutex);
-  const std::size_t block = allocation_size_class(bytes);
+namespace {
 
+// A block of the size class `block` from the shared cache, or from cudaMalloc (releasing the
+// cache and retrying once when the device is full); counted. The caller holds the mutex.
+void* allocate_shared(DevicePool& pool, int device, std::size_t bytes, std::size_t block,
+                      const char* what) {
   auto cached = pool.free_blocks.find(block);
   if (cached != pool.free_blocks.end() && !cached->second.empty()) {
     void* pointer = cached->second.back();
@@ -279,6 +290,45 @@ void* device_allocate(std::size_t bytes, int device, const char* what) {
   return pointer;
 }
 
+PrivatePool& private_pool(DevicePool& pool, int device, std::uint64_t id, const char* op) {
+  auto found = pool.private_pools.find(id);
+  SELA_CHECK(found != pool.private_pools.end() && !found->second.released, op,
+             "private pool " << id << " on cuda:" << device
+                             << " does not exist or was released already");
+  return found->second;
+}
+
+}  // namespace
+
+void* device_allocate(std::size_t bytes, int device, const char* what) {
+  check_device_index(device, "device_allocate");
+  if (bytes == 0) return nullptr;
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  const std::size_t block = allocation_size_class(bytes);
+  if (pool.active_private == 0) return allocate_shared(pool, device, bytes, block, what);
+
+  // A capture is running: the active private pool's own blocks first.
+  PrivatePool& own = pool.private_pools.at(pool.active_private);
+  auto cached = own.free_blocks.find(block);
+  if (cached != own.free_blocks.end() && !cached->second.empty()) {
+    void* pointer = cached->second.back();
+    cached->second.pop_back();
+    pool.live.emplace(pointer, block);
+    pool.stats.cached_bytes -= block;
+    ++pool.stats.cache_hits;
+    ++own.live_blocks;
+    count_allocation(pool.stats, block);
+    note_allocation(pool, pointer, what);
+    return pointer;
+  }
+  void* pointer = allocate_shared(pool, device, bytes, block, what);
+  pool.owner.emplace(pointer, pool.active_private);
+  ++own.live_blocks;
+  own.held_bytes += block;
+  return pointer;
+}
+
 void device_free(void* pointer, std::size_t bytes, int device) {
   check_device_index(device, "device_free");
   if (pointer == nullptr) return;
@@ -297,9 +347,88 @@ void device_free(void* pointer, std::size_t bytes, int device) {
                         << block << " bytes but freed with " << bytes << " bytes");
   pool.live.erase(found);
   if (pool.census) pool.names.erase(pointer);
-  pool.free_blocks[block].push_back(pointer);
   pool.stats.current_bytes -= block;
   pool.stats.cached_bytes += block;
+  auto owned = pool.owner.find(pointer);
+  if (owned != pool.owner.end()) {  // a private pool's block
+    const std::uint64_t id = owned->second;
+    PrivatePool& own = pool.private_pools.at(id);
+    --own.live_blocks;
+    if (!own.released) {
+      own.free_blocks[block].push_back(pointer);
+      return;
+    }
+    pool.owner.erase(owned);
+    own.held_bytes -= block;
+    if (own.live_blocks == 0) pool.private_pools.erase(id);
+  }
+  pool.free_blocks[block].push_back(pointer);
+}
+
+std::uint64_t create_private_pool(int device) {
+  check_device_index(device, "create_private_pool");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  const std::uint64_t id = pool.next_private++;
+  pool.private_pools.emplace(id, PrivatePool{});
+  return id;
+}
+
+void begin_private_pool(int device, std::uint64_t id) {
+  check_device_index(device, "begin_private_pool");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  private_pool(pool, device, id, "begin_private_pool");
+  SELA_CHECK(pool.active_private == 0, "begin_private_pool",
+             "private pool " << pool.active_private << " is already active on cuda:" << device
+                             << " (one capture at a time per device)");
+  pool.active_private = id;
+}
+
+void end_private_pool(int device) {
+  check_device_index(device, "end_private_pool");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  pool.active_private = 0;
+}
+
+void release_private_pool(int device, std::uint64_t id) {
+  check_device_index(device, "release_private_pool");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  PrivatePool& own = private_pool(pool, device, id, "release_private_pool");
+  SELA_CHECK(pool.active_private != id, "release_private_pool",
+             "private pool " << id << " on cuda:" << device << " is still active (end it first)");
+  for (auto& [block, blocks] : own.free_blocks) {
+    for (void* pointer : blocks) {
+      pool.owner.erase(pointer);
+      own.held_bytes -= block;
+      pool.free_blocks[block].push_back(pointer);
+    }
+  }
+  own.free_blocks.clear();
+  if (own.live_blocks == 0) {
+    pool.private_pools.erase(id);
+  } else {
+    own.released = true;
+  }
+}
+
+std::size_t private_pool_bytes(int device, std::uint64_t id) {
+  check_device_index(device, "private_pool_bytes");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  return private_pool(pool, device, id, "private_pool_bytes").held_bytes;
+}
+
+std::size_t private_pool_free_bytes(int device, std::uint64_t id) {
+  check_device_index(device, "private_pool_free_bytes");
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  std::size_t bytes = 0;
+  for (const auto& [block, blocks] : private_pool(pool, device, id, "private_pool_free_bytes").free_blocks)
+    bytes += block * blocks.size();
+  return bytes;
 }
 
 DeviceMemoryStats device_memory_stats(int device) {

@@ -96,6 +96,34 @@ void release_cached_device_memory(int device);
 void* pinned_host_allocate(std::size_t bytes);
 void pinned_host_free(void* pointer, std::size_t bytes);
 
+// --- private pools (CUDA-graph capture) -----------------------------------------------
+//
+// A replay of a captured CUDA graph writes the very addresses the capture allocated. Those
+// blocks must therefore never be handed to anything else while the graph lives, including
+// the blocks the captured step freed again (its temporaries). A private pool keeps them:
+//   - while a pool is active on a device (begin_private_pool ... end_private_pool),
+//     device_allocate serves that device from the pool's own free blocks first, then from
+//     the shared cache or cudaMalloc, and the block becomes the pool's;
+//   - a block of a pool goes back to that pool when freed, active or not, never to the
+//     shared cache, until the pool is released;
+//   - release_private_pool (when the graph is destroyed) gives the pool's free blocks to the
+//     shared cache, and its blocks still in use (a graph's outputs someone kept) go there
+//     when they are freed.
+// Taking a block from the shared cache during the capture is safe for the same reason as
+// any reuse (see CONTRACT): everything that used it was queued earlier on the same stream.
+// One pool may be active per device at a time, for every thread (the engine allocates
+// device memory from one thread; the data loader's workers use the pinned pool only).
+std::uint64_t create_private_pool(int device);
+void begin_private_pool(int device, std::uint64_t pool);  // throws if another is active
+void end_private_pool(int device);
+// Ends the pool's life (see above). Unknown or released pools are an error.
+void release_private_pool(int device, std::uint64_t pool);
+// Bytes in the pool's blocks (in use and free), and in its free blocks alone: memory the
+// pool keeps from everything else although no tensor holds it (device_memory_stats counts
+// it as cached). For logs, benchmarks and tests.
+std::size_t private_pool_bytes(int device, std::uint64_t pool);
+std::size_t private_pool_free_bytes(int device, std::uint64_t pool);
+
 // --- additions -------------------------------------------------------------------------
 
 // Counters of the pinned host pool (device_mallocs counts cudaHostAlloc calls).

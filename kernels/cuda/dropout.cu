@@ -49,7 +49,9 @@ __device__ inline uint4 philox_block(std::uint64_t block, std::uint64_t seed) {
 template <typename T>
 __global__ void dropout_forward_kernel(std::int64_t n, const T* x, std::uint32_t threshold,
                                        T keep_scale, std::uint64_t seed, std::uint64_t offset,
-                                       std::uint64_t blocks, T* y, std::uint8_t* mask) {
+                                       const std::int64_t* device_offset, std::uint64_t blocks,
+                                       T* y, std::uint8_t* mask) {
+  if (device_offset != nullptr) offset = static_cast<std::uint64_t>(*device_offset);
   const std::uint64_t first_block = offset >> 2;
   const std::uint64_t stride = static_cast<std::uint64_t>(detail::grid_thread_count());
   for (std::uint64_t b = static_cast<std::uint64_t>(detail::grid_thread_index()); b < blocks;
@@ -90,6 +92,13 @@ void check_probability(const char* op, T p) {
 template <typename T>
 void dropout_forward(std::int64_t n, const T* x, T p, std::uint64_t seed, std::uint64_t offset,
                      T* y, std::uint8_t* mask, cudaStream_t stream) {
+  dropout_forward(n, x, p, seed, offset, nullptr, y, mask, stream);
+}
+
+template <typename T>
+void dropout_forward(std::int64_t n, const T* x, T p, std::uint64_t seed, std::uint64_t offset,
+                     const std::int64_t* device_offset, T* y, std::uint8_t* mask,
+                     cudaStream_t stream) {
   const char* op = "dropout_forward";
   detail::check_count(op, n);
   check_probability(op, p);
@@ -105,7 +114,7 @@ void dropout_forward(std::int64_t n, const T* x, T p, std::uint64_t seed, std::u
   const std::uint64_t blocks = last_block - first_block + 1;
   dropout_forward_kernel<<<detail::grid_for(static_cast<std::int64_t>(blocks), kDropoutBlock),
                            kDropoutBlock, 0, stream>>>(n, x, threshold, keep_scale, seed, offset,
-                                                       blocks, y, mask);
+                                                       device_offset, blocks, y, mask);
   SELA_CUDA_CHECK_LAUNCH(op);
 }
 
@@ -127,6 +136,12 @@ template void dropout_forward<float>(std::int64_t, const float*, float, std::uin
                                      std::uint64_t, float*, std::uint8_t*, cudaStream_t);
 template void dropout_forward<double>(std::int64_t, const double*, double, std::uint64_t,
                                       std::uint64_t, double*, std::uint8_t*, cudaStream_t);
+template void dropout_forward<float>(std::int64_t, const float*, float, std::uint64_t,
+                                     std::uint64_t, const std::int64_t*, float*, std::uint8_t*,
+                                     cudaStream_t);
+template void dropout_forward<double>(std::int64_t, const double*, double, std::uint64_t,
+                                      std::uint64_t, const std::int64_t*, double*, std::uint8_t*,
+                                      cudaStream_t);
 template void dropout_backward<float>(std::int64_t, const float*, const std::uint8_t*, float,
                                       float*, cudaStream_t);
 template void dropout_backward<double>(std::int64_t, const double*, const std::uint8_t*, double,

@@ -19,6 +19,13 @@ namespace sela::cuda {
 template <typename T>
 void dropout_forward(std::int64_t n, const T* x, T p, std::uint64_t seed, std::uint64_t offset,
                      T* y, std::uint8_t* mask, cudaStream_t stream);
+// The same with the offset read from device memory when the kernel runs (*device_offset;
+// nullptr: `offset`), so that a captured CUDA graph can draw new masks at every replay. The
+// launch shape is computed from `offset`: *device_offset must equal it modulo 4.
+template <typename T>
+void dropout_forward(std::int64_t n, const T* x, T p, std::uint64_t seed, std::uint64_t offset,
+                     const std::int64_t* device_offset, T* y, std::uint8_t* mask,
+                     cudaStream_t stream);
 
 // grad_x = mask ? grad_y / (1 - p) : 0, overwrites grad_x (grad_x may be grad_y).
 template <typename T>

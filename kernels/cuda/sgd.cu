@@ -8,6 +8,8 @@
 // depend on the grid.
 #include "kernels/cuda/sgd.cuh"
 
+#include <algorithm>
+
 #include "kernels/cuda/kernel_common.cuh"
 
 namespace sela::cuda {
@@ -120,6 +122,36 @@ void sgd_update_multi(std::int64_t tensors, T* const* params, const T* const* gr
       tensors, params_of<T>(config, first_step), params, grads,
       use_momentum ? momentum_buffers : nullptr, sizes);
   SELA_CUDA_CHECK_LAUNCH("sgd");
+}
+
+namespace {
+
+constexpr int kValuesPerLaunch = 64;
+struct Int64Values {
+  std::int64_t value[kValuesPerLaunch];
+};
+
+__global__ void write_int64_values_kernel(Int64Values values, int count,
+                                          std::int64_t* destination) {
+  const int i = static_cast<int>(threadIdx.x);
+  if (i < count) destination[i] = values.value[i];
+}
+
+}  // namespace
+
+void write_int64_values(const std::int64_t* values, std::int64_t count, std::int64_t* destination,
+                        cudaStream_t stream) {
+  SELA_CHECK(count >= 0, "write_int64_values", "count must be >= 0, got " << count);
+  if (count == 0) return;
+  detail::check_pointers("write_int64_values", true, {values, destination});
+  for (std::int64_t first = 0; first < count; first += kValuesPerLaunch) {
+    const int chunk = static_cast<int>(std::min<std::int64_t>(kValuesPerLaunch, count - first));
+    Int64Values chunk_values{};
+    for (int i = 0; i < chunk; ++i) chunk_values.value[i] = values[first + i];
+    write_int64_values_kernel<<<1, kValuesPerLaunch, 0, stream>>>(chunk_values, chunk,
+                                                                  destination + first);
+    SELA_CUDA_CHECK_LAUNCH("write_int64_values");
+  }
 }
 
 template void sgd_update<float>(std::int64_t, float*, const float*, float*, const SgdConfig&, bool,

@@ -32,4 +32,11 @@ void sgd_update_multi(std::int64_t tensors, T* const* params, const T* const* gr
                       T* const* momentum_buffers, const std::int64_t* sizes,
                       const SgdConfig& config, bool first_step, cudaStream_t stream);
 
+// destination[0, count) = values[0, count), written by kernels that carry the values in
+// their arguments (64 per launch), not by a copy from host memory: queued at once (the
+// values are taken when the call returns), and a CUDA graph that captures the call replays
+// the same values. For the optimiser's pointer arrays (a few hundred values).
+void write_int64_values(const std::int64_t* values, std::int64_t count, std::int64_t* destination,
+                        cudaStream_t stream);
+
 }  // namespace sela::cuda

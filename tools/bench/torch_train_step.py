@@ -8,6 +8,10 @@ PyTorch's defaults; --tf32-conv, --tf32-matmul and --cudnn-benchmark take on|off
 benchmark's flags of the same names). Prints per-step times, then the median; with --json one
 JSON object on the last line with the same keys as the C++ benchmark (on a GPU also
 peak_mem_mib: torch.cuda.max_memory_allocated over the timed steps, and the math modes).
+--cuda-graph on (GPU): after the warm-up (on a side stream, as PyTorch's documentation of
+whole-network capture does), one step is captured with torch.cuda.graph and the timed steps
+are replays, each followed by loss.item(); the peak then spans the capture and the replays,
+as in the C++ benchmark.
 """
 import argparse
 import json
@@ -39,6 +43,7 @@ def main():
     p.add_argument("--tf32-conv", type=on_off, default=True, help="on|off (default on)")
     p.add_argument("--tf32-matmul", type=on_off, default=False, help="on|off (default off)")
     p.add_argument("--cudnn-benchmark", type=on_off, default=True, help="on|off (default on)")
+    p.add_argument("--cuda-graph", type=on_off, default=False, help="on|off (default off)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
@@ -67,15 +72,38 @@ def main():
         opt.step()
         return loss
 
-    for _ in range(a.warmup):
-        step()
-    if device.type == "cuda":
+    graph = None
+    if a.cuda_graph:
+        if device.type != "cuda":
+            sys.exit("--cuda-graph on needs --device cuda")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(a.warmup, 3)):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static_loss = sela_loss(model(x), ys)
+            static_loss.backward()
+            opt.step()
+
+        def replay():
+            graph.replay()
+            return static_loss
+    else:
+        for _ in range(a.warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(a.steps):
         t0 = time.perf_counter()
-        loss = step()
+        loss = replay() if graph is not None else step()
         loss_value = loss.item()  # synchronises
         times.append(time.perf_counter() - t0)
         if not a.json:
@@ -90,10 +118,12 @@ def main():
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["peak_mem_mib"] = result["peak_mib"]
+        result["reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
         result["gpu"] = torch.cuda.get_device_name(device)
         result["tf32_conv"] = a.tf32_conv
         result["tf32_matmul"] = a.tf32_matmul
         result["cudnn_benchmark"] = a.cudnn_benchmark
+        result["cuda_graph"] = a.cuda_graph
     print("pytorch %s: median step %.1f ms -> %.1f images/s" %
           (torch.__version__, step_s * 1e3, a.batch / step_s))
     if a.json:
