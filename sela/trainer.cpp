@@ -441,7 +441,7 @@ double Run::train_epoch(std::int64_t epoch) {
     std::vector<Tensor> logits;  // (B, K_t) per head
     Tensor loss;
     double value = 0;
-    const bool replay = config_.cuda_graph && eager_steps_ > 0;
+    const bool replay = config_.cuda_graph == "on" && eager_steps_ > 0;
     if (replay) {
       value = graph_step(images, targets, &logits);
     } else {
@@ -536,10 +536,14 @@ TrainSummary Run::go() {
   }
   const std::string device_line = checked_device_description(device_, "sela train");
   if (!device_.is_cpu()) std::printf("sela train: %s\n", device_line.c_str());
-  SELA_CHECK(!config_.cuda_graph || device_.is_cuda(), "sela train",
+  SELA_CHECK(config_.cuda_graph == "auto" || config_.cuda_graph == "on" ||
+                 config_.cuda_graph == "off",
+             "sela train", "--cuda-graph must be auto, on or off, got '" << config_.cuda_graph << "'");
+  SELA_CHECK(config_.cuda_graph != "on" || device_.is_cuda(), "sela train",
              "--cuda-graph on needs a GPU, but the run is on " << device_.str()
                                                               << " (use --device cuda or drop "
                                                                  "--cuda-graph)");
+  if (config_.cuda_graph == "auto") config_.cuda_graph = device_.is_cuda() ? "on" : "off";
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",

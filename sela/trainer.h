@@ -68,7 +68,8 @@ struct TrainConfig {
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   // GPU: run each training step as a replay of a captured CUDA graph (engine/cuda_graph.h);
   // the first step of a run and of each learning rate is eager, then captured.
-  bool cuda_graph = false;
+  // auto (on for a GPU run, off on the CPU) | on | off; a run records what it resolved to.
+  std::string cuda_graph = "auto";
   int threads = 0;
   int workers = 0;  // data loader threads; 0 = 1 on the CPU, up to 8 feeding a GPU
   std::uint64_t seed = 0;

@@ -69,9 +69,10 @@ int run_train(const Args& args) {
   flags.add("device", defaults.device,
             "auto (the first GPU when this build has CUDA and the machine a GPU, else cpu) | "
             "cpu | cuda[:N]");
-  flags.add("cuda-graph", defaults.cuda_graph ? "on" : "off",
-            "GPU: replay each training step as a captured CUDA graph (on|off; the first step "
-            "and the first after each lr change run eagerly and are captured)");
+  flags.add("cuda-graph", defaults.cuda_graph,
+            "replay each training step as a captured CUDA graph: auto (on for a GPU run) | on "
+            "| off (the first step, and the first after each lr change, run eagerly and are "
+            "captured)");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
   flags.add("workers", std::to_string(defaults.workers),
             "data loader threads (0: 1 for a CPU run, which needs its cores for compute; half "
@@ -123,10 +124,7 @@ int run_train(const Args& args) {
   SELA_CHECK(config.sinkhorn_omega >= 1.0 && config.sinkhorn_omega < 2.0, "sela train",
              "--sinkhorn-omega must be in [1, 2), got " << config.sinkhorn_omega);
   config.device = flags.get("device");
-  const std::string graph_flag = flags.get("cuda-graph");
-  SELA_CHECK(graph_flag == "on" || graph_flag == "off", "sela train",
-             "--cuda-graph expects on or off, got '" << graph_flag << "'");
-  config.cuda_graph = graph_flag == "on";
+  config.cuda_graph = flags.get("cuda-graph");
   config.threads = static_cast<int>(flags.get_int("threads"));
   config.workers = static_cast<int>(flags.get_int("workers"));
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));

@@ -383,7 +383,8 @@ std::vector<Candidate> rank_candidates(cudnnHandle_t handle, const Plan& plan, D
     device_free(workspace, workspace_bytes, device);
     throw;
   }
-  device_free(workspace, workspace_bytes, device);
+  // Up to 1 GiB of a size no later call asks for: back to the driver, not into the cache.
+  device_free_to_driver(workspace, workspace_bytes, device);
   return timed_list;
 }
 

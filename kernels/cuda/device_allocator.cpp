@@ -329,25 +329,31 @@ void* device_allocate(std::size_t bytes, int device, const char* what) {
   return pointer;
 }
 
-void device_free(void* pointer, std::size_t bytes, int device) {
-  check_device_index(device, "device_free");
-  if (pointer == nullptr) return;
-  DevicePool& pool = device_pool(device);
-  std::lock_guard<std::mutex> lock(pool.mutex);
+namespace {
+
+// Removes a handed-out block from the live set (checked); returns its size class. The
+// caller holds the pool's mutex.
+std::size_t take_back(DevicePool& pool, void* pointer, std::size_t bytes, int device,
+                      const char* op) {
   auto found = pool.live.find(pointer);
   if (found == pool.live.end()) {
-    SELA_FAIL_HINT("device_free",
+    SELA_FAIL_HINT(op,
                    "pointer " << pointer << " (" << bytes << " bytes) was not handed out by "
                               << "device_allocate on cuda:" << device << " or was freed already",
                    "free a block once, on the device it was allocated on");
   }
   const std::size_t block = found->second;
-  SELA_CHECK(allocation_size_class(bytes) == block, "device_free",
+  SELA_CHECK(allocation_size_class(bytes) == block, op,
              "pointer " << pointer << " on cuda:" << device << " was allocated as a block of "
                         << block << " bytes but freed with " << bytes << " bytes");
   pool.live.erase(found);
   if (pool.census) pool.names.erase(pointer);
   pool.stats.current_bytes -= block;
+  return block;
+}
+
+// Caches a taken-back block: in its private pool while that lives, else in the shared cache.
+void cache_block(DevicePool& pool, void* pointer, std::size_t block) {
   pool.stats.cached_bytes += block;
   auto owned = pool.owner.find(pointer);
   if (owned != pool.owner.end()) {  // a private pool's block
@@ -363,6 +369,32 @@ void device_free(void* pointer, std::size_t bytes, int device) {
     if (own.live_blocks == 0) pool.private_pools.erase(id);
   }
   pool.free_blocks[block].push_back(pointer);
+}
+
+}  // namespace
+
+void device_free(void* pointer, std::size_t bytes, int device) {
+  check_device_index(device, "device_free");
+  if (pointer == nullptr) return;
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  const std::size_t block = take_back(pool, pointer, bytes, device, "device_free");
+  cache_block(pool, pointer, block);
+}
+
+void device_free_to_driver(void* pointer, std::size_t bytes, int device) {
+  check_device_index(device, "device_free_to_driver");
+  if (pointer == nullptr) return;
+  DevicePool& pool = device_pool(device);
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  const std::size_t block = take_back(pool, pointer, bytes, device, "device_free_to_driver");
+  if (pool.owner.count(pointer) != 0) {  // a private pool's block stays with its graph
+    cache_block(pool, pointer, block);
+    return;
+  }
+  DeviceGuard guard(device);
+  SELA_CUDA_CHECK(cudaFree(pointer));
+  pool.stats.reserved_bytes -= block;
 }
 
 std::uint64_t create_private_pool(int device) {

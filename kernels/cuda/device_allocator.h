@@ -62,6 +62,12 @@ void* device_allocate(std::size_t bytes, int device, const char* what);
 // on that device (double free, wrong device) or `bytes` falls in another size class.
 void device_free(void* pointer, std::size_t bytes, int device);
 
+// Like device_free, but the block goes back to the driver (cudaFree, which waits for the
+// device) instead of the cache: for a one-off block of a size no later request will ask for
+// (the workspace of a cuDNN algorithm search, up to 1 GiB per shape), which the cache would
+// otherwise keep reserved for the rest of the process.
+void device_free_to_driver(void* pointer, std::size_t bytes, int device);
+
 // Counters of `device` (all zero for a device never used; no CUDA call).
 DeviceMemoryStats device_memory_stats(int device);
 // peak_bytes = current_bytes.

@@ -9,7 +9,7 @@
 // CUDA error behind; bad frees are refused; pinned host memory round-trips through the
 // device, is reused, and is NOT reused while a copy queued on the device stream may still
 // read it (the stream is held by a host function until the test lets it go); the census of
-// the blocks in use at the peak.
+// the blocks in use at the peak; device_free_to_driver gives a block back to the driver.
 #include <cuda_runtime_api.h>
 
 #include <atomic>
@@ -151,6 +151,24 @@ SELA_CUDA_TEST("current, peak, cached and reserved bytes follow allocations", st
   sela::cuda::reset_device_peak(device);
   CHECK(sela::cuda::device_memory_stats(device).peak_bytes == one.current_bytes);
   sela::cuda::device_free(a, small, device);
+}
+
+SELA_CUDA_TEST("device_free_to_driver returns a block to the driver, not to the cache",
+               free_to_driver) {
+  const int device = sela::cuda::current_device();
+  const std::size_t bytes = 37 * kMiB + 5;  // class 38 MiB, asked for by no other test here
+  void* block = sela::cuda::device_allocate(bytes, device, "to-driver test");
+  const DeviceMemoryStats held = sela::cuda::device_memory_stats(device);
+  sela::cuda::device_free_to_driver(block, bytes, device);
+  const DeviceMemoryStats released = sela::cuda::device_memory_stats(device);
+  CHECK(released.current_bytes == held.current_bytes - 38 * kMiB);
+  CHECK(released.cached_bytes == held.cached_bytes);
+  CHECK(released.reserved_bytes == held.reserved_bytes - 38 * kMiB);
+  // The next request of that class needs a new cudaMalloc: nothing was cached.
+  void* next = sela::cuda::device_allocate(bytes, device, "to-driver test");
+  CHECK(sela::cuda::device_memory_stats(device).device_mallocs == released.device_mallocs + 1);
+  sela::cuda::device_free(next, bytes, device);
+  CHECK_THROWS_AS(sela::cuda::device_free_to_driver(block, bytes, device), sela::Error);
 }
 
 SELA_CUDA_TEST("the census names what was in use at the peak", census) {

@@ -110,7 +110,7 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
     TrainConfig c = sela::test::tiny_train_config(spec, folder.path + "/" + out, 3, 3);
     c.device = "cuda:0";
     c.lr_drops = {1};
-    c.cuda_graph = graph;
+    c.cuda_graph = graph ? "on" : "off";
     return c;
   };
   TrainSummary eager = sela::train(config(false, "eager"));

@@ -198,6 +198,25 @@ TEST_CASE("--sinkhorn-omega reaches the label steps' solver and config.json") {
   CHECK(json::parse(config_file)["sinkhorn_omega"].get<double>() == 1.4);
 }
 
+TEST_CASE("--cuda-graph: on needs a GPU, auto resolves to off on the CPU, other values refused") {
+  // The graph itself is tested on a GPU (tests/cuda/test_trainer_cuda.cpp, test_cuda_graph.cpp).
+  using nlohmann::json;
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  TrainConfig on_cpu = tiny_config(spec, folder.path + "/on");
+  on_cpu.cuda_graph = "on";
+  CHECK_THROWS_WITH_AS(train(on_cpu), doctest::Contains("--cuda-graph on needs a GPU"),
+                       sela::Error);
+  TrainConfig unknown = tiny_config(spec, folder.path + "/unknown");
+  unknown.cuda_graph = "yes";
+  CHECK_THROWS_WITH_AS(train(unknown), doctest::Contains("must be auto, on or off"), sela::Error);
+  TrainConfig automatic = tiny_config(spec, folder.path + "/auto");
+  automatic.epochs = 1;
+  train(automatic);
+  std::ifstream config_file(folder.path + "/auto/config.json");
+  CHECK(json::parse(config_file)["cuda_graph"].get<std::string>() == "off");
+}
+
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
   TempFolder folder;
   std::string spec = write_synthetic_idx(folder.path, "train", 96, 7);
