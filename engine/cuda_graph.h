@@ -31,7 +31,9 @@
 // reports the capture as invalidated and capture() throws, naming the stage.
 //
 // The objects the captured code used (model, optimiser, static inputs) must outlive the
-// graph: it holds their addresses and calls back into them.
+// graph: it holds their addresses and calls back into them. Eager steps between replays are
+// fine (tests/cuda/test_cuda_graph.cpp), but after one the parameters' grad() are that eager
+// step's tensors, not the ones the replays write, until the step is captured again.
 #pragma once
 
 #include <cstdint>

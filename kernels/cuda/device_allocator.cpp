@@ -254,21 +254,28 @@ std::string human_bytes(std::uint64_t bytes) {
 
 namespace {
 
+// A cached block of the size class `block` from `free_blocks` (the shared cache or a private
+// pool's), handed out and counted; nullptr when there is none. The caller holds the mutex.
+void* hand_out_cached(DevicePool& pool,
+                      std::unordered_map<std::size_t, std::vector<void*>>& free_blocks,
+                      std::size_t block, const char* what) {
+  auto cached = free_blocks.find(block);
+  if (cached == free_blocks.end() || cached->second.empty()) return nullptr;
+  void* pointer = cached->second.back();
+  cached->second.pop_back();
+  pool.live.emplace(pointer, block);
+  pool.stats.cached_bytes -= block;
+  ++pool.stats.cache_hits;
+  count_allocation(pool.stats, block);
+  note_allocation(pool, pointer, what);
+  return pointer;
+}
+
 // A block of the size class `block` from the shared cache, or from cudaMalloc (releasing the
 // cache and retrying once when the device is full); counted. The caller holds the mutex.
 void* allocate_shared(DevicePool& pool, int device, std::size_t bytes, std::size_t block,
                       const char* what) {
-  auto cached = pool.free_blocks.find(block);
-  if (cached != pool.free_blocks.end() && !cached->second.empty()) {
-    void* pointer = cached->second.back();
-    cached->second.pop_back();
-    pool.live.emplace(pointer, block);
-    pool.stats.cached_bytes -= block;
-    ++pool.stats.cache_hits;
-    count_allocation(pool.stats, block);
-    note_allocation(pool, pointer, what);
-    return pointer;
-  }
+  if (void* pointer = hand_out_cached(pool, pool.free_blocks, block, what)) return pointer;
 
   DeviceGuard guard(device);  // cudaMalloc and cudaMemGetInfo act on the current device
   std::size_t free_bytes = 0, total_bytes = 0;
@@ -310,16 +317,8 @@ void* device_allocate(std::size_t bytes, int device, const char* what) {
 
   // A capture is running: the active private pool's own blocks first.
   PrivatePool& own = pool.private_pools.at(pool.active_private);
-  auto cached = own.free_blocks.find(block);
-  if (cached != own.free_blocks.end() && !cached->second.empty()) {
-    void* pointer = cached->second.back();
-    cached->second.pop_back();
-    pool.live.emplace(pointer, block);
-    pool.stats.cached_bytes -= block;
-    ++pool.stats.cache_hits;
+  if (void* pointer = hand_out_cached(pool, own.free_blocks, block, what)) {
     ++own.live_blocks;
-    count_allocation(pool.stats, block);
-    note_allocation(pool, pointer, what);
     return pointer;
   }
   void* pointer = allocate_shared(pool, device, bytes, block, what);
