@@ -42,6 +42,54 @@ data::ImageAllocator batch_allocator_for(Device device) {
   return pinned;
 }
 
+std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset& dataset,
+                                             std::int64_t batch_size, int workers) {
+  std::vector<BatchNorm2d*> norms;
+  for (const auto& layer : model.features->layers()) {
+    if (auto* norm = dynamic_cast<BatchNorm2d*>(layer.get())) norms.push_back(norm);
+  }
+  if (norms.empty()) return 0;
+  SELA_CHECK(dataset.size() >= 2 && batch_size >= 2, "precise BatchNorm",
+             "needs at least 2 images per batch (" << dataset.size() << " images, batch "
+                                                   << batch_size << ")");
+  NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  std::vector<double> momenta;
+  std::vector<std::int64_t> tracked;
+  for (BatchNorm2d* norm : norms) {
+    momenta.push_back(norm->momentum);
+    tracked.push_back(*norm->num_batches_tracked.data<std::int64_t>());
+  }
+  model.train();  // batch statistics in the BatchNorms (the features have no dropout)
+  data::AugmentConfig augment =
+      data::default_augment(dataset.info(), false, static_cast<int>(model.input_size()));
+  data::LoaderConfig config;
+  config.batch_size = std::min(batch_size, dataset.size());
+  config.shuffle = false;
+  config.drop_last = true;  // equal weights
+  config.workers = workers;
+  config.allocator = batch_allocator_for(model.device());
+  data::Loader loader(dataset, augment, config);
+  Progress progress("precise BatchNorm statistics", loader.batches_per_epoch(), 50);
+  loader.start_epoch(0);
+  data::Batch batch;
+  std::int64_t batches = 0;
+  while (loader.next(&batch)) {
+    for (BatchNorm2d* norm : norms) norm->momentum = 1.0 / static_cast<double>(batches + 1);
+    Tensor features = model.features->forward(batch_images_on(batch, model.device()));
+    if (!model.device().is_cpu()) synchronize(model.device());  // before the batch is reused
+    ++batches;
+    progress.update(batches, "");
+  }
+  progress.finish(std::to_string(batches) + " batches");
+  for (std::size_t i = 0; i < norms.size(); ++i) {
+    norms[i]->momentum = momenta[i];
+    *norms[i]->num_batches_tracked.data<std::int64_t>() = tracked[i];
+  }
+  model.train(was_training);
+  return batches;
+}
+
 NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::int64_t batch_size,
                            int workers, bool want_logits, bool want_fc7,
                            const std::string& progress_label) {

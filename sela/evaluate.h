@@ -46,6 +46,18 @@ NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::in
                            int workers, bool want_logits, bool want_fc7,
                            const std::string& progress_label);
 
+// "Precise BatchNorm" (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): replaces
+// the running statistics of every BatchNorm of the network by their average over one pass
+// of `dataset` with the evaluation transform (full batches of `batch_size`, dataset order;
+// batch b enters with momentum 1 / (b + 1), so the result is the plain mean of the batch
+// means and of the unbiased batch variances). Training keeps exponential averages of
+// statistics of augmented batches while the weights still move; evaluation sees
+// unaugmented images through the final weights. Only the feature extractor runs (the
+// classifier has no BatchNorm). Leaves the batches-tracked counters, the momenta and the
+// train/eval mode as they were. Returns the number of batches used.
+std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset& dataset,
+                                             std::int64_t batch_size, int workers);
+
 struct ClusteringScores {
   double nmi = 0, ami = 0, ari = 0;
   double accuracy = -1;  // Hungarian-matched accuracy, -1 when K != number of classes

@@ -51,6 +51,9 @@ int run_eval(const Args& args) {
             "split of the test data: auto (test where the source has splits) | train | test");
   flags.add("json", "", "JSON file to write (default: RUNDIR/eval.json)");
   flags.add_switch("probes", "also train linear probes on conv1..conv5");
+  flags.add_switch("precise-bn",
+                   "first re-estimate the BatchNorm statistics on the training data without "
+                   "augmentation (the weights file is not changed)");
   flags.add("probe-epochs", "4", "SGD epochs of each probe");
   flags.add("probe-batch-size", "256", "batch size of the probes");
   flags.add("probe-lr", "0.01", "learning rate of the probes (momentum 0.9, weight decay 5e-4)");
@@ -152,6 +155,9 @@ int run_eval(const Args& args) {
     train_labels.clear();
   }
 
+  if (flags.get_switch("precise-bn")) {
+    recompute_batch_norm_statistics(*model, *train, batch_size, workers);
+  }
   EvalReport report = evaluate(*model, *train, *test, train_labels, batch_size, workers);
   report.select_by_stability(
       label_stability_from_metrics(run.path + "/metrics.jsonl", run.model.clusters.size()));
