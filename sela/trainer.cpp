@@ -92,7 +92,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
           {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage}, {"device", c.device},
-          {"cuda_graph", c.cuda_graph},
+          {"cuda_graph", c.cuda_graph}, {"precise_bn", c.precise_bn},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
           {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
@@ -585,6 +585,15 @@ TrainSummary Run::go() {
     }
   }
   summary_.labels = labels_;
+  if (config_.precise_bn && start_epoch_ < config_.epochs) {  // not again for a finished run
+    auto bn_start = std::chrono::steady_clock::now();
+    const std::int64_t batches =
+        recompute_batch_norm_statistics(*model_, *train_, config_.batch_size, config_.workers);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - bn_start).count();
+    log({{"event", "precise_bn"}, {"batches", batches}, {"seconds", seconds}});
+    save_checkpoint(config_.epochs);  // the final weights carry the new statistics
+  }
   if (config_.evaluate && train_->labelled()) {
     std::string test_spec = config_.test_data;
     data::OpenOptions options;

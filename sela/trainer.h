@@ -70,6 +70,10 @@ struct TrainConfig {
   // the first step of a run and of each learning rate is eager, then captured.
   // auto (on for a GPU run, off on the CPU) | on | off; a run records what it resolved to.
   std::string cuda_graph = "auto";
+  // After the last epoch, re-estimate the BatchNorm statistics on the training images
+  // without augmentation (sela/evaluate.h, recompute_batch_norm_statistics) before the final
+  // weights are written and evaluated.
+  bool precise_bn = true;
   int threads = 0;
   int workers = 0;  // data loader threads; 0 = 1 on the CPU, up to 8 feeding a GPU
   std::uint64_t seed = 0;

@@ -73,6 +73,9 @@ int run_train(const Args& args) {
             "replay each training step as a captured CUDA graph: auto (on for a GPU run) | on "
             "| off (the first step, and the first after each lr change, run eagerly and are "
             "captured)");
+  flags.add("precise-bn", defaults.precise_bn ? "on" : "off",
+            "after the last epoch, re-estimate the BatchNorm statistics on the training images "
+            "without augmentation, before the final weights are written (on|off)");
   flags.add("threads", "0", "compute threads (0 = all hardware threads)");
   flags.add("workers", std::to_string(defaults.workers),
             "data loader threads (0: 1 for a CPU run, which needs its cores for compute; half "
@@ -125,6 +128,10 @@ int run_train(const Args& args) {
              "--sinkhorn-omega must be in [1, 2), got " << config.sinkhorn_omega);
   config.device = flags.get("device");
   config.cuda_graph = flags.get("cuda-graph");
+  const std::string precise_bn = flags.get("precise-bn");
+  SELA_CHECK(precise_bn == "on" || precise_bn == "off", "sela train",
+             "--precise-bn expects on or off, got '" << precise_bn << "'");
+  config.precise_bn = precise_bn == "on";
   config.threads = static_cast<int>(flags.get_int("threads"));
   config.workers = static_cast<int>(flags.get_int("workers"));
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
