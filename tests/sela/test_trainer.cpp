@@ -14,7 +14,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/data/dataset.h"
 #include "engine/safetensors.h"
+#include "engine/state_io.h"
+#include "sela/checkpoint_model.h"
+#include "sela/evaluate.h"
 #include "sela/run_files.h"
 #include "sela/trainer.h"
 #include "tests/sela/synthetic_run.h"
@@ -215,6 +219,50 @@ TEST_CASE("--cuda-graph: on needs a GPU, auto resolves to off on the CPU, other 
   train(automatic);
   std::ifstream config_file(folder.path + "/auto/config.json");
   CHECK(json::parse(config_file)["cuda_graph"].get<std::string>() == "off");
+}
+
+TEST_CASE("--precise-bn: only the final BatchNorm statistics change, to the re-estimate") {
+  // Two runs of one seed, with and without the re-estimate: the training trajectory (every
+  // weight, the labels) is the same; the "on" run's statistics are what
+  // recompute_batch_norm_statistics makes of the "off" run's final model (same batches).
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  TrainConfig off = tiny_config(spec, folder.path + "/off");
+  off.precise_bn = false;
+  TrainSummary without = train(off);
+  TrainConfig on = tiny_config(spec, folder.path + "/on");
+  on.precise_bn = true;
+  TrainSummary with = train(on);
+  CHECK(with.labels == without.labels);
+  CHECK(with.epoch_losses == without.epoch_losses);
+
+  RunFolder off_run = read_run_folder(folder.path + "/off", "test");
+  std::shared_ptr<SelaNet> reestimated = load_run_model(off_run, "test");
+  auto data = data::open_dataset(spec);
+  CHECK(recompute_batch_norm_statistics(*reestimated, *data, off.batch_size, 1) == 5);
+  SafetensorsFile on_weights(folder.path + "/on/weights.safetensors");
+  SafetensorsFile off_weights(folder.path + "/off/weights.safetensors");
+  int statistics = 0, weights = 0;
+  for (const auto& [name, tensor] : reestimated->named_buffers()) {
+    if (!is_floating(tensor.dtype())) continue;
+    INFO(name);
+    CHECK(tensor_from_file(on_weights, name).to_vector<float>() == tensor.to_vector<float>());
+    CHECK(tensor_from_file(off_weights, name).to_vector<float>() != tensor.to_vector<float>());
+    ++statistics;
+  }
+  for (const auto& [name, tensor] : reestimated->named_parameters()) {
+    INFO(name);
+    CHECK(tensor_from_file(on_weights, name).to_vector<float>() ==
+          tensor_from_file(off_weights, name).to_vector<float>());
+    ++weights;
+  }
+  CHECK(statistics == 10);  // running mean and variance of conv1..conv5's BatchNorms
+  CHECK(weights > 0);
+  std::ifstream metrics(folder.path + "/on/metrics.jsonl");
+  int events = 0;
+  for (std::string line; std::getline(metrics, line);)
+    events += nlohmann::json::parse(line)["event"] == "precise_bn";
+  CHECK(events == 1);
 }
 
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
