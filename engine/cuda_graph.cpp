@@ -2,6 +2,7 @@
 // made (no CUDA device exists) and the graph:: functions report "not capturing".
 #include "engine/cuda_graph.h"
 
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 #include <sstream>
@@ -39,6 +40,7 @@ struct CudaGraph::State {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   std::uint64_t pool = 0;  // the private pool (0: none)
+  std::uint64_t capture_id = 0;  // of the latest capture (graph::capture_id)
   std::int64_t replays = 0, kernel_nodes = 0;
 
   Tensor refreshed;  // (kRefreshedValues) int64
@@ -69,6 +71,7 @@ struct CudaGraph::State {
 namespace {
 
 thread_local CudaGraph::State* g_capturing = nullptr;
+std::atomic<std::uint64_t> g_next_capture_id{1};
 
 // Live graphs with error slots, for collect_replay_errors.
 struct LiveGraphs {
@@ -127,6 +130,7 @@ void CudaGraph::capture(const std::function<void()>& body) {
     state.refreshed = Tensor::empty({kRefreshedValues}, DType::i64, state.device, "cuda graph");
     state.error_slots = Tensor::empty({kErrorSlots}, DType::i64, state.device, "cuda graph");
   }
+  state.capture_id = g_next_capture_id++;
   state.pool = cuda::create_private_pool(device);
   cuda::begin_private_pool(device, state.pool);
   g_capturing = &state;
@@ -211,6 +215,11 @@ namespace graph {
 
 bool capturing(const Device& device) { return capture_on(device) != nullptr; }
 
+std::uint64_t capture_id(const Device& device) {
+  CudaGraph::State* state = capture_on(device);
+  return state == nullptr ? 0 : state->capture_id;
+}
+
 const std::int64_t* refreshed_value(const Device& device, std::function<std::int64_t()> value) {
   CudaGraph::State* state = capture_on(device);
   if (state == nullptr) return nullptr;
@@ -288,6 +297,7 @@ std::size_t CudaGraph::pool_free_bytes() const { return 0; }
 
 namespace graph {
 bool capturing(const Device&) { return false; }
+std::uint64_t capture_id(const Device&) { return 0; }
 const std::int64_t* refreshed_value(const Device&, std::function<std::int64_t()>) {
   return nullptr;
 }

@@ -23,8 +23,10 @@
 //     replays the host state is that of R eager steps. Checks run before every replay (the
 //     optimiser refuses a learning rate that differs from the captured one).
 //   - deferred errors: a captured cross-entropy writes its target check into a slot the
-//     graph owns; slots are read (and raised) at the next host wait after a replay, as the
-//     eager slots are (engine/ops_cuda.h).
+//     graph owns; slots are read (and raised) at the next host wait after a replay. Each
+//     replay overwrites the previous one's slots, so read something (the loss) after every
+//     replay, as sela train and the benchmark do, or a bad target of an earlier replay goes
+//     unreported.
 // What must not happen while capturing: a host wait (item(), to_vector(), a download), a
 // cuDNN algorithm search or the first use of a library handle (run one eager step first:
 // plans and handles are cached), or anything that reads device data on the host. CUDA then
@@ -77,6 +79,9 @@ namespace graph {
 
 // Whether the calling thread is capturing a CUDA graph on `device`.
 bool capturing(const Device& device);
+// A number that identifies the capture running on `device` (never the same for two
+// captures of the process); 0 when not capturing.
+std::uint64_t capture_id(const Device& device);
 // While capturing: a device int64 that the graph sets to value() before every replay.
 const std::int64_t* refreshed_value(const Device& device, std::function<std::int64_t()> value);
 // While capturing: `action` runs on the host after every replay.

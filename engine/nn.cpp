@@ -167,12 +167,19 @@ Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel, stride
 
 Tensor Dropout::forward(const Tensor& x) {
   if (!is_training() || p == 0.0) return x;
-  if (graph::capturing(x.device())) {
-    // Each replay draws the masks of the module's call count at that time, and counts a call.
-    const std::int64_t* offset = graph::refreshed_value(
-        x.device(), [this]() { return static_cast<std::int64_t>(calls * kDropoutOffsetPerCall); });
+  if (const std::uint64_t capture = graph::capture_id(x.device())) {
+    // The k-th call of this module in the captured step draws, at each replay, the masks of
+    // call number calls + k, as an eager step would; each replay then counts its calls.
+    if (capture != capture_id_) {
+      capture_id_ = capture;
+      calls_in_capture_ = 0;
+    }
+    const std::uint64_t k = calls_in_capture_++;
+    const std::int64_t* offset = graph::refreshed_value(x.device(), [this, k]() {
+      return static_cast<std::int64_t>((calls + k) * kDropoutOffsetPerCall);
+    });
     graph::after_each_replay(x.device(), [this]() { ++calls; });
-    return dropout(x, p, true, seed, calls * kDropoutOffsetPerCall, offset);
+    return dropout(x, p, true, seed, (calls + k) * kDropoutOffsetPerCall, offset);
   }
   const std::uint64_t offset = calls++ * kDropoutOffsetPerCall;
   return dropout(x, p, true, seed, offset);

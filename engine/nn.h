@@ -144,6 +144,9 @@ class Dropout : public Module {
   double p;
   std::uint64_t seed;
   std::uint64_t calls = 0;
+
+ private:
+  std::uint64_t capture_id_ = 0, calls_in_capture_ = 0;  // calls in the capture running
 };
 
 class Flatten : public Module {

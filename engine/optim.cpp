@@ -162,6 +162,11 @@ void Sgd::step_cuda(const cpu::SgdConfig& config) {
     bool first = false;
     Tensor& buffer = momentum_buffers_[i];
     if (options_.momentum != 0 && !buffer.defined()) {
+      // Refused before any state changes: the captured update would treat every replay as
+      // the first, and a buffer taken from the reserve here would stay unwritten.
+      SELA_CHECK(!graph::capturing(p.device()), "sgd",
+                 "a parameter takes its first update inside a CUDA-graph capture (the captured "
+                 "update would treat every replay as the first); run one eager step first");
       Tensor& reserved = device_arrays_->momentum_reserve[i];
       if (reserved.defined() && reserved.device() == p.device() && reserved.dtype() == p.dtype() &&
           reserved.shape() == p.shape()) {
@@ -198,12 +203,16 @@ void Sgd::step_cuda(const cpu::SgdConfig& config) {
     DeviceArrays::Group& group = device_arrays_->groups[{device, dtype, launch_number}];
     group.device = device;
     const bool capturing = graph::capturing(Device::cuda(device));
+    group.update(values, stream, capturing);
     if (capturing) {
-      SELA_CHECK(!first, "sgd",
-                 "a parameter takes its first update inside a CUDA-graph capture (the captured "
-                 "update would treat every replay as the first); run one eager step first");
-      // A replay writes the captured pointers: the host's record of the array is stale.
-      graph::after_each_replay(Device::cuda(device), [&group]() { group.uploaded.clear(); });
+      // A replay writes the captured pointers into the array it was captured with: the
+      // action keeps that array alive (an eager step with more parameters may replace the
+      // group's), and marks the host's record of the group's array stale.
+      graph::after_each_replay(Device::cuda(device),
+                               [&group, array = group.device_array]() {
+                                 (void)array;  // held, not read
+                                 group.uploaded.clear();
+                               });
       // The hyper-parameters are kernel arguments, fixed at capture time.
       graph::before_each_replay(Device::cuda(device), [this, config]() {
         SELA_CHECK(options_.lr == config.lr && options_.momentum == config.momentum &&
@@ -215,7 +224,6 @@ void Sgd::step_cuda(const cpu::SgdConfig& config) {
                                           << " now); capture the step again");
       });
     }
-    group.update(values, stream, capturing);
     std::int64_t* base = group.device_array.device_data<std::int64_t>();
     auto launch = [&](auto tag) {
       using T = decltype(tag);

@@ -53,12 +53,24 @@ std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset
              "needs at least 2 images per batch (" << dataset.size() << " images, batch "
                                                    << batch_size << ")");
   NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  std::vector<double> momenta;
-  std::vector<std::int64_t> tracked;
+  // Momenta, counters and mode are put back however the pass ends (an exception included).
+  struct Restore {
+    SelaNet& model;
+    const std::vector<BatchNorm2d*>& norms;
+    bool was_training = model.is_training();
+    std::vector<double> momenta;
+    std::vector<std::int64_t> tracked;
+    ~Restore() {
+      for (std::size_t i = 0; i < norms.size(); ++i) {
+        norms[i]->momentum = momenta[i];
+        *norms[i]->num_batches_tracked.data<std::int64_t>() = tracked[i];
+      }
+      model.train(was_training);
+    }
+  } restore{model, norms, model.is_training(), {}, {}};
   for (BatchNorm2d* norm : norms) {
-    momenta.push_back(norm->momentum);
-    tracked.push_back(*norm->num_batches_tracked.data<std::int64_t>());
+    restore.momenta.push_back(norm->momentum);
+    restore.tracked.push_back(*norm->num_batches_tracked.data<std::int64_t>());
   }
   model.train();  // batch statistics in the BatchNorms (the features have no dropout)
   data::AugmentConfig augment =
@@ -82,11 +94,6 @@ std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset
     progress.update(batches, "");
   }
   progress.finish(std::to_string(batches) + " batches");
-  for (std::size_t i = 0; i < norms.size(); ++i) {
-    norms[i]->momentum = momenta[i];
-    *norms[i]->num_batches_tracked.data<std::int64_t>() = tracked[i];
-  }
-  model.train(was_training);
   return batches;
 }
 

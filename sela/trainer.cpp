@@ -152,6 +152,7 @@ class Run {
   };
   CapturedStep captured_;
   std::int64_t eager_steps_ = 0;
+  bool precise_bn_done_ = false;  // the final BatchNorm re-estimate ran (checkpointed)
 };
 
 void Run::open_data() {
@@ -235,6 +236,7 @@ void Run::save_checkpoint(std::int64_t epochs_done) {
   for (Dropout* d : dropouts_of(*model_)) dropout_calls.push_back(d->calls);
   json state = {{"epochs_done", epochs_done}, {"samples_seen", samples_seen_},
                 {"next_label_step", next_label_step_}, {"dropout_calls", dropout_calls},
+                {"precise_bn_done", precise_bn_done_},
                 {"fingerprint", fingerprint(config_, n_, model_->config().in_channels)}};
   save_tensors(tensors, config_.out + "/checkpoint.safetensors", {{"sela_state", state.dump()}});
   save_state(*model_, config_.out + "/weights.safetensors",
@@ -287,6 +289,7 @@ void Run::resume_from_checkpoint() {
   }
   start_epoch_ = state["epochs_done"].get<std::int64_t>();
   samples_seen_ = state["samples_seen"].get<double>();
+  precise_bn_done_ = state.value("precise_bn_done", false);
   next_label_step_ = state["next_label_step"].get<std::size_t>();
   std::printf("resuming %s after epoch %lld (%zu of %zu label steps done)\n", config_.out.c_str(),
               static_cast<long long>(start_epoch_), next_label_step_, schedule_.size());
@@ -514,6 +517,7 @@ double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
       optimizer_->step();
     });
     step.lr = optimizer_->lr();
+    ++summary_.graph_captures;
   }
   SELA_CHECK(images.shape() == step.images.shape(), "sela train",
              "--cuda-graph: batch " << images.describe() << " differs from the captured step's "
@@ -521,6 +525,7 @@ double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
   step.images.copy_from(images);  // queued on the device's stream, before the replay
   for (std::size_t t = 0; t < targets.size(); ++t) step.targets[t].copy_from(targets[t]);
   step.graph->replay();
+  ++summary_.graph_replays;
   *logits = step.logits;
   return step.loss.item();
 }
@@ -585,13 +590,19 @@ TrainSummary Run::go() {
     }
   }
   summary_.labels = labels_;
-  if (config_.precise_bn && start_epoch_ < config_.epochs) {  // not again for a finished run
+  if (captured_.graph) {
+    log({{"event", "cuda_graph"}, {"captures", summary_.graph_captures},
+         {"replays", summary_.graph_replays}});
+    captured_ = CapturedStep();  // its private pool goes back to the shared cache
+  }
+  if (config_.precise_bn && !precise_bn_done_) {  // once per run, also across --resume
     auto bn_start = std::chrono::steady_clock::now();
     const std::int64_t batches =
         recompute_batch_norm_statistics(*model_, *train_, config_.batch_size, config_.workers);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - bn_start).count();
     log({{"event", "precise_bn"}, {"batches", batches}, {"seconds", seconds}});
+    precise_bn_done_ = true;
     save_checkpoint(config_.epochs);  // the final weights carry the new statistics
   }
   if (config_.evaluate && train_->labelled()) {

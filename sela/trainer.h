@@ -67,7 +67,8 @@ struct TrainConfig {
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   // GPU: run each training step as a replay of a captured CUDA graph (engine/cuda_graph.h);
-  // the first step of a run and of each learning rate is eager, then captured.
+  // the run's first step is eager, the second is captured (and captured again after each lr
+  // change), and every step from then on is a replay.
   // auto (on for a GPU run, off on the CPU) | on | off; a run records what it resolved to.
   std::string cuda_graph = "auto";
   // After the last epoch, re-estimate the BatchNorm statistics on the training images
@@ -95,6 +96,7 @@ struct TrainSummary {
   std::vector<std::vector<std::int64_t>> labels;  // final labels, (T) x (N)
   std::int64_t label_steps_done = 0;
   double seconds = 0;
+  std::int64_t graph_captures = 0, graph_replays = 0;  // --cuda-graph: steps captured, replayed
 };
 
 // Runs (or resumes) a whole training run as configured; throws sela::Error on bad input.

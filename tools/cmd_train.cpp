@@ -71,8 +71,8 @@ int run_train(const Args& args) {
             "cpu | cuda[:N]");
   flags.add("cuda-graph", defaults.cuda_graph,
             "replay each training step as a captured CUDA graph: auto (on for a GPU run) | on "
-            "| off (the first step, and the first after each lr change, run eagerly and are "
-            "captured)");
+            "| off (the run's first step runs eagerly; the step is captured after it and again "
+            "after each lr change)");
   flags.add("precise-bn", defaults.precise_bn ? "on" : "off",
             "after the last epoch, re-estimate the BatchNorm statistics on the training images "
             "without augmentation, before the final weights are written (on|off)");

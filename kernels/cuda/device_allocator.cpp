@@ -392,8 +392,8 @@ void device_free_to_driver(void* pointer, std::size_t bytes, int device) {
     return;
   }
   DeviceGuard guard(device);
+  pool.stats.reserved_bytes -= block;  // the block is gone from the pool whatever cudaFree says
   SELA_CUDA_CHECK(cudaFree(pointer));
-  pool.stats.reserved_bytes -= block;
 }
 
 std::uint64_t create_private_pool(int device) {

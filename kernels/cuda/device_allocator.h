@@ -21,7 +21,8 @@
 // way) wastes nothing but needs coalescing and a best-fit search: not needed while the step's
 // sizes repeat exactly. The price is reserved memory: each distinct size keeps its blocks,
 // so what cudaMalloc holds is above what is in use at the peak (alexnet, batch 256, on an
-// H100: 8.5 GB reserved for a 4.0 GB peak; PyTorch's splitting allocator 6.0 GB, docs/perf.md).
+// H100: 8,474 MiB reserved for a 4,002 MiB peak; PyTorch's splitting allocator 5,976 MiB,
+// docs/perf.md).
 //
 // Out of memory: when cudaMalloc fails, the allocator waits for the device, returns every
 // cached block with cudaFree, and retries once; if that fails too it throws a sela::Error

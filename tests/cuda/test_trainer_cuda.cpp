@@ -101,7 +101,8 @@ SELA_CUDA_TEST("sela train on cuda:0 follows the CPU run on a tiny configuration
 // additions inside cuDNN's backward algorithms, which the label steps may amplify by flipping
 // a near-tied sample. The lr drops after epoch 1, so the step is captured twice. Compared:
 // every epoch's mean loss within 0.5% (a replay with a stale batch, stale dropout masks or a
-// stale lr moves it by far more), and the final labels on >= 97% of the samples.
+// stale lr moves it by far more), the final labels on >= 97% of the samples, and that the
+// steps were indeed replayed (2 captures, 14 replays).
 SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_cuda_graph) {
   StrictFp32 strict;
   sela::test::TempFolder folder;
@@ -117,6 +118,11 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
   TrainSummary graphed = sela::train(config(true, "graph"));
   REQUIRE(eager.epoch_losses.size() == 3);
   REQUIRE(graphed.epoch_losses.size() == 3);
+  // 3 epochs of 5 batches: the first step eager, captures at steps 2 and 6 (the lr drop).
+  CHECK(eager.graph_captures == 0);
+  CHECK(eager.graph_replays == 0);
+  CHECK(graphed.graph_captures == 2);
+  CHECK(graphed.graph_replays == 14);
   for (std::size_t e = 0; e < eager.epoch_losses.size(); ++e) {
     INFO("epoch " << e + 1 << ": eager " << eager.epoch_losses[e] << ", graph "
                   << graphed.epoch_losses[e]);

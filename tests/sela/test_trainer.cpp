@@ -265,6 +265,36 @@ TEST_CASE("--precise-bn: only the final BatchNorm statistics change, to the re-e
   CHECK(events == 1);
 }
 
+TEST_CASE("--precise-bn: a run stopped after its last epoch gets the re-estimate on --resume") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  auto events = [&](const std::string& out) {
+    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
+    int count = 0;
+    for (std::string line; std::getline(metrics, line);)
+      count += nlohmann::json::parse(line)["event"] == "precise_bn";
+    return count;
+  };
+  TrainConfig whole = tiny_config(spec, folder.path + "/whole");
+  train(whole);
+  TrainConfig stopped = tiny_config(spec, folder.path + "/stopped");
+  stopped.stop_after_epoch = stopped.epochs;  // stops before the re-estimate
+  train(stopped);
+  CHECK(events("stopped") == 0);
+  stopped.stop_after_epoch = -1;
+  stopped.resume = true;
+  train(stopped);
+  CHECK(events("stopped") == 1);
+  train(stopped);  // a finished run: nothing more
+  CHECK(events("stopped") == 1);
+  SafetensorsFile a(folder.path + "/whole/weights.safetensors");
+  SafetensorsFile b(folder.path + "/stopped/weights.safetensors");
+  for (const char* name : {"features.1.running_mean", "features.1.running_var"}) {
+    INFO(name);
+    CHECK(tensor_from_file(a, name).to_vector<float>() == tensor_from_file(b, name).to_vector<float>());
+  }
+}
+
 TEST_CASE("a diverging run stops with a clear message and keeps the last good checkpoint") {
   TempFolder folder;
   std::string spec = write_synthetic_idx(folder.path, "train", 96, 7);
