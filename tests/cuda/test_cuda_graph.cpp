@@ -15,6 +15,9 @@
 // in exact arithmetic, so they and their momentum hold rounding noise (about 1e-10 on an
 // H100) that differs between any two runs; a real bias update would be lr times a gradient
 // of the weight gradients' order (1e-4 and more).
+// Also: a dropout module called twice in a captured step draws the masks of two eager calls;
+// a refused capture (a host wait, a first optimiser update) leaves no state behind; a
+// replay with another lr is refused; a bad target in a replay is reported.
 // Skipped, by name, without a GPU.
 #include <cmath>
 #include <string>
@@ -244,11 +247,47 @@ SELA_CUDA_TEST("CUDA graph: a bad target in a replay is reported at the next hos
   CHECK_NOTHROW(loss.item());
 }
 
+SELA_CUDA_TEST("CUDA graph: a dropout module called twice in a step draws the eager masks",
+               graph_dropout_twice) {
+  sela::Dropout eager(0.5, 77), captured(0.5, 77);
+  eager.train();
+  captured.train();
+  sela::Rng rng(8);
+  Tensor x = sela::randn({4096}, rng).to(kGpu);
+  (void)eager.forward(x);
+  (void)captured.forward(x);
+  Tensor first, second;
+  sela::CudaGraph graph(kGpu);
+  graph.capture([&]() {
+    first = captured.forward(x);
+    second = captured.forward(x);
+  });
+  for (int r = 0; r < 2; ++r) {
+    graph.replay();
+    const std::vector<float> want_first = eager.forward(x).to_vector<float>();
+    const std::vector<float> want_second = eager.forward(x).to_vector<float>();
+    INFO("replay " << r);
+    CHECK(first.to_vector<float>() == want_first);
+    CHECK(second.to_vector<float>() == want_second);
+    CHECK(want_first != want_second);
+  }
+  CHECK(captured.calls == eager.calls);  // 1 + 2 per replay
+}
+
 SELA_CUDA_TEST("CUDA graph: a host wait inside the capture and a changed lr are refused",
                graph_refusals) {
   Trained trained;
   sela::Rng rng(6);
   Batch batch = random_batch(rng);
+  {
+    // Before any eager step the optimiser's first update is refused, and leaves no state.
+    sela::CudaGraph graph(kGpu);
+    trained.load(batch);
+    CHECK_THROWS_WITH_AS(graph.capture([&]() { trained.step_body(); }),
+                         doctest::Contains("first update inside a CUDA-graph capture"),
+                         sela::Error);
+    for (const Tensor& buffer : trained.sgd->momentum_buffers()) CHECK_FALSE(buffer.defined());
+  }
   trained.eager_step(batch);
   {
     sela::CudaGraph graph(kGpu);
