@@ -182,6 +182,35 @@ template void gemm<double>(bool, bool, std::int64_t, std::int64_t, std::int64_t,
                            const double*, std::int64_t, const double*, std::int64_t, double,
                            double*, std::int64_t, cudaStream_t);
 
+void gemm_bfloat16(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n,
+                   std::int64_t k, float alpha, const std::uint16_t* a, std::int64_t lda,
+                   const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
+                   std::int64_t ldc, cudaStream_t stream) {
+  const char* op = "gemm_bfloat16 (cuBLAS)";
+  cpu::check_gemm_arguments(op, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, c, ldc);
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta * C: the float path does exactly that
+    gemm<float>(transpose_a, transpose_b, m, n, 0, alpha, nullptr, lda, nullptr, ldb, beta, c,
+                ldc, stream);
+    return;
+  }
+  const int device = stream_device(stream);
+  SELA_CHECK(device >= 0 && device < kMaxDevices, op,
+             "the stream's device cuda:" << device << " is beyond the " << kMaxDevices
+                                         << " devices this build keeps handles for");
+  DeviceGuard guard(device);
+  CublasDevice& state = cublas_device(device);
+  std::lock_guard<std::mutex> lock(state.mutex);
+  prepare_handle(state, device, stream, CUBLAS_DEFAULT_MATH);
+  // Row-major C (m, n) is column-major C^T (n, m): C^T = op(B)^T op(A)^T (see the header).
+  const cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  SELA_CUBLAS_CHECK(cublasGemmEx_64(state.handle, op_b, op_a, n, m, k, &alpha, b, CUDA_R_16BF,
+                                    ldb, a, CUDA_R_16BF, lda, &beta, c, CUDA_R_32F, ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    op);
+}
+
 void set_matmul_tf32(bool allow) { tf32_matmul.store(allow, std::memory_order_relaxed); }
 bool matmul_tf32() { return tf32_matmul.load(std::memory_order_relaxed); }
 

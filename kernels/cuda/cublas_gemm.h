@@ -39,6 +39,16 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
           T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
           std::int64_t ldc, cudaStream_t stream);
 
+// The same with bfloat16 operands (their 16 bits, std::uint16_t: kernels/cpu/bfloat16.h) and
+// a float32 C: cublasGemmEx with CUDA_R_16BF inputs, CUDA_R_32F output and
+// CUBLAS_COMPUTE_32F, i.e. tensor cores with float32 accumulation. Every product of two
+// bfloat16 values is exact in float32; the result differs from a float64 product of the
+// same bfloat16 inputs by float32 summation only. For the bf16 mixed-precision mode.
+void gemm_bfloat16(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n,
+                   std::int64_t k, float alpha, const std::uint16_t* a, std::int64_t lda,
+                   const std::uint16_t* b, std::int64_t ldb, float beta, float* c,
+                   std::int64_t ldc, cudaStream_t stream);
+
 // fp32 matmul math mode (process-wide; read on every call). false (default): CUBLAS_DEFAULT_MATH,
 // true fp32. true: TF32 tensor cores.
 void set_matmul_tf32(bool allow);

@@ -8,6 +8,8 @@
 // otherwise.
 #include "kernels/cuda/elementwise.cuh"
 
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/kernel_common.cuh"
 
 namespace sela::cuda {
@@ -164,6 +166,38 @@ void cast(std::int64_t n, const From* in, To* out, cudaStream_t stream) {
   if (n == 0) return;
   cast_kernel<<<grid(n), kElementwiseBlock, 0, stream>>>(n, in, out);
   SELA_CUDA_CHECK_LAUNCH("cast");
+}
+
+namespace {
+
+__global__ void float_to_bfloat16_kernel(std::int64_t n, const float* in, std::uint16_t* out) {
+  for (std::int64_t i = detail::grid_thread_index(); i < n; i += detail::grid_thread_count())
+    out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(in[i]));
+}
+
+__global__ void bfloat16_to_float_kernel(std::int64_t n, const std::uint16_t* in, float* out) {
+  for (std::int64_t i = detail::grid_thread_index(); i < n; i += detail::grid_thread_count())
+    out[i] = __bfloat162float(__ushort_as_bfloat16(in[i]));
+}
+
+}  // namespace
+
+void cast_float_to_bfloat16(std::int64_t n, const float* in, std::uint16_t* out,
+                            cudaStream_t stream) {
+  detail::check_count("cast_float_to_bfloat16", n);
+  detail::check_pointers("cast_float_to_bfloat16", n > 0, {in, out});
+  if (n == 0) return;
+  float_to_bfloat16_kernel<<<grid(n), kElementwiseBlock, 0, stream>>>(n, in, out);
+  SELA_CUDA_CHECK_LAUNCH("cast_float_to_bfloat16");
+}
+
+void cast_bfloat16_to_float(std::int64_t n, const std::uint16_t* in, float* out,
+                            cudaStream_t stream) {
+  detail::check_count("cast_bfloat16_to_float", n);
+  detail::check_pointers("cast_bfloat16_to_float", n > 0, {in, out});
+  if (n == 0) return;
+  bfloat16_to_float_kernel<<<grid(n), kElementwiseBlock, 0, stream>>>(n, in, out);
+  SELA_CUDA_CHECK_LAUNCH("cast_bfloat16_to_float");
 }
 
 #define SELA_INSTANTIATE_ELEMENTWISE(T)                                               \

@@ -1,0 +1,148 @@
+// The bfloat16 building blocks of the bf16 mixed-precision mode on the GPU, against the host:
+//   - cast_float_to_bfloat16: bit for bit the host's round-to-nearest-even
+//     (kernels/cpu/bfloat16.h, itself checked exhaustively in tests/kernels) on 2^20 random
+//     floats, every float of a few low-bit patterns (ties and near-ties) and the specials
+//     (a NaN only has to stay a NaN: its payload is the implementation's); the cast back
+//     exactly on all 65,536 bfloat16 values;
+//   - gemm_bfloat16: against a float64 product of the same bfloat16 inputs, the four
+//     transpose combinations, odd sizes, K up to 1000, beta 0 (C poisoned) and not.
+//     Tolerance |got - want| <= 1e-5 * M + 1e-30 per element, M = |alpha| |A||B| + |beta| |C|:
+//     each bfloat16 product is exact in float32, so only the float32 summation of K <= 1000
+//     terms differs (about 1.3 sqrt(K) 2^-24 M ~ 2.5e-6 M); a product rounded to bfloat16 or
+//     an fp16 accumulation would be off by 2^-9 M or more.
+// Skipped, by name, without a GPU.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/bfloat16.h"
+#include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/elementwise.cuh"
+#include "tests/cuda/cuda_test_support.h"
+
+namespace {
+
+using sela::test::DeviceBuffer;
+using sela::test::TestStream;
+
+float float_of(std::uint32_t bits) {
+  float x = 0;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+}  // namespace
+
+SELA_CUDA_TEST("cast float -> bfloat16 on the GPU equals the host rounding; back is exact",
+               bfloat16_casts) {
+  std::vector<float> values;
+  std::mt19937 rng(7);
+  for (int i = 0; i < (1 << 20); ++i) values.push_back(float_of(static_cast<std::uint32_t>(rng())));
+  for (std::uint32_t high = 0; high < 0x10000u; ++high)
+    for (std::uint32_t low : {0x0000u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu})
+      values.push_back(float_of((high << 16) | low));
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float special : {0.0f, -0.0f, inf, -inf, std::numeric_limits<float>::max(),
+                        std::numeric_limits<float>::denorm_min()})
+    values.push_back(special);
+
+  TestStream stream;
+  const auto n = static_cast<std::int64_t>(values.size());
+  DeviceBuffer<float> input(values);
+  DeviceBuffer<std::uint16_t> bits(n);
+  sela::cuda::cast_float_to_bfloat16(n, input.data(), bits.data(), stream);
+  SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<std::uint16_t> got = bits.download();
+  long mismatches = 0, nans = 0;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (std::isnan(values[i])) {
+      ++nans;
+      mismatches += !std::isnan(sela::cpu::float_from_bfloat16(got[i]));
+      continue;
+    }
+    mismatches += got[i] != sela::cpu::bfloat16_from_float(values[i]);
+  }
+  INFO(mismatches << " mismatches in " << values.size() << " floats (" << nans << " NaNs)");
+  CHECK(nans > 0);
+  CHECK(mismatches == 0);
+
+  std::vector<std::uint16_t> every(0x10000);
+  for (std::uint32_t b = 0; b < 0x10000u; ++b) every[b] = static_cast<std::uint16_t>(b);
+  DeviceBuffer<std::uint16_t> all(every);
+  DeviceBuffer<float> back(0x10000);
+  sela::cuda::cast_bfloat16_to_float(0x10000, all.data(), back.data(), stream);
+  SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<float> floats = back.download();
+  long wrong = 0;
+  for (std::uint32_t b = 0; b < 0x10000u; ++b) {
+    const float want = sela::cpu::float_from_bfloat16(static_cast<std::uint16_t>(b));
+    wrong += std::isnan(want) ? !std::isnan(floats[b])
+                              : std::memcmp(&floats[b], &want, sizeof want) != 0;
+  }
+  CHECK(wrong == 0);
+}
+
+SELA_CUDA_TEST("gemm_bfloat16 equals a float64 product of the same bfloat16 inputs",
+               bfloat16_gemm) {
+  TestStream stream;
+  struct Case {
+    std::int64_t m, n, k;
+    bool ta, tb;
+    float alpha, beta;
+  };
+  const Case cases[] = {{1, 1, 1, false, false, 1, 0},       {7, 33, 65, false, true, 1, 0},
+                        {64, 63, 1000, true, false, 1, 0},    {129, 17, 31, true, true, -0.75f, 0.5f},
+                        {256, 300, 512, false, true, 1, 0.5f}};
+  std::uint64_t seed = 100;
+  for (const Case& c : cases) {
+    INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta << " tb " << c.tb);
+    // Row-major storage of op(A) (m, k) and op(B) (k, n) as given, without padding.
+    const std::int64_t a_rows = c.ta ? c.k : c.m, a_cols = c.ta ? c.m : c.k;
+    const std::int64_t b_rows = c.tb ? c.n : c.k, b_cols = c.tb ? c.k : c.n;
+    std::vector<float> a = sela::test::random_vector<float>(a_rows * a_cols, ++seed);
+    std::vector<float> b = sela::test::random_vector<float>(b_rows * b_cols, ++seed);
+    std::vector<float> c0 = sela::test::random_vector<float>(c.m * c.n, ++seed);
+    std::vector<std::uint16_t> a16(a.size()), b16(b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) a16[i] = sela::cpu::bfloat16_from_float(a[i]);
+    for (std::size_t i = 0; i < b.size(); ++i) b16[i] = sela::cpu::bfloat16_from_float(b[i]);
+    auto a_at = [&](std::int64_t i, std::int64_t p) {  // op(A)[i, p]
+      return static_cast<double>(sela::cpu::float_from_bfloat16(
+          a16[static_cast<std::size_t>(c.ta ? p * a_cols + i : i * a_cols + p)]));
+    };
+    auto b_at = [&](std::int64_t p, std::int64_t j) {  // op(B)[p, j]
+      return static_cast<double>(sela::cpu::float_from_bfloat16(
+          b16[static_cast<std::size_t>(c.tb ? j * b_cols + p : p * b_cols + j)]));
+    };
+    std::vector<double> want(static_cast<std::size_t>(c.m * c.n)), scale(want.size());
+    for (std::int64_t i = 0; i < c.m; ++i) {
+      for (std::int64_t j = 0; j < c.n; ++j) {
+        double sum = 0, magnitude = 0;
+        for (std::int64_t p = 0; p < c.k; ++p) {
+          sum += a_at(i, p) * b_at(p, j);
+          magnitude += std::fabs(a_at(i, p) * b_at(p, j));
+        }
+        const std::size_t at = static_cast<std::size_t>(i * c.n + j);
+        const double old = c.beta != 0 ? c0[at] : 0.0;
+        want[at] = c.alpha * sum + c.beta * old;
+        scale[at] = std::fabs(c.alpha) * magnitude + std::fabs(c.beta) * std::fabs(old);
+      }
+    }
+    DeviceBuffer<std::uint16_t> da(a16), db(b16);
+    DeviceBuffer<float> dc(c.beta != 0 ? c0 : sela::test::nan_vector<float>(c.m * c.n));
+    sela::cuda::gemm_bfloat16(c.ta, c.tb, c.m, c.n, c.k, c.alpha, da.data(), a_cols, db.data(),
+                              b_cols, c.beta, dc.data(), c.n, stream);
+    SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<float> got = dc.download();
+    long bad = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (!std::isfinite(got[i]) || std::fabs(got[i] - want[i]) > 1e-5 * scale[i] + 1e-30) ++bad;
+    }
+    CHECK(bad == 0);
+  }
+}
