@@ -217,9 +217,26 @@ LastUsed& last_used() {
   return *table;
 }
 
+// The data type of a call's tensors (the math: float for f32 and bf16, double for f64).
+enum class Data { f32 = 0, f64 = 1, bf16 = 2 };
+
+template <typename T>
+constexpr Data data_of() {
+  return std::is_same<T, float>::value ? Data::f32 : Data::f64;
+}
+
+const char* data_name(Data data) {
+  switch (data) {
+    case Data::f32: return "float";
+    case Data::f64: return "double";
+    case Data::bf16: return "bfloat16";
+  }
+  return "?";
+}
+
 // What a call needs besides the plan: which data type and mode.
 struct Mode {
-  bool is_float;
+  Data data;
   bool tf32;  // float only
   bool benchmark;
   bool deterministic;
@@ -245,7 +262,11 @@ void check_int_limits(const Conv2dShape& s, const char* op) {
 
 // Creates the descriptors of a plan (not yet the algorithm).
 void describe(Plan& plan, const Conv2dShape& s, const Mode& mode, const char* op) {
-  const cudnnDataType_t type = mode.is_float ? CUDNN_DATA_FLOAT : CUDNN_DATA_DOUBLE;
+  const cudnnDataType_t type = mode.data == Data::f32   ? CUDNN_DATA_FLOAT
+                               : mode.data == Data::f64 ? CUDNN_DATA_DOUBLE
+                                                        : CUDNN_DATA_BFLOAT16;
+  // bfloat16 tensors are multiplied and summed in float (cuDNN's "pseudo bfloat16").
+  const cudnnDataType_t compute = mode.data == Data::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
   auto i = [](std::int64_t v) { return static_cast<int>(v); };
   SELA_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.input), op);
   SELA_CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.input, CUDNN_TENSOR_NCHW, type, i(s.batch),
@@ -259,12 +280,13 @@ void describe(Plan& plan, const Conv2dShape& s, const Mode& mode, const char* op
   SELA_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&plan.conv), op);
   SELA_CUDNN_CHECK(
       cudnnSetConvolution2dDescriptor(plan.conv, i(s.pad_h), i(s.pad_w), i(s.stride_h),
-                                      i(s.stride_w), 1, 1, CUDNN_CROSS_CORRELATION, type),
+                                      i(s.stride_w), 1, 1, CUDNN_CROSS_CORRELATION, compute),
       op);
-  const bool strict_fp32 = mode.is_float && !mode.tf32;
-  SELA_CUDNN_CHECK(
-      cudnnSetConvolutionMathType(plan.conv, strict_fp32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH),
-      op);
+  const bool strict_fp32 = mode.data == Data::f32 && !mode.tf32;
+  const cudnnMathType_t math = strict_fp32                ? CUDNN_FMA_MATH
+                               : mode.data == Data::bf16 ? CUDNN_TENSOR_OP_MATH
+                                                         : CUDNN_DEFAULT_MATH;
+  SELA_CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, math), op);
   int n = 0, c = 0, h = 0, w = 0;
   SELA_CUDNN_CHECK(
       cudnnGetConvolution2dForwardOutputDim(plan.conv, plan.input, plan.weight, &n, &c, &h, &w),
@@ -391,7 +413,7 @@ std::vector<Candidate> rank_candidates(cudnnHandle_t handle, const Plan& plan, D
 // Picks the first acceptable candidate (see the header) and fixes the descriptor's math type.
 void choose_algorithm(cudnnHandle_t handle, Plan& plan, const Conv2dShape& s, Direction direction,
                       const Mode& mode, const std::vector<Candidate>& candidates, const char* op) {
-  const bool strict_fp32 = mode.is_float && !mode.tf32;
+  const bool strict_fp32 = mode.data == Data::f32 && !mode.tf32;
   for (const Candidate& c : candidates) {
     if (c.status != CUDNN_STATUS_SUCCESS || c.memory > kMaxWorkspaceBytes) continue;
     if (c.math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;  // would compute in fp16
@@ -406,7 +428,8 @@ void choose_algorithm(cudnnHandle_t handle, Plan& plan, const Conv2dShape& s, Di
     plan.algorithm = c.algorithm;
     plan.workspace_bytes = bytes;
     plan.text =
-        std::string(mode.is_float ? (mode.tf32 ? "float tf32 " : "float fp32 ") : "double ") +
+        std::string(mode.data == Data::f32 ? (mode.tf32 ? "float tf32 " : "float fp32 ")
+                                           : std::string(data_name(mode.data)) + " ") +
         algorithm_name(direction, c.algorithm) + ", " + math_name(math) + ", workspace " +
         human_bytes(bytes) +
         (c.determinism == CUDNN_DETERMINISTIC ? ", deterministic" : ", non-deterministic") +
@@ -417,7 +440,8 @@ void choose_algorithm(cudnnHandle_t handle, Plan& plan, const Conv2dShape& s, Di
       op,
       "cuDNN offers no usable algorithm for "
           << conv2d_shape_text(s) << " ("
-          << (mode.is_float ? (mode.tf32 ? "float, TF32" : "float, strict fp32") : "double")
+          << (mode.data == Data::f32 ? (mode.tf32 ? "float, TF32" : "float, strict fp32")
+                                     : data_name(mode.data))
           << (mode.deterministic ? ", deterministic only" : "") << "; " << candidates.size()
           << " candidates, none succeeded within a " << human_bytes(kMaxWorkspaceBytes)
           << " workspace)",
@@ -471,13 +495,11 @@ int call_device(cudaStream_t stream, const char* op) {
   return device;
 }
 
-template <typename T>
-CallSetup set_up_call(const Conv2dShape& s, Direction direction, int device, cudaStream_t stream,
-                      const void* x, const void* w, const void* y,
+CallSetup set_up_call(Data data, const Conv2dShape& s, Direction direction, int device,
+                      cudaStream_t stream, const void* x, const void* w, const void* y,
                       std::unique_lock<std::mutex>& lock) {
   const char* op = kDirectionOp[direction];
-  const bool is_float = std::is_same<T, float>::value;
-  const Mode mode{is_float, is_float && conv_tf32(), conv_benchmark(), conv_deterministic()};
+  const Mode mode{data, data == Data::f32 && conv_tf32(), conv_benchmark(), conv_deterministic()};
   CudnnDevice& state = cudnn_device(device);
   lock = std::unique_lock<std::mutex>(state.mutex);
   if (state.handle == nullptr) SELA_CUDNN_CHECK(cudnnCreate(&state.handle), op);
@@ -488,7 +510,7 @@ CallSetup set_up_call(const Conv2dShape& s, Direction direction, int device, cud
   const ShapeKey shape = shape_key(s, direction);
   PlanKey key{};
   key[0] = device;
-  key[1] = mode.is_float ? 0 : 1;
+  key[1] = static_cast<std::int64_t>(mode.data);
   key[2] = mode.tf32 ? 1 : 0;
   key[3] = mode.benchmark ? 1 : 0;
   key[4] = mode.deterministic ? 1 : 0;
@@ -532,7 +554,8 @@ void conv2d_forward(const Conv2dShape& s, const T* input, const T* weight, const
   const int device = call_device(stream, op);
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
-  const CallSetup setup = set_up_call<T>(s, kForward, device, stream, input, weight, output, lock);
+  const CallSetup setup =
+      set_up_call(data_of<T>(), s, kForward, device, stream, input, weight, output, lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_forward workspace");
   const T one = 1, zero = 0;
@@ -555,7 +578,8 @@ void conv2d_backward_input(const Conv2dShape& s, const T* grad_output, const T* 
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
   const CallSetup setup =
-      set_up_call<T>(s, kBackwardData, device, stream, grad_input, weight, grad_output, lock);
+      set_up_call(data_of<T>(), s, kBackwardData, device, stream, grad_input, weight, grad_output,
+                  lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_input workspace");
   const T one = 1, zero = 0;
@@ -575,7 +599,8 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
   const CallSetup setup =
-      set_up_call<T>(s, kBackwardFilter, device, stream, input, grad_weight, grad_output, lock);
+      set_up_call(data_of<T>(), s, kBackwardFilter, device, stream, input, grad_weight,
+                  grad_output, lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_weight workspace");
   const T one = 1, zero = 0;
@@ -588,6 +613,66 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_
     SELA_CUDNN_CHECK(cudnnConvolutionBackwardBias(setup.handle, &one, plan.output, grad_output,
                                                   &zero, plan.bias, grad_bias),
                      op);
+}
+
+void conv2d_forward_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
+                             const std::uint16_t* weight, std::uint16_t* output,
+                             cudaStream_t stream) {
+  const char* op = kDirectionOp[kForward];
+  check_buffers(s, op, {input, weight, output});
+  const int device = call_device(stream, op);
+  DeviceGuard guard(device);
+  std::unique_lock<std::mutex> lock;
+  const CallSetup setup =
+      set_up_call(Data::bf16, s, kForward, device, stream, input, weight, output, lock);
+  const Plan& plan = *setup.plan;
+  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_forward workspace");
+  const float one = 1, zero = 0;  // float scaling factors for bfloat16 data
+  SELA_CUDNN_CHECK(
+      cudnnConvolutionForward(setup.handle, &one, plan.input, input, plan.weight, weight, plan.conv,
+                              static_cast<cudnnConvolutionFwdAlgo_t>(plan.algorithm),
+                              workspace.get(), workspace.bytes(), &zero, plan.output, output),
+      op);
+}
+
+void conv2d_backward_input_bfloat16(const Conv2dShape& s, const std::uint16_t* grad_output,
+                                    const std::uint16_t* weight, std::uint16_t* grad_input,
+                                    cudaStream_t stream) {
+  const char* op = kDirectionOp[kBackwardData];
+  check_buffers(s, op, {grad_output, weight, grad_input});
+  const int device = call_device(stream, op);
+  DeviceGuard guard(device);
+  std::unique_lock<std::mutex> lock;
+  const CallSetup setup = set_up_call(Data::bf16, s, kBackwardData, device, stream, grad_input,
+                                      weight, grad_output, lock);
+  const Plan& plan = *setup.plan;
+  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_input workspace");
+  const float one = 1, zero = 0;
+  SELA_CUDNN_CHECK(cudnnConvolutionBackwardData(
+                       setup.handle, &one, plan.weight, weight, plan.output, grad_output, plan.conv,
+                       static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.algorithm), workspace.get(),
+                       workspace.bytes(), &zero, plan.input, grad_input),
+                   op);
+}
+
+void conv2d_backward_weight_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
+                                     const std::uint16_t* grad_output, std::uint16_t* grad_weight,
+                                     cudaStream_t stream) {
+  const char* op = kDirectionOp[kBackwardFilter];
+  check_buffers(s, op, {input, grad_output, grad_weight});
+  const int device = call_device(stream, op);
+  DeviceGuard guard(device);
+  std::unique_lock<std::mutex> lock;
+  const CallSetup setup = set_up_call(Data::bf16, s, kBackwardFilter, device, stream, input,
+                                      grad_weight, grad_output, lock);
+  const Plan& plan = *setup.plan;
+  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_weight workspace");
+  const float one = 1, zero = 0;
+  SELA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+                       setup.handle, &one, plan.input, input, plan.output, grad_output, plan.conv,
+                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.algorithm),
+                       workspace.get(), workspace.bytes(), &zero, plan.weight, grad_weight),
+                   op);
 }
 
 std::string conv2d_algorithm(const Conv2dShape& s, int direction) {
@@ -637,6 +722,21 @@ void conv2d_backward_input(const Conv2dShape& s, const T*, const T*, T*, cudaStr
 }
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T*, const T*, T*, T*, cudaStream_t) {
+  cpu::check_conv2d_shape(s);
+  no_cudnn("conv2d_backward_weight");
+}
+void conv2d_forward_bfloat16(const Conv2dShape& s, const std::uint16_t*, const std::uint16_t*,
+                             std::uint16_t*, cudaStream_t) {
+  cpu::check_conv2d_shape(s);
+  no_cudnn("conv2d_forward");
+}
+void conv2d_backward_input_bfloat16(const Conv2dShape& s, const std::uint16_t*,
+                                    const std::uint16_t*, std::uint16_t*, cudaStream_t) {
+  cpu::check_conv2d_shape(s);
+  no_cudnn("conv2d_backward_input");
+}
+void conv2d_backward_weight_bfloat16(const Conv2dShape& s, const std::uint16_t*,
+                                     const std::uint16_t*, std::uint16_t*, cudaStream_t) {
   cpu::check_conv2d_shape(s);
   no_cudnn("conv2d_backward_weight");
 }

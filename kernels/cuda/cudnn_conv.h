@@ -42,6 +42,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "kernels/cpu/conv2d.h"
@@ -65,6 +66,20 @@ void conv2d_backward_input(const Conv2dShape& s, const T* grad_output, const T* 
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_output,
                             T* grad_weight, T* grad_bias, cudaStream_t stream);
+
+// The same three with bfloat16 tensors (their 16 bits, kernels/cpu/bfloat16.h) and float
+// math (cuDNN's CUDNN_DATA_BFLOAT16 with a float compute type, tensor-op math), without bias:
+// the bf16 mixed-precision mode adds the bias in float32. Plans are cached apart from the
+// float ones.
+void conv2d_forward_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
+                             const std::uint16_t* weight, std::uint16_t* output,
+                             cudaStream_t stream);
+void conv2d_backward_input_bfloat16(const Conv2dShape& s, const std::uint16_t* grad_output,
+                                    const std::uint16_t* weight, std::uint16_t* grad_input,
+                                    cudaStream_t stream);
+void conv2d_backward_weight_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
+                                     const std::uint16_t* grad_output, std::uint16_t* grad_weight,
+                                     cudaStream_t stream);
 
 // TF32 for fp32 convolutions: true by default (PyTorch's torch.backends.cudnn.allow_tf32).
 // Process-wide, read on every call (a change selects other cached plans).

@@ -9,7 +9,8 @@
 //     Tolerance |got - want| <= 1e-5 * M + 1e-30 per element, M = |alpha| |A||B| + |beta| |C|:
 //     each bfloat16 product is exact in float32, so only the float32 summation of K <= 1000
 //     terms differs (about 1.3 sqrt(K) 2^-24 M ~ 2.5e-6 M); a product rounded to bfloat16 or
-//     an fp16 accumulation would be off by 2^-9 M or more.
+//     an fp16 accumulation would be off by 2^-9 M or more;
+//   - the bfloat16 convolutions of cudnn_conv.h in three directions (see that case).
 // Skipped, by name, without a GPU.
 #include <cuda_runtime_api.h>
 
@@ -22,7 +23,9 @@
 #include <vector>
 
 #include "kernels/cpu/bfloat16.h"
+#include "kernels/cpu/conv2d.h"
 #include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "tests/cuda/cuda_test_support.h"
 
@@ -144,5 +147,75 @@ SELA_CUDA_TEST("gemm_bfloat16 equals a float64 product of the same bfloat16 inpu
       if (!std::isfinite(got[i]) || std::fabs(got[i] - want[i]) > 1e-5 * scale[i] + 1e-30) ++bad;
     }
     CHECK(bad == 0);
+  }
+}
+
+// cuDNN's bfloat16 convolutions (cudnn_conv.h) against float64 ones (the CPU kernels) on the
+// same bfloat16-rounded inputs, in the three directions. Each output is a float sum rounded
+// to bfloat16 once: |got - want| <= 2^-8 |want| + 1e-5 M per element, M the same
+// convolution of the absolute values (the float summation error, as for the GEMM above).
+SELA_CUDA_TEST("bfloat16 convolutions equal float64 ones on the same bfloat16 inputs",
+               bfloat16_conv) {
+  using sela::cpu::Conv2dShape;
+  TestStream stream;
+  std::vector<Conv2dShape> shapes;
+  auto shape = [](std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, std::int64_t o,
+                  std::int64_t k, std::int64_t stride, std::int64_t pad) {
+    Conv2dShape s{n, c, h, w, o, k, k};
+    s.stride_h = s.stride_w = stride;
+    s.pad_h = s.pad_w = pad;
+    return s;
+  };
+  shapes.push_back(shape(2, 3, 9, 9, 4, 3, 1, 1));
+  shapes.push_back(shape(3, 5, 13, 11, 6, 5, 2, 2));
+  shapes.push_back(shape(4, 16, 8, 8, 32, 3, 1, 1));
+  std::uint64_t seed = 500;
+  for (const Conv2dShape& s : shapes) {
+    INFO(sela::cpu::conv2d_shape_text(s));
+    const std::int64_t nx = s.batch * s.in_channels * s.in_height * s.in_width;
+    const std::int64_t nw = s.out_channels * s.in_channels * s.kernel_h * s.kernel_w;
+    const std::int64_t ny = s.batch * s.out_channels * s.out_height() * s.out_width();
+    auto rounded = [&](std::int64_t n, std::vector<std::uint16_t>* bits, std::vector<double>* value,
+                       std::vector<double>* magnitude) {
+      std::vector<float> v = sela::test::random_vector<float>(n, ++seed);
+      for (float x : v) {
+        bits->push_back(sela::cpu::bfloat16_from_float(x));
+        value->push_back(sela::cpu::float_from_bfloat16(bits->back()));
+        magnitude->push_back(std::fabs(value->back()));
+      }
+    };
+    std::vector<std::uint16_t> x16, w16, gy16;
+    std::vector<double> x, w, gy, ax, aw, agy;
+    rounded(nx, &x16, &x, &ax);
+    rounded(nw, &w16, &w, &aw);
+    rounded(ny, &gy16, &gy, &agy);
+    std::vector<double> y(ny), my(ny), gx(nx), mgx(nx), gw(nw), mgw(nw);
+    sela::cpu::conv2d_forward<double>(s, x.data(), w.data(), nullptr, y.data());
+    sela::cpu::conv2d_forward<double>(s, ax.data(), aw.data(), nullptr, my.data());
+    sela::cpu::conv2d_backward_input<double>(s, gy.data(), w.data(), gx.data());
+    sela::cpu::conv2d_backward_input<double>(s, agy.data(), aw.data(), mgx.data());
+    sela::cpu::conv2d_backward_weight<double>(s, x.data(), gy.data(), gw.data(), nullptr);
+    sela::cpu::conv2d_backward_weight<double>(s, ax.data(), agy.data(), mgw.data(), nullptr);
+
+    DeviceBuffer<std::uint16_t> dx(x16), dw(w16), dgy(gy16);
+    DeviceBuffer<std::uint16_t> dy(ny), dgx(nx), dgw(nw);
+    sela::cuda::conv2d_forward_bfloat16(s, dx.data(), dw.data(), dy.data(), stream);
+    sela::cuda::conv2d_backward_input_bfloat16(s, dgy.data(), dw.data(), dgx.data(), stream);
+    sela::cuda::conv2d_backward_weight_bfloat16(s, dx.data(), dgy.data(), dgw.data(), stream);
+    SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    auto count_bad = [](const std::vector<std::uint16_t>& got, const std::vector<double>& want,
+                        const std::vector<double>& magnitude) {
+      long bad = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        const double value = sela::cpu::float_from_bfloat16(got[i]);
+        if (!std::isfinite(value) ||
+            std::fabs(value - want[i]) > std::ldexp(std::fabs(want[i]), -8) + 1e-5 * magnitude[i] + 1e-30)
+          ++bad;
+      }
+      return bad;
+    };
+    CHECK(count_bad(dy.download(), y, my) == 0);
+    CHECK(count_bad(dgx.download(), gx, mgx) == 0);
+    CHECK(count_bad(dgw.download(), gw, mgw) == 0);
   }
 }
