@@ -19,6 +19,7 @@
 // leaf, whose accumulated gradient must live on the leaf's device.
 #include "engine/ops.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -205,12 +206,24 @@ struct MatmulBackward : Node {
 };
 
 struct LinearBackward : Node {
-  Tensor x, weight;  // x (N, in), weight (out, in)
+  Tensor x, weight;  // x (N, in), weight (out, in); bfloat16 copies under autocast_bfloat16
   bool has_bias = false;
   const char* name() const override { return "linear"; }
   std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, out)
     Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), in = x.size(1), out = weight.size(0);
+    if (x.dtype() == DType::bf16) {  // the forward ran in bfloat16: float32 gradients
+      Tensor grad_x, grad_w, grad_b;
+      if (inputs[0]) grad_x = Tensor::empty(x.shape(), grad.dtype(), grad.device(), "linear_backward");
+      if (inputs[1]) {
+        grad_w = Tensor::empty(weight.shape(), grad.dtype(), grad.device(), "linear_backward");
+      }
+      if (has_bias && inputs[2]) {
+        grad_b = Tensor::empty({out}, grad.dtype(), grad.device(), "linear_backward");
+      }
+      if constexpr (kCuda) cuda_ops::linear_backward_bfloat16(x, weight, grad, grad_x, grad_w, grad_b);
+      return {grad_x, grad_w, grad_b};
+    }
     Tensor grad_x, grad_w, grad_b;
     if (inputs[0]) grad_x = empty_like(x, "linear_backward");
     if (inputs[1]) grad_w = empty_like(weight, "linear_backward");
@@ -261,12 +274,26 @@ cpu::Conv2dShape conv_shape(const Tensor& x, const Tensor& weight, std::int64_t 
 }
 
 struct Conv2dBackward : Node {
-  Tensor x, weight;  // x (N, C, H, W), weight (O, C, kh, kw)
+  Tensor x, weight;  // x (N, C, H, W), weight (O, C, kh, kw); bfloat16 under autocast_bfloat16
   cpu::Conv2dShape shape;
   bool has_bias = false;
   const char* name() const override { return "conv2d"; }
   std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, O, OH, OW)
     Tensor grad = on_device(grad_in, x.device());
+    if (x.dtype() == DType::bf16) {  // the forward ran in bfloat16: float32 gradients
+      Tensor grad_x, grad_w, grad_b;
+      if (inputs[0]) grad_x = Tensor::empty(x.shape(), grad.dtype(), grad.device(), "conv2d_backward");
+      if (inputs[1]) {
+        grad_w = Tensor::empty(weight.shape(), grad.dtype(), grad.device(), "conv2d_backward");
+      }
+      if (has_bias && inputs[2]) {
+        grad_b = Tensor::empty({shape.out_channels}, grad.dtype(), grad.device(), "conv2d_backward");
+      }
+      if constexpr (kCuda) {
+        cuda_ops::conv2d_backward_bfloat16(shape, x, weight, grad, grad_x, grad_w, grad_b);
+      }
+      return {grad_x, grad_w, grad_b};
+    }
     Tensor grad_x, grad_w, grad_b;
     bool want_w = inputs[1] != nullptr, want_b = has_bias && inputs[2] != nullptr;
     if (inputs[0]) grad_x = empty_like(x, "conv2d_backward");
@@ -502,6 +529,15 @@ struct CrossEntropyBackward : Node {
 
 }  // namespace
 
+// ================================ precision ===============================================
+
+namespace {
+std::atomic<bool> g_autocast_bfloat16{false};
+}  // namespace
+
+void set_autocast_bfloat16(bool enabled) { g_autocast_bfloat16 = enabled; }
+bool autocast_bfloat16() { return g_autocast_bfloat16; }
+
 // ================================ elementwise =============================================
 
 Tensor add(const Tensor& a, const Tensor& b) {
@@ -693,7 +729,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     check_shape("linear", bias, {out_features}, "bias");
   }
   Tensor out = Tensor::empty({batch, out_features}, x.dtype(), x.device(), "linear");
-  if (on_cuda(x)) {
+  Tensor saved_x = x, saved_weight = weight;  // what the backward multiplies with
+  if (on_cuda(x) && x.dtype() == DType::f32 && autocast_bfloat16()) {
+    if constexpr (kCuda) {
+      saved_x = cuda_ops::to_bfloat16(x);
+      saved_weight = cuda_ops::to_bfloat16(weight);
+      cuda_ops::linear_forward_bfloat16(saved_x, saved_weight, bias, out);
+    }
+  } else if (on_cuda(x)) {
     if constexpr (kCuda) {
       cuda_ops::matmul(false, true, batch, out_features, in, x, weight, out);
       if (bias.defined()) cuda_ops::add_row_bias(bias, out);
@@ -708,8 +751,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   if (needs_grad({&x, &weight, &bias})) {
     auto node = std::make_shared<LinearBackward>();
-    node->x = x.detach();
-    node->weight = weight.detach();
+    node->x = saved_x.detach();
+    node->weight = saved_weight.detach();
     node->has_bias = bias.defined();
     attach_node(out, node, {&x, &weight, &bias});
   }
@@ -738,7 +781,14 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
   }
   Tensor out = Tensor::empty({s.batch, s.out_channels, s.out_height(), s.out_width()}, x.dtype(),
                              x.device(), "conv2d");
-  if (on_cuda(x)) {
+  Tensor saved_x = x, saved_weight = weight;  // what the backward convolves with
+  if (on_cuda(x) && x.dtype() == DType::f32 && autocast_bfloat16()) {
+    if constexpr (kCuda) {
+      saved_x = cuda_ops::to_bfloat16(x);
+      saved_weight = cuda_ops::to_bfloat16(weight);
+      cuda_ops::conv2d_forward_bfloat16(s, saved_x, saved_weight, bias, out);
+    }
+  } else if (on_cuda(x)) {
     if constexpr (kCuda) cuda_ops::conv2d_forward(s, x, weight, bias, out);
   } else {
     dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
@@ -749,8 +799,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
   }
   if (needs_grad({&x, &weight, &bias})) {
     auto node = std::make_shared<Conv2dBackward>();
-    node->x = x.detach();
-    node->weight = weight.detach();
+    node->x = saved_x.detach();
+    node->weight = saved_weight.detach();
     node->shape = s;
     node->has_bias = bias.defined();
     attach_node(out, node, {&x, &weight, &bias});

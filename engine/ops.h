@@ -54,6 +54,16 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                          const Tensor& running_mean, const Tensor& running_var, bool training,
                          double momentum, double eps);
+// bf16 mixed precision on the GPU: while on, conv2d and linear on float32 CUDA tensors round
+// their input and weight to bfloat16, multiply on tensor cores with float32 accumulation
+// (cuDNN / cuBLAS), and return float32; their backward does the same with the output
+// gradient and returns float32 gradients. Everything else stays float32: the weights the
+// optimiser updates (master weights), BatchNorm, the loss. Process-wide, off by default; CPU
+// and float64 tensors are never affected. (Activations between layers stay float32: half
+// the traffic of PyTorch's autocast is not taken yet.)
+void set_autocast_bfloat16(bool enabled);
+bool autocast_bfloat16();
+
 // Inverted dropout with a counter-based mask: element i is dropped according to
 // (seed, offset + i) only. Identity when !training or p == 0.
 // device_offset (GPU only, optional): a device int64 the kernel reads the offset from when it

@@ -422,6 +422,77 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
 
 // --- dropout -------------------------------------------------------------------------------------
 
+// --- bf16 mixed precision ---------------------------------------------------------------------
+
+namespace {
+std::uint16_t* bits(const Tensor& t) {  // a bfloat16 tensor's storage
+  SELA_CHECK(t.dtype() == DType::bf16, "bfloat16", "expected a bfloat16 tensor, got " << t.describe());
+  return static_cast<std::uint16_t*>(t.raw_device_data());
+}
+std::int64_t spatial_of(const Tensor& t) { return t.size(2) * t.size(3); }
+}  // namespace
+
+Tensor to_bfloat16(const Tensor& x) {
+  SELA_CHECK(x.dtype() == DType::f32, "to_bfloat16", "expected float32, got " << x.describe());
+  Tensor out = Tensor::empty(x.shape(), DType::bf16, x.device(), "to_bfloat16");
+  cuda::cast_float_to_bfloat16(x.numel(), ptr<float>(x), bits(out), stream_of(x));
+  return out;
+}
+
+void conv2d_forward_bfloat16(const cpu::Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                             const Tensor& bias, const Tensor& out) {
+  cudaStream_t stream = stream_of(x);
+  Tensor y = Tensor::empty(out.shape(), DType::bf16, out.device(), "conv2d (bf16)");
+  cuda::conv2d_forward_bfloat16(s, bits(x), bits(weight), bits(y), stream);
+  cuda::bfloat16_to_float_add_channel_bias(out.size(0), out.size(1), spatial_of(out), bits(y),
+                                           optional<float>(bias), ptr<float>(out), stream);
+}
+
+void conv2d_backward_bfloat16(const cpu::Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                              const Tensor& grad, const Tensor& grad_x, const Tensor& grad_w,
+                              const Tensor& grad_b) {
+  cudaStream_t stream = stream_of(grad);
+  Tensor grad16 = to_bfloat16(grad);
+  if (grad_x.defined()) {
+    Tensor g = Tensor::empty(grad_x.shape(), DType::bf16, grad_x.device(), "conv2d_backward (bf16)");
+    cuda::conv2d_backward_input_bfloat16(s, bits(grad16), bits(weight), bits(g), stream);
+    cuda::cast_bfloat16_to_float(g.numel(), bits(g), ptr<float>(grad_x), stream);
+  }
+  if (grad_w.defined()) {
+    Tensor g = Tensor::empty(grad_w.shape(), DType::bf16, grad_w.device(), "conv2d_backward (bf16)");
+    cuda::conv2d_backward_weight_bfloat16(s, bits(x), bits(grad16), bits(g), stream);
+    cuda::cast_bfloat16_to_float(g.numel(), bits(g), ptr<float>(grad_w), stream);
+  }
+  if (grad_b.defined()) {
+    cuda::sum_channels(grad.size(0), grad.size(1), spatial_of(grad), ptr<float>(grad),
+                       ptr<float>(grad_b), stream);
+  }
+}
+
+void linear_forward_bfloat16(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                             const Tensor& out) {
+  const std::int64_t batch = x.size(0), in = x.size(1), features = weight.size(0);
+  cuda::gemm_bfloat16(false, true, batch, features, in, 1.0f, bits(x), in, bits(weight), in, 0.0f,
+                      ptr<float>(out), features, stream_of(x));
+  if (bias.defined()) add_row_bias(bias, out);
+}
+
+void linear_backward_bfloat16(const Tensor& x, const Tensor& weight, const Tensor& grad,
+                              const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  const std::int64_t batch = x.size(0), in = x.size(1), features = weight.size(0);
+  cudaStream_t stream = stream_of(grad);
+  Tensor grad16 = to_bfloat16(grad);
+  if (grad_x.defined()) {  // dx (N, in) = dy (N, out) W (out, in)
+    cuda::gemm_bfloat16(false, false, batch, in, features, 1.0f, bits(grad16), features,
+                        bits(weight), in, 0.0f, ptr<float>(grad_x), in, stream);
+  }
+  if (grad_w.defined()) {  // dW (out, in) = dy^T x
+    cuda::gemm_bfloat16(true, false, features, in, batch, 1.0f, bits(grad16), features, bits(x),
+                        in, 0.0f, ptr<float>(grad_w), in, stream);
+  }
+  if (grad_b.defined()) sum_rows(grad, grad_b);
+}
+
 void dropout_forward(const Tensor& x, double p, std::uint64_t seed, std::uint64_t offset,
                      const std::int64_t* device_offset, const Tensor& out, const Tensor& mask) {
   floating(x, "dropout", [&](auto tag) {

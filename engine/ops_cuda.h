@@ -94,6 +94,24 @@ void batch_norm_eval_parameter_grads(const Tensor& x, const Tensor& grad,
                                      const Tensor& running_mean, const Tensor& running_var,
                                      double eps, const Tensor& grad_gamma, const Tensor& grad_beta);
 
+// --- bf16 mixed precision (autocast_bfloat16, engine/ops.h) --------------------------------
+// bfloat16 tensors (DType::bf16) hold the 16 bits of each value (kernels/cpu/bfloat16.h).
+Tensor to_bfloat16(const Tensor& x);  // float32 -> a new bfloat16 tensor (round to nearest even)
+// out (N, O, OH, OW) float32 = conv(x, weight) (both bfloat16, float math) + bias (float32 or
+// undefined).
+void conv2d_forward_bfloat16(const cpu::Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                             const Tensor& bias, const Tensor& out);
+// From the float32 gradient of the output: grad_x, grad_w, grad_b in float32 (each may be
+// undefined: not computed); x and weight are the forward's bfloat16 operands.
+void conv2d_backward_bfloat16(const cpu::Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                              const Tensor& grad, const Tensor& grad_x, const Tensor& grad_w,
+                              const Tensor& grad_b);
+// out (N, out) float32 = x (N, in) weight (out, in)^T + bias, x and weight bfloat16.
+void linear_forward_bfloat16(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                             const Tensor& out);
+void linear_backward_bfloat16(const Tensor& x, const Tensor& weight, const Tensor& grad,
+                              const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b);
+
 // --- dropout (the counter-based mask of kernels/cuda/dropout.cuh, equal to the CPU's) -------
 // device_offset: nullptr, or a device int64 read as the offset when the kernel runs.
 void dropout_forward(const Tensor& x, double p, std::uint64_t seed, std::uint64_t offset,

@@ -104,6 +104,10 @@ int run_bench_train_step(const Args& args) {
   flags.add("cuda-graph", "off",
             "GPU: capture one step as a CUDA graph after the warm-up and time its replays "
             "(on|off)");
+  flags.add("precision", "fp32",
+            "GPU: fp32, or bf16 (conv2d and linear multiply in bfloat16 with float32 "
+            "accumulation; float32 weights, BatchNorm and loss; the PyTorch twin uses "
+            "torch.autocast the same way)");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
@@ -126,6 +130,12 @@ int run_bench_train_step(const Args& args) {
   const bool tf32_conv = on_off(flags, "tf32-conv"), tf32_matmul = on_off(flags, "tf32-matmul");
   const bool cudnn_benchmark = on_off(flags, "cudnn-benchmark");
   const bool use_graph = on_off(flags, "cuda-graph");
+  const std::string precision = flags.get("precision");
+  SELA_CHECK(precision == "fp32" || precision == "bf16", "sela bench train-step",
+             "--precision expects fp32 or bf16, got '" << precision << "'");
+  SELA_CHECK(precision == "fp32" || device.is_cuda(), "sela bench train-step",
+             "--precision bf16 needs a GPU (--device cuda), got --device " << device.str());
+  set_autocast_bfloat16(precision == "bf16");
   SELA_CHECK(!use_graph || device.is_cuda(), "sela bench train-step",
              "--cuda-graph on needs a GPU (--device cuda), got --device " << device.str());
   SELA_CHECK(!use_graph || warmup >= 1, "sela bench train-step",
@@ -141,7 +151,8 @@ int run_bench_train_step(const Args& args) {
          << "; float32 math: TF32 convolutions " << (tf32_conv ? "on" : "off")
          << ", TF32 matmuls " << (tf32_matmul ? "on" : "off") << ", cuDNN algorithm search "
          << (cudnn_benchmark ? "timed (benchmark)" : "heuristic")
-         << (use_graph ? "; the step replayed as a CUDA graph" : "; eager steps");
+         << (use_graph ? "; the step replayed as a CUDA graph" : "; eager steps")
+         << (precision == "bf16" ? "; conv2d and linear in bfloat16 (float32 accumulation)" : "");
     report.math = math.str();
   }
 #if defined(SELA_HAVE_CUDA)
@@ -253,7 +264,8 @@ int run_bench_train_step(const Args& args) {
           << "\", \"tf32_conv\": " << (tf32_conv ? "true" : "false") << ", \"tf32_matmul\": " << (tf32_matmul ? "true" : "false")
           << ", \"cudnn_benchmark\": " << (cudnn_benchmark ? "true" : "false")
           << ", \"fuse_bn_relu\": " << (fuse_batch_norm_relu() ? "true" : "false")
-          << ", \"cuda_graph\": " << (graph ? "true" : "false");
+          << ", \"cuda_graph\": " << (graph ? "true" : "false")
+          << ", \"precision\": \"" << precision << "\"";
     if (graph) {
       extra << ", \"graph_kernels\": " << graph->kernel_nodes()
             << ", \"graph_capture_ms\": " << capture_ms

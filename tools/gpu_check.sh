@@ -99,11 +99,30 @@ source "$root/tools/gpu_lib.sh"
     # shellcheck disable=SC2086
     their_graph=$(timeout 120 "$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags --cuda-graph on |
                   tee /dev/stderr | grep '^{' | tail -n 1)
-    echo "{\"sela\": ${ours:-null}, \"sela_unfused\": ${unfused:-null}, \"torch\": ${theirs:-null}, \"sela_graph\": ${graphed:-null}, \"torch_graph\": ${their_graph:-null}}" >> "$results"
+    # bf16 mixed precision, eager, on both sides (--precision bf16; torch.autocast).
+    # shellcheck disable=SC2086
+    ours_bf16=$(with_sela_libs timeout 120 "$build/sela" bench train-step $config $bench_flags --precision bf16 |
+                tee /dev/stderr | grep '^{' | tail -n 1)
+    # shellcheck disable=SC2086
+    their_bf16=$(timeout 120 "$python" "$root/tools/bench/torch_train_step.py" $config $bench_flags --precision bf16 |
+                 tee /dev/stderr | grep '^{' | tail -n 1)
+    echo "{\"sela\": ${ours:-null}, \"sela_unfused\": ${unfused:-null}, \"torch\": ${theirs:-null}, \"sela_graph\": ${graphed:-null}, \"torch_graph\": ${their_graph:-null}, \"sela_bf16\": ${ours_bf16:-null}, \"torch_bf16\": ${their_bf16:-null}}" >> "$results"
   done
   echo "== train-step table ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1))"
   "$python" - "$results" <<'PY'
 import json, sys
+# The bf16 rows: ours against PyTorch AMP, eager.
+for line in open(sys.argv[1]):
+    try:
+        pair = json.loads(line)
+    except ValueError:
+        continue
+    o, t = pair.get("sela_bf16") or {}, pair.get("torch_bf16") or {}
+    if o or t:
+        oi, ti = o.get("images_per_s"), t.get("images_per_s")
+        print("bf16 %s: ours %s img/s (peak %s MiB), PyTorch AMP %s img/s (peak %s MiB), ratio %s" % (
+            o.get("arch") or t.get("arch"), oi, o.get("peak_mem_mib"), ti, t.get("peak_mem_mib"),
+            "%.2fx" % (oi / ti) if oi and ti else "-"))
 rows = []
 for line in open(sys.argv[1]):
     try:

@@ -180,7 +180,30 @@ __global__ void bfloat16_to_float_kernel(std::int64_t n, const std::uint16_t* in
     out[i] = __bfloat162float(__ushort_as_bfloat16(in[i]));
 }
 
+__global__ void bfloat16_to_float_bias_kernel(std::int64_t n, std::int64_t channels,
+                                              std::int64_t spatial, const std::uint16_t* in,
+                                              const float* bias, float* out) {
+  for (std::int64_t i = detail::grid_thread_index(); i < n; i += detail::grid_thread_count()) {
+    const float value = __bfloat162float(__ushort_as_bfloat16(in[i]));
+    out[i] = bias != nullptr ? value + bias[(i / spatial) % channels] : value;
+  }
+}
+
 }  // namespace
+
+void bfloat16_to_float_add_channel_bias(std::int64_t batch, std::int64_t channels,
+                                        std::int64_t spatial, const std::uint16_t* in,
+                                        const float* bias, float* out, cudaStream_t stream) {
+  const char* op = "bfloat16_to_float_add_channel_bias";
+  SELA_CHECK(batch >= 0 && channels >= 0 && spatial >= 0, op,
+             "sizes must be >= 0, got (" << batch << ", " << channels << ", " << spatial << ")");
+  const std::int64_t n = batch * channels * spatial;
+  detail::check_pointers(op, n > 0, {in, out});
+  if (n == 0) return;
+  bfloat16_to_float_bias_kernel<<<grid(n), kElementwiseBlock, 0, stream>>>(n, channels, spatial,
+                                                                          in, bias, out);
+  SELA_CUDA_CHECK_LAUNCH(op);
+}
 
 void cast_float_to_bfloat16(std::int64_t n, const float* in, std::uint16_t* out,
                             cudaStream_t stream) {

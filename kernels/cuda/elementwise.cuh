@@ -58,5 +58,10 @@ void cast_float_to_bfloat16(std::int64_t n, const float* in, std::uint16_t* out,
                             cudaStream_t stream);
 void cast_bfloat16_to_float(std::int64_t n, const std::uint16_t* in, float* out,
                             cudaStream_t stream);
+// out (N, C, spatial) float32 = in (bfloat16) + bias[c] (bias may be nullptr): a bfloat16
+// convolution's output widened, with the convolution's bias added in float32.
+void bfloat16_to_float_add_channel_bias(std::int64_t batch, std::int64_t channels,
+                                        std::int64_t spatial, const std::uint16_t* in,
+                                        const float* bias, float* out, cudaStream_t stream);
 
 }  // namespace sela::cuda

@@ -35,6 +35,19 @@ std::int64_t partial_count(std::int64_t n) {
   return blocks < kMaxPartials ? blocks : kMaxPartials;
 }
 
+__global__ void sum_channels_kernel(std::int64_t batch, std::int64_t channels,
+                                    std::int64_t spatial, const float* x, float* out) {
+  const std::int64_t c = blockIdx.x;
+  const std::int64_t count = batch * spatial;
+  double acc = 0.0;
+  for (std::int64_t i = threadIdx.x; i < count; i += kReduceBlock) {
+    const std::int64_t n = i / spatial, s = i - n * spatial;
+    acc += static_cast<double>(x[(n * channels + c) * spatial + s]);
+  }
+  const double total = detail::block_sum<kReduceBlock>(acc);
+  if (threadIdx.x == 0) out[c] = static_cast<float>(total);
+}
+
 template <typename T>
 __global__ void sum_partials_kernel(std::int64_t n, const T* x, double* partials) {
   double acc = 0.0;
@@ -196,5 +209,18 @@ template void argmax_rows<float>(std::int64_t, std::int64_t, const float*, std::
                                  cudaStream_t);
 template void argmax_rows<double>(std::int64_t, std::int64_t, const double*, std::int64_t*,
                                   cudaStream_t);
+
+void sum_channels(std::int64_t batch, std::int64_t channels, std::int64_t spatial, const float* x,
+                  float* out, cudaStream_t stream) {
+  SELA_CHECK(batch >= 0 && channels >= 0 && spatial >= 0, "sum_channels",
+             "sizes must be >= 0, got (" << batch << ", " << channels << ", " << spatial << ")");
+  detail::check_pointers("sum_channels", channels > 0, {out});
+  detail::check_pointers("sum_channels", batch * channels * spatial > 0, {x});
+  if (channels == 0) return;
+  SELA_CHECK(channels <= 2147483647, "sum_channels", "too many channels: " << channels);
+  sum_channels_kernel<<<static_cast<unsigned>(channels), kReduceBlock, 0, stream>>>(
+      batch, channels, spatial, x, out);
+  SELA_CUDA_CHECK_LAUNCH("sum_channels");
+}
 
 }  // namespace sela::cuda

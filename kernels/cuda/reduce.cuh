@@ -39,6 +39,12 @@ void sum_into(std::int64_t n, const T* x, double* workspace, T* out, cudaStream_
 template <typename T>
 void sum_rows(std::int64_t rows, std::int64_t cols, const T* x, T* out, cudaStream_t stream);
 
+// out[c] = sum over n and s of x[n, c, s] for x (N, C, spatial) float32, one block per
+// channel summing in double in a fixed order (deterministic): the bias gradient of a
+// convolution whose weight gradient is computed elsewhere (the bf16 mode).
+void sum_channels(std::int64_t batch, std::int64_t channels, std::int64_t spatial, const float* x,
+                  float* out, cudaStream_t stream);
+
 // out[r] = index of the largest x[r, :] (rows); first maximum wins on ties, the first NaN of
 // a row wins. cols must be > 0 when rows > 0. One warp per row.
 template <typename T>

@@ -10,7 +10,8 @@
 //     each bfloat16 product is exact in float32, so only the float32 summation of K <= 1000
 //     terms differs (about 1.3 sqrt(K) 2^-24 M ~ 2.5e-6 M); a product rounded to bfloat16 or
 //     an fp16 accumulation would be off by 2^-9 M or more;
-//   - the bfloat16 convolutions of cudnn_conv.h in three directions (see that case).
+//   - the bfloat16 convolutions of cudnn_conv.h in three directions (see that case);
+//   - a whole training step with autocast_bfloat16 against float64 (see that case).
 // Skipped, by name, without a GPU.
 #include <cuda_runtime_api.h>
 
@@ -22,11 +23,14 @@
 #include <string>
 #include <vector>
 
+#include "engine/ops.h"
+#include "engine/random.h"
 #include "kernels/cpu/bfloat16.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/elementwise.cuh"
+#include "models/alexnet.h"
 #include "tests/cuda/cuda_test_support.h"
 
 namespace {
@@ -218,4 +222,81 @@ SELA_CUDA_TEST("bfloat16 convolutions equal float64 ones on the same bfloat16 in
     CHECK(count_bad(dgx.download(), gx, mgx) == 0);
     CHECK(count_bad(dgw.download(), gw, mgw) == 0);
   }
+}
+
+// The bf16 mode end to end: one training step of alexnet-32 (width 0.125, 10 heads x 13,
+// batch 16, dropout off) with autocast_bfloat16 on the GPU against the same step in float64
+// on the CPU. Every parameter gradient must be within 5% in relative L2 norm (inputs rounded
+// to 8 significant bits, through eight layers and BatchNorm) and the loss within 1%;
+// gradients that are zero in exact arithmetic (the conv biases BatchNorm follows, rounding
+// noise on both sides) are skipped. And the mode must be in effect: some gradient differs
+// from the float32 GPU step's by more than 1e-3 relative (a float32 step agrees to ~1e-6).
+SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of float64",
+               bfloat16_whole_step) {
+  sela::cuda::set_conv_tf32(false);
+  sela::cuda::set_matmul_tf32(false);
+  sela::ModelConfig config;
+  config.arch = "alexnet-32";
+  config.width_mult = 0.125;
+  config.clusters.assign(10, 13);
+  config.dropout = 0.0;
+  config.seed = 3;
+  const sela::Device gpu = sela::Device::cuda(0);
+  sela::Rng rng(31);
+  sela::Tensor images = sela::randn({16, 3, 32, 32}, rng);
+  std::vector<sela::Tensor> targets;
+  for (int t = 0; t < 10; ++t) {
+    std::vector<std::int64_t> labels(16);
+    for (auto& label : labels) label = static_cast<std::int64_t>(rng.below(13));
+    targets.push_back(sela::Tensor::from_vector(labels, {16}));
+  }
+  // loss and gradients of one forward/backward, on `device`, in `dtype`, bf16 or not
+  auto run = [&](sela::Device device, sela::DType dtype, bool bf16, double* loss) {
+    auto model = sela::make_model(config);
+    model->to(dtype);
+    model->to(device);
+    model->train();
+    std::vector<sela::Tensor> on_device;
+    for (const auto& t : targets) on_device.push_back(t.to(device));
+    sela::set_autocast_bfloat16(bf16);
+    sela::Tensor l = sela::sela_loss(model->forward_heads(images.to(dtype).to(device)), on_device);
+    l.backward();
+    sela::set_autocast_bfloat16(false);
+    *loss = l.item();
+    std::vector<std::vector<double>> grads;
+    for (const auto& p : model->named_parameters()) grads.push_back(p.second.grad().to_vector<double>());
+    return grads;
+  };
+  double loss64 = 0, loss16 = 0, loss32 = 0;
+  const auto want = run(sela::Device::cpu(), sela::DType::f64, false, &loss64);
+  const auto got = run(gpu, sela::DType::f32, true, &loss16);
+  const auto fp32 = run(gpu, sela::DType::f32, false, &loss32);
+  CHECK(std::fabs(loss16 - loss64) <= 0.01 * std::fabs(loss64));
+  auto relative = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double diff = 0, norm = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      diff += (a[i] - b[i]) * (a[i] - b[i]);
+      norm += b[i] * b[i];
+    }
+    return std::sqrt(diff / std::max(norm, 1e-300));
+  };
+  double largest_norm = 0;
+  for (const auto& g : want) {
+    double norm = 0;
+    for (double v : g) norm += v * v;
+    largest_norm = std::max(largest_norm, std::sqrt(norm));
+  }
+  double most_different_from_fp32 = 0;
+  int compared = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    double norm = 0;
+    for (double v : want[i]) norm += v * v;
+    if (std::sqrt(norm) < 1e-6 * largest_norm) continue;  // zero in exact arithmetic
+    INFO("parameter " << i);
+    CHECK(relative(got[i], want[i]) <= 0.05);
+    most_different_from_fp32 = std::max(most_different_from_fp32, relative(got[i], fp32[i]));
+    ++compared;
+  }
+  CHECK(compared >= 20);
+  CHECK(most_different_from_fp32 > 1e-3);
 }

@@ -14,6 +14,7 @@ are replays, each followed by loss.item(); the peak then spans the capture and t
 as in the C++ benchmark.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +45,8 @@ def main():
     p.add_argument("--tf32-matmul", type=on_off, default=False, help="on|off (default off)")
     p.add_argument("--cudnn-benchmark", type=on_off, default=True, help="on|off (default on)")
     p.add_argument("--cuda-graph", type=on_off, default=False, help="on|off (default off)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: forward and loss under torch.autocast(dtype=torch.bfloat16)")
     a = p.parse_args()
 
     torch.set_num_threads(a.threads if a.threads > 0 else os.cpu_count())
@@ -65,9 +68,15 @@ def main():
     x = torch.randn(a.batch, 3, model.input_size, model.input_size, device=device)
     ys = [torch.randint(0, a.clusters, (a.batch,), device=device) for _ in range(a.heads)]
 
+    if a.precision == "bf16" and device.type != "cuda":
+        sys.exit("--precision bf16 needs --device cuda")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if a.precision == "bf16" \
+        else contextlib.nullcontext
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = sela_loss(model(x), ys)
+        with autocast():
+            loss = sela_loss(model(x), ys)
         loss.backward()
         opt.step()
         return loss
@@ -87,7 +96,8 @@ def main():
         graph = torch.cuda.CUDAGraph()
         opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            static_loss = sela_loss(model(x), ys)
+            with autocast():
+                static_loss = sela_loss(model(x), ys)
             static_loss.backward()
             opt.step()
 
@@ -124,6 +134,7 @@ def main():
         result["tf32_matmul"] = a.tf32_matmul
         result["cudnn_benchmark"] = a.cudnn_benchmark
         result["cuda_graph"] = a.cuda_graph
+        result["precision"] = a.precision
     print("pytorch %s: median step %.1f ms -> %.1f images/s" %
           (torch.__version__, step_s * 1e3, a.batch / step_s))
     if a.json:
