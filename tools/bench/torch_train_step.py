@@ -70,8 +70,10 @@ def main():
 
     if a.precision == "bf16" and device.type != "cuda":
         sys.exit("--precision bf16 needs --device cuda")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if a.precision == "bf16" \
-        else contextlib.nullcontext
+    # No weight-cast cache under graph capture (PyTorch's advice for captured autocast).
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16,
+                                       cache_enabled=not a.cuda_graph)) \
+        if a.precision == "bf16" else contextlib.nullcontext
 
     def step():
         opt.zero_grad(set_to_none=True)
