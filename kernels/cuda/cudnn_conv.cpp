@@ -542,23 +542,20 @@ void check_buffers(const Conv2dShape& s, const char* op, std::initializer_list<c
   }
 }
 
-}  // namespace
-
-template <typename T>
-void conv2d_forward(const Conv2dShape& s, const T* input, const T* weight, const T* bias, T* output,
-                    cudaStream_t stream) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
-                "conv2d is instantiated for float and double");
+// The three directions for any data type: `Scale` is the type of cuDNN's alpha and beta
+// (double for double data, float otherwise); the buffers are the data type's.
+template <typename Scale>
+void forward(Data data, const Conv2dShape& s, const void* input, const void* weight,
+             const void* bias, void* output, cudaStream_t stream) {
   const char* op = kDirectionOp[kForward];
   check_buffers(s, op, {input, weight, output});
   const int device = call_device(stream, op);
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
-  const CallSetup setup =
-      set_up_call(data_of<T>(), s, kForward, device, stream, input, weight, output, lock);
+  const CallSetup setup = set_up_call(data, s, kForward, device, stream, input, weight, output, lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_forward workspace");
-  const T one = 1, zero = 0;
+  const Scale one = 1, zero = 0;
   SELA_CUDNN_CHECK(
       cudnnConvolutionForward(setup.handle, &one, plan.input, input, plan.weight, weight, plan.conv,
                               static_cast<cudnnConvolutionFwdAlgo_t>(plan.algorithm),
@@ -569,20 +566,19 @@ void conv2d_forward(const Conv2dShape& s, const T* input, const T* weight, const
                      op);
 }
 
-template <typename T>
-void conv2d_backward_input(const Conv2dShape& s, const T* grad_output, const T* weight,
-                           T* grad_input, cudaStream_t stream) {
+template <typename Scale>
+void backward_input(Data data, const Conv2dShape& s, const void* grad_output, const void* weight,
+                    void* grad_input, cudaStream_t stream) {
   const char* op = kDirectionOp[kBackwardData];
   check_buffers(s, op, {grad_output, weight, grad_input});
   const int device = call_device(stream, op);
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
   const CallSetup setup =
-      set_up_call(data_of<T>(), s, kBackwardData, device, stream, grad_input, weight, grad_output,
-                  lock);
+      set_up_call(data, s, kBackwardData, device, stream, grad_input, weight, grad_output, lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_input workspace");
-  const T one = 1, zero = 0;
+  const Scale one = 1, zero = 0;
   SELA_CUDNN_CHECK(cudnnConvolutionBackwardData(
                        setup.handle, &one, plan.weight, weight, plan.output, grad_output, plan.conv,
                        static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.algorithm), workspace.get(),
@@ -590,20 +586,19 @@ void conv2d_backward_input(const Conv2dShape& s, const T* grad_output, const T* 
                    op);
 }
 
-template <typename T>
-void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_output,
-                            T* grad_weight, T* grad_bias, cudaStream_t stream) {
+template <typename Scale>
+void backward_weight(Data data, const Conv2dShape& s, const void* input, const void* grad_output,
+                     void* grad_weight, void* grad_bias, cudaStream_t stream) {
   const char* op = kDirectionOp[kBackwardFilter];
   check_buffers(s, op, {input, grad_output, grad_weight});
   const int device = call_device(stream, op);
   DeviceGuard guard(device);
   std::unique_lock<std::mutex> lock;
   const CallSetup setup =
-      set_up_call(data_of<T>(), s, kBackwardFilter, device, stream, input, grad_weight,
-                  grad_output, lock);
+      set_up_call(data, s, kBackwardFilter, device, stream, input, grad_weight, grad_output, lock);
   const Plan& plan = *setup.plan;
   CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_weight workspace");
-  const T one = 1, zero = 0;
+  const Scale one = 1, zero = 0;
   SELA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
                        setup.handle, &one, plan.input, input, plan.output, grad_output, plan.conv,
                        static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.algorithm),
@@ -615,64 +610,45 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_
                      op);
 }
 
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const Conv2dShape& s, const T* input, const T* weight, const T* bias, T* output,
+                    cudaStream_t stream) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "conv2d is instantiated for float and double");
+  forward<T>(data_of<T>(), s, input, weight, bias, output, stream);
+}
+
+template <typename T>
+void conv2d_backward_input(const Conv2dShape& s, const T* grad_output, const T* weight,
+                           T* grad_input, cudaStream_t stream) {
+  backward_input<T>(data_of<T>(), s, grad_output, weight, grad_input, stream);
+}
+
+template <typename T>
+void conv2d_backward_weight(const Conv2dShape& s, const T* input, const T* grad_output,
+                            T* grad_weight, T* grad_bias, cudaStream_t stream) {
+  backward_weight<T>(data_of<T>(), s, input, grad_output, grad_weight, grad_bias, stream);
+}
+
+// bfloat16 data, float scaling factors (cuDNN's rule for every type but double).
 void conv2d_forward_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
                              const std::uint16_t* weight, std::uint16_t* output,
                              cudaStream_t stream) {
-  const char* op = kDirectionOp[kForward];
-  check_buffers(s, op, {input, weight, output});
-  const int device = call_device(stream, op);
-  DeviceGuard guard(device);
-  std::unique_lock<std::mutex> lock;
-  const CallSetup setup =
-      set_up_call(Data::bf16, s, kForward, device, stream, input, weight, output, lock);
-  const Plan& plan = *setup.plan;
-  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_forward workspace");
-  const float one = 1, zero = 0;  // float scaling factors for bfloat16 data
-  SELA_CUDNN_CHECK(
-      cudnnConvolutionForward(setup.handle, &one, plan.input, input, plan.weight, weight, plan.conv,
-                              static_cast<cudnnConvolutionFwdAlgo_t>(plan.algorithm),
-                              workspace.get(), workspace.bytes(), &zero, plan.output, output),
-      op);
+  forward<float>(Data::bf16, s, input, weight, nullptr, output, stream);
 }
 
 void conv2d_backward_input_bfloat16(const Conv2dShape& s, const std::uint16_t* grad_output,
                                     const std::uint16_t* weight, std::uint16_t* grad_input,
                                     cudaStream_t stream) {
-  const char* op = kDirectionOp[kBackwardData];
-  check_buffers(s, op, {grad_output, weight, grad_input});
-  const int device = call_device(stream, op);
-  DeviceGuard guard(device);
-  std::unique_lock<std::mutex> lock;
-  const CallSetup setup = set_up_call(Data::bf16, s, kBackwardData, device, stream, grad_input,
-                                      weight, grad_output, lock);
-  const Plan& plan = *setup.plan;
-  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_input workspace");
-  const float one = 1, zero = 0;
-  SELA_CUDNN_CHECK(cudnnConvolutionBackwardData(
-                       setup.handle, &one, plan.weight, weight, plan.output, grad_output, plan.conv,
-                       static_cast<cudnnConvolutionBwdDataAlgo_t>(plan.algorithm), workspace.get(),
-                       workspace.bytes(), &zero, plan.input, grad_input),
-                   op);
+  backward_input<float>(Data::bf16, s, grad_output, weight, grad_input, stream);
 }
 
 void conv2d_backward_weight_bfloat16(const Conv2dShape& s, const std::uint16_t* input,
                                      const std::uint16_t* grad_output, std::uint16_t* grad_weight,
                                      cudaStream_t stream) {
-  const char* op = kDirectionOp[kBackwardFilter];
-  check_buffers(s, op, {input, grad_output, grad_weight});
-  const int device = call_device(stream, op);
-  DeviceGuard guard(device);
-  std::unique_lock<std::mutex> lock;
-  const CallSetup setup = set_up_call(Data::bf16, s, kBackwardFilter, device, stream, input,
-                                      grad_weight, grad_output, lock);
-  const Plan& plan = *setup.plan;
-  CallWorkspace workspace(plan.workspace_bytes, device, stream, "conv2d_backward_weight workspace");
-  const float one = 1, zero = 0;
-  SELA_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-                       setup.handle, &one, plan.input, input, plan.output, grad_output, plan.conv,
-                       static_cast<cudnnConvolutionBwdFilterAlgo_t>(plan.algorithm),
-                       workspace.get(), workspace.bytes(), &zero, plan.weight, grad_weight),
-                   op);
+  backward_weight<float>(Data::bf16, s, input, grad_output, grad_weight, nullptr, stream);
 }
 
 std::string conv2d_algorithm(const Conv2dShape& s, int direction) {
