@@ -7,14 +7,16 @@
 #      twin (same model, batch, math modes: TF32 for cuDNN convolutions on, for matmuls off,
 #      cuDNN algorithm search timed) for alexnet (3x224x224, batch 256, 10 heads x 3000) and
 #      alexnet-32 (batch 256, 10 x 128), each eagerly and as a replayed CUDA graph on both
-#      sides (--cuda-graph on; torch.cuda.graph), then a table: ours img/s, PyTorch img/s,
+#      sides (--cuda-graph on; torch.cuda.graph), and eagerly in bf16 mixed precision
+#      (--precision bf16; torch.autocast), then a table: ours img/s, PyTorch img/s,
 #      ratios, peak device memory of both (the JSON lines, with reserved memory too, are kept
 #      in $OUT/train_step.jsonl)
 #   4. `sela train --quick --device cuda`: the whole pipeline (label steps, Sinkhorn on the
 #      GPU, evaluation) on the card
 # Writes everything to $OUT/gpu_check.log (and CTest's full log of the CUDA tests to
 # $OUT/cuda_tests_full.log). Budget: under 7 minutes (on an H100 with CPU_TESTS=0 NSYS=0,
-# about 3.5 minutes, 41 s of it the build).
+# about 3.5 minutes before the bf16 rows were added, 41 s of it the build; with them about
+# 4.5 minutes expected, not yet measured).
 # CPU_TESTS=0 skips the CPU suite (CI runs it) and QUICK_RUN=0 step 4 (tests/cuda's
 # trainer test already runs a tiny pipeline on the GPU), when device time is short.
 # The Sinkhorn goals of issue 4 are a second call on the same warm machine (about 2.5
