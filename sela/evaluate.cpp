@@ -88,7 +88,7 @@ std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset
   std::int64_t batches = 0;
   while (loader.next(&batch)) {
     for (BatchNorm2d* norm : norms) norm->momentum = 1.0 / static_cast<double>(batches + 1);
-    Tensor features = model.features->forward(batch_images_on(batch, model.device()));
+    (void)model.features->forward(batch_images_on(batch, model.device()));  // updates the statistics
     if (!model.device().is_cpu()) synchronize(model.device());  // before the batch is reused
     ++batches;
     progress.update(batches, "");

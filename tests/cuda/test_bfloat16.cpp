@@ -28,11 +28,13 @@
 #include "engine/random.h"
 #include "kernels/cpu/bfloat16.h"
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cudnn_conv.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "models/alexnet.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/small_model.h"
 
 namespace {
 
@@ -286,40 +288,28 @@ SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all grad
     sela::sum(sela::mul(out, g.to(gpu))).backward();
     const std::vector<double> xr = rounded64(x), wr = rounded64(w), gr = rounded64(g);
     const std::vector<double> bv = b.to_vector<double>(), gv = g.to_vector<double>();
-    std::vector<double> y(24 * 30), my(24 * 30), dx(24 * 40), mdx(24 * 40), dw(30 * 40),
-        mdw(30 * 40), db(30, 0.0), mdb(30, 0.0);
-    for (int i = 0; i < 24; ++i)
-      for (int o = 0; o < 30; ++o) {
-        double sum = 0, mag = 0;
-        for (int k = 0; k < 40; ++k) {
-          sum += xr[i * 40 + k] * wr[o * 40 + k];
-          mag += std::fabs(xr[i * 40 + k] * wr[o * 40 + k]);
-        }
-        y[i * 30 + o] = sum + bv[o];
-        my[i * 30 + o] = mag + std::fabs(bv[o]);
-        db[o] += gv[i * 30 + o];
-        mdb[o] += std::fabs(gv[i * 30 + o]);
-      }
-    for (int i = 0; i < 24; ++i)
-      for (int k = 0; k < 40; ++k) {
-        double sum = 0, mag = 0;
-        for (int o = 0; o < 30; ++o) {
-          sum += gr[i * 30 + o] * wr[o * 40 + k];
-          mag += std::fabs(gr[i * 30 + o] * wr[o * 40 + k]);
-        }
-        dx[i * 40 + k] = sum;
-        mdx[i * 40 + k] = mag;
-      }
-    for (int o = 0; o < 30; ++o)
-      for (int k = 0; k < 40; ++k) {
-        double sum = 0, mag = 0;
-        for (int i = 0; i < 24; ++i) {
-          sum += gr[i * 30 + o] * xr[i * 40 + k];
-          mag += std::fabs(gr[i * 30 + o] * xr[i * 40 + k]);
-        }
-        dw[o * 40 + k] = sum;
-        mdw[o * 40 + k] = mag;
-      }
+    // The CPU gemm in double on the rounded operands and on their absolute values.
+    auto product = [](bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k,
+                      const std::vector<double>& a, const std::vector<double>& b) {
+      std::vector<double> c(static_cast<std::size_t>(m * n));
+      sela::cpu::gemm<double>(ta, tb, m, n, k, 1.0, a.data(), ta ? m : k, b.data(), tb ? k : n,
+                              0.0, c.data(), n);
+      return c;
+    };
+    const std::vector<double> ax = absolute(xr), aw = absolute(wr), ag = absolute(gr);
+    std::vector<double> y = product(false, true, 24, 30, 40, xr, wr);  // x W^T
+    std::vector<double> my = product(false, true, 24, 30, 40, ax, aw);
+    const std::vector<double> dx = product(false, false, 24, 40, 30, gr, wr);  // G W
+    const std::vector<double> mdx = product(false, false, 24, 40, 30, ag, aw);
+    const std::vector<double> dw = product(true, false, 30, 40, 24, gr, xr);  // G^T x
+    const std::vector<double> mdw = product(true, false, 30, 40, 24, ag, ax);
+    std::vector<double> db(30, 0.0), mdb(30, 0.0);  // column sums of G (not rounded)
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      y[i] += bv[i % 30];
+      my[i] += std::fabs(bv[i % 30]);
+      db[i % 30] += gv[i];
+      mdb[i % 30] += std::fabs(gv[i]);
+    }
     CHECK(out.dtype() == sela::DType::f32);
     CHECK(count_bad(out.to_vector<double>(), y, my, 1e-5, 0, 0) == 0);
     CHECK(count_bad(xg.grad().to_vector<double>(), dx, mdx, 1e-5, 0, 0) == 0);
@@ -380,9 +370,10 @@ SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all grad
 // batch 16, dropout off) with autocast_bfloat16 on the GPU against the same step in float64
 // on the CPU. Relative L2 error of each parameter gradient: at most 5% for the classifier
 // and the heads, at most 25% for the conv and BatchNorm parameters, which sit below max-pools:
-// rounding to bfloat16 changes the winner of about 0.3% of the 3x3 pool windows (near-ties),
-// which moves the gradient coming out of each pool by about 8% in L2 (a simulation with
-// these shapes), and conv1 lies below three pools. The loss within 1%. Gradients that are zero
+// rounding to bfloat16 can change the winner of near-tied 3x3 pool windows, which routes a
+// gradient element elsewhere; a reviewer's estimate for these shapes (not measured here) was
+// about 8% in L2 per pool, and conv1 lies below three pools. A GPU run should record the
+// errors actually seen and tighten these bounds. The loss within 1%. Gradients that are zero
 // in exact arithmetic (the conv biases BatchNorm follows) are skipped. And the mode must be
 // in effect in both kinds of layer: the gradients of conv1's and fc6's weights differ from
 // the float32 GPU step's by more than 1e-3 relative (a float32 step agrees to ~1e-6). The
@@ -391,12 +382,7 @@ SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of fl
                bfloat16_whole_step) {
   sela::cuda::set_conv_tf32(false);
   sela::cuda::set_matmul_tf32(false);
-  sela::ModelConfig config;
-  config.arch = "alexnet-32";
-  config.width_mult = 0.125;
-  config.clusters.assign(10, 13);
-  config.dropout = 0.0;
-  config.seed = 3;
+  const sela::ModelConfig config = sela::test::small_alexnet32(3, 0.0);
   const sela::Device gpu = sela::Device::cuda(0);
   sela::Rng rng(31);
   sela::Tensor images = sela::randn({16, 3, 32, 32}, rng);
@@ -450,18 +436,25 @@ SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of fl
     largest_norm = std::max(largest_norm, std::sqrt(norm));
   }
   int compared = 0;
-  double conv1_vs_fp32 = -1, fc6_vs_fp32 = -1;
+  double conv1_vs_fp32 = -1, fc6_vs_fp32 = -1, worst_below = 0, worst_above = 0;
   for (std::size_t i = 0; i < want.size(); ++i) {
     double norm = 0;
     for (double v : want[i]) norm += v * v;
     if (std::sqrt(norm) < 1e-6 * largest_norm) continue;  // zero in exact arithmetic
     INFO(names[i]);
     const bool below_pools = names[i].rfind("features.", 0) == 0;
-    CHECK(relative(got[i], want[i]) <= (below_pools ? 0.25 : 0.05));
+    const double error = relative(got[i], want[i]);
+    CHECK(error <= (below_pools ? 0.25 : 0.05));
+    double& worst = below_pools ? worst_below : worst_above;
+    worst = std::max(worst, error);
     if (names[i] == "features.0.weight") conv1_vs_fp32 = relative(got[i], fp32[i]);
     if (names[i] == "classifier.1.weight") fc6_vs_fp32 = relative(got[i], fp32[i]);
     ++compared;
   }
+  // Printed on every run, so that a GPU session can record them (and tighten the bounds).
+  MESSAGE("bf16 step: worst relative L2 gradient error " << worst_below << " below the pools, "
+                                                         << worst_above << " above; loss "
+                                                         << loss16 << " vs " << loss64);
   CHECK(compared >= 20);
   CHECK(conv1_vs_fp32 > 1e-3);
   CHECK(fc6_vs_fp32 > 1e-3);

@@ -41,6 +41,7 @@
 #include "kernels/cuda/device_allocator.h"
 #include "models/alexnet.h"
 #include "tests/cuda/cuda_test_support.h"
+#include "tests/cuda/small_model.h"
 
 namespace {
 
@@ -51,16 +52,10 @@ using sela::test::check_close;
 using sela::test::Tolerance;
 
 const Device kGpu = Device::cuda(0);
-constexpr std::int64_t kBatch = 6, kHeads = 10, kClusters = 13;
+constexpr std::int64_t kBatch = 6, kHeads = sela::test::kSmallHeads,
+                       kClusters = sela::test::kSmallClusters;
 
-sela::ModelConfig small_config() {
-  sela::ModelConfig config;
-  config.arch = "alexnet-32";
-  config.width_mult = 0.125;
-  config.clusters.assign(kHeads, kClusters);
-  config.seed = 5;
-  return config;
-}
+sela::ModelConfig small_config() { return sela::test::small_alexnet32(5, 0.5); }
 
 sela::SgdOptions sgd_options() {
   sela::SgdOptions options;  // the reference's: lr 0.05, momentum 0.9, weight decay 5e-4
