@@ -32,6 +32,7 @@
 #include "sela/checkpoint_model.h"
 #include "sela/device_choice.h"
 #include "sela/evaluate.h"
+#include "sela/rotation.h"
 #include "sela/run_files.h"
 
 
@@ -75,11 +76,20 @@ std::vector<Dropout*> dropouts_of(SelaNet& model) {
   return out;
 }
 
+// " rot 1.2345" for the progress line when the rotation task is on, else "".
+std::string rotation_field(bool on, double rotation_loss) {
+  if (!on) return "";
+  char text[32];
+  std::snprintf(text, sizeof text, " rot %.4f", rotation_loss);
+  return text;
+}
+
 // What a checkpoint must agree on with the flags to be resumed.
 json fingerprint(const TrainConfig& config, std::int64_t n, std::int64_t in_channels) {
   return {{"arch", config.arch}, {"width_mult", config.width_mult},
           {"clusters", config.clusters}, {"samples", n}, {"in_channels", in_channels},
-          {"data", config.data}};
+          {"data", config.data}, {"rotation_weight", config.rotation_weight},
+          {"rotation_batch", config.rotation_batch}};
 }
 
 json config_json(const TrainConfig& c, std::int64_t in_channels) {
@@ -89,7 +99,8 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"label_logits", c.label_logits},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
-          {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale},
+          {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
+          {"rotation_weight", c.rotation_weight}, {"rotation_batch", c.rotation_batch},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
           {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage}, {"device", c.device},
           {"cuda_graph", c.cuda_graph}, {"precise_bn", c.precise_bn},
@@ -116,11 +127,22 @@ class Run {
       const std::string& label, double* seconds, std::vector<std::vector<float>>* scratch);
   void record_logits(const std::vector<Tensor>& logits, const data::Batch& batch);
   double train_epoch(std::int64_t epoch);
+  // One step's forward: the heads' logits of `images`, the SeLa loss, and with the rotation
+  // task on its loss on `rotation` and the weighted sum to differentiate (else loss is the
+  // SeLa loss itself).
+  struct StepTensors {
+    std::vector<Tensor> logits;  // (B, K_t) per head
+    Tensor sela_loss, rotation_loss, loss;
+  };
+  StepTensors forward_step(const Tensor& images, const std::vector<Tensor>& targets,
+                           const RotationBatch& rotation);
   // --cuda-graph: one training step on `images` / `targets` as a replay of the captured step,
   // capturing it first when there is none yet or the lr changed. Returns the loss (after the
   // update, which the graph includes) and the step's logits, outputs of the graph.
+  // The rotation task's loss comes back in *rotation_loss (0 when off).
   double graph_step(const Tensor& images, const std::vector<Tensor>& targets,
-                    std::vector<Tensor>* logits);
+                    const RotationBatch& rotation, std::vector<Tensor>* logits,
+                    double* rotation_loss);
   void save_checkpoint(std::int64_t epochs_done);
   void log(const json& line) { append_line(config_.out + "/metrics.jsonl", line.dump()); }
 
@@ -130,7 +152,8 @@ class Run {
   const data::Dataset* train_ = nullptr;
   std::int64_t n_ = 0;
   std::shared_ptr<SelaNet> model_;
-  std::unique_ptr<Sgd> optimizer_;
+  std::unique_ptr<Sgd> optimizer_;  // the model's parameters, then the rotation head's
+  std::shared_ptr<Linear> rotation_head_;  // (4 x fc7) with --rotation-weight > 0, else null
   std::vector<std::vector<std::int64_t>> labels_;  // (T) x (N)
   std::vector<double> schedule_;
   std::size_t next_label_step_ = 0;
@@ -146,8 +169,10 @@ class Run {
   // with, and the eager steps taken so far (a capture needs one: cuDNN plans, first update).
   struct CapturedStep {
     std::unique_ptr<CudaGraph> graph;
-    Tensor images, loss;
-    std::vector<Tensor> targets, logits;
+    Tensor images;
+    std::vector<Tensor> targets;
+    RotationBatch rotation;
+    StepTensors out;
     double lr = -1;
   };
   CapturedStep captured_;
@@ -184,7 +209,15 @@ void Run::build_model() {
   options.lr = config_.lr;
   options.momentum = config_.momentum;
   options.weight_decay = config_.weight_decay;
-  optimizer_ = std::make_unique<Sgd>(model_->parameters(), options);
+  std::vector<Tensor> parameters = model_->parameters();
+  if (config_.rotation_weight > 0) {
+    rotation_head_ = std::make_shared<Linear>(model_->feature_dim(), 4);
+    Rng rng(config_.seed * 2 + 7);  // as the clustering heads: N(0, 0.01), bias 0
+    fill_normal(rotation_head_->weight, rng, 0.0, 0.01);
+    if (!device_.is_cpu()) rotation_head_->to(device_);
+    for (const Tensor& p : rotation_head_->parameters()) parameters.push_back(p);
+  }
+  optimizer_ = std::make_unique<Sgd>(parameters, options);
   assign::SinkhornOptions sk;
   sk.lambda = config_.lambda;
   sk.storage = assign::parse_storage(config_.storage);
@@ -224,6 +257,14 @@ void Run::save_checkpoint(std::int64_t epochs_done) {
   for (std::size_t i = 0; i < named.size(); ++i) {
     if (buffers[i].defined()) tensors.emplace_back("momentum/" + named[i].first, buffers[i]);
   }
+  if (rotation_head_) {  // its parameters follow the model's in the optimiser
+    auto rotation = rotation_head_->named_parameters();
+    for (std::size_t i = 0; i < rotation.size(); ++i) {
+      tensors.emplace_back("rotation_head/" + rotation[i].first, rotation[i].second);
+      const Tensor& buffer = buffers[named.size() + i];
+      if (buffer.defined()) tensors.emplace_back("momentum/rotation_head." + rotation[i].first, buffer);
+    }
+  }
   for (std::size_t t = 0; t < labels_.size(); ++t) {
     tensors.emplace_back("labels/" + std::to_string(t), Tensor::from_vector(labels_[t], {n_}));
   }
@@ -251,10 +292,14 @@ void Run::resume_from_checkpoint() {
              path << " has no sela_state metadata: it was not written by sela train");
   json state = json::parse(it->second);
   json expected = fingerprint(config_, n_, model_->config().in_channels);
+  json saved = state["fingerprint"];
+  // Checkpoints from before the rotation task were made without it.
+  if (!saved.contains("rotation_weight")) saved["rotation_weight"] = 0.0;
+  if (!saved.contains("rotation_batch")) saved["rotation_batch"] = TrainConfig().rotation_batch;
   std::ostringstream differences;
   for (auto& item : expected.items()) {
-    if (state["fingerprint"][item.key()] != item.value()) {
-      differences << " " << item.key() << ": checkpoint " << state["fingerprint"][item.key()].dump()
+    if (saved[item.key()] != item.value()) {
+      differences << " " << item.key() << ": checkpoint " << saved[item.key()].dump()
                   << ", flags " << item.value().dump() << ";";
     }
   }
@@ -271,6 +316,16 @@ void Run::resume_from_checkpoint() {
   for (std::size_t i = 0; i < named.size(); ++i) {
     std::string key = "momentum/" + named[i].first;
     if (file.contains(key)) buffers[i] = tensor_from_file(file, key).to(device_);
+  }
+  if (rotation_head_) {
+    auto rotation = rotation_head_->named_parameters();
+    for (std::size_t i = 0; i < rotation.size(); ++i) {
+      std::string key = "rotation_head/" + rotation[i].first;
+      SELA_CHECK(file.contains(key), "sela train --resume", path << " has no " << key);
+      rotation[i].second.copy_from(tensor_from_file(file, key).to(device_));
+      key = "momentum/rotation_head." + rotation[i].first;
+      if (file.contains(key)) buffers[named.size() + i] = tensor_from_file(file, key).to(device_);
+    }
   }
   labels_.clear();
   for (std::size_t t = 0; t < config_.clusters.size(); ++t) {
@@ -403,6 +458,10 @@ double Run::train_epoch(std::int64_t epoch) {
   data::AugmentConfig augment =
       data::default_augment(train_->info(), true, static_cast<int>(model_->input_size()));
   if (config_.crop_min_scale > 0) augment.scale_min = config_.crop_min_scale;
+  if (config_.jitter >= 0) {
+    augment.brightness = augment.contrast = static_cast<float>(config_.jitter);
+    if (train_->info().channels == 3) augment.saturation = static_cast<float>(config_.jitter);
+  }
   augment.validate(train_->info().channels);
   data::LoaderConfig lc;
   lc.batch_size = config_.batch_size;
@@ -416,7 +475,7 @@ double Run::train_epoch(std::int64_t epoch) {
   Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs),
                     loader.batches_per_epoch(), 25);
   data::Batch batch;
-  double loss_sum = 0;
+  double loss_sum = 0, rotation_loss_sum = 0;
   std::int64_t batches = 0, images_done = 0;
   double wait_before_labels = 0;  // data wait excluding label steps' own loaders
   auto start = std::chrono::steady_clock::now();
@@ -441,42 +500,54 @@ double Run::train_epoch(std::int64_t epoch) {
       }
       targets.push_back(device_.is_cpu() ? head_targets : head_targets.to(device_));
     }
+    RotationBatch rotation;  // --rotation-weight: turned images and their turns, on device_
+    if (rotation_head_) {
+      rotation = make_rotation_batch(batch, config_.rotation_batch, !device_.is_cpu());
+      if (!device_.is_cpu()) {
+        rotation.images = rotation.images.to(device_);
+        rotation.targets = rotation.targets.to(device_);
+      }
+    }
     std::vector<Tensor> logits;  // (B, K_t) per head
-    Tensor loss;
-    double value = 0;
+    StepTensors step;
+    double value = 0, rotation_value = 0;  // the SeLa loss, the rotation task's
     const bool replay = config_.cuda_graph == "on" && eager_steps_ > 0;
     if (replay) {
-      value = graph_step(images, targets, &logits);
+      value = graph_step(images, targets, rotation, &logits, &rotation_value);
     } else {
       optimizer_->zero_grad();
-      logits = model_->forward_heads(images);
-      loss = sela_loss(logits, targets);
-      value = loss.item();
+      step = forward_step(images, targets, rotation);
+      logits = step.logits;
+      value = step.sela_loss.item();
+      if (rotation_head_) rotation_value = step.rotation_loss.item();
     }
     // After item(): on a GPU the forward pass has run, so these copies wait for nothing.
     if (config_.label_logits == "recorded") record_logits(logits, batch);
-    if (!std::isfinite(value)) {
+    if (!std::isfinite(value) || !std::isfinite(rotation_value)) {
       SELA_FAIL_HINT("sela train",
-                     "the loss became " << value << " in epoch " << epoch + 1 << ", batch "
-                                        << batches + 1
-                                        << "; the last good checkpoint is kept in " << config_.out,
-                     "lower --lr or check the input data");
+                     "the " << (std::isfinite(value) ? "rotation task's loss" : "loss") << " became "
+                            << (std::isfinite(value) ? rotation_value : value) << " in epoch "
+                            << epoch + 1 << ", batch " << batches + 1
+                            << "; the last good checkpoint is kept in " << config_.out,
+                     "lower --lr (or --rotation-weight) or check the input data");
     }
     if (!replay) {
-      loss.backward();
+      step.loss.backward();
       optimizer_->step();
       ++eager_steps_;
     }
     loss_sum += value;
+    rotation_loss_sum += rotation_value;
     ++batches;
     images_done += batch.size;
     samples_seen_ += static_cast<double>(batch.size);
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - label_seconds;
     data::LoaderStats stats = loader.stats();
     wait_before_labels = stats.wait_seconds;
-    char fields[160];
-    std::snprintf(fields, sizeof fields, "loss %.4f lr %.4g %.0f img/s data-wait %.0f%%",
-                  loss_sum / static_cast<double>(batches), lr,
+    char fields[200];
+    std::snprintf(fields, sizeof fields, "loss %.4f%s lr %.4g %.0f img/s data-wait %.0f%%",
+                  loss_sum / static_cast<double>(batches),
+                  rotation_field(rotation_head_ != nullptr, rotation_loss_sum / static_cast<double>(batches)).c_str(), lr,
                   static_cast<double>(images_done) / std::max(elapsed, 1e-9),
                   100 * wait_before_labels / std::max(elapsed, 1e-9));
     progress.update(batches, fields);
@@ -484,21 +555,41 @@ double Run::train_epoch(std::int64_t epoch) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double train_seconds = seconds - label_seconds;
   double mean_loss = loss_sum / static_cast<double>(std::max<std::int64_t>(batches, 1));
-  char fields[200];
-  std::snprintf(fields, sizeof fields, "loss %.4f lr %.4g %.0f img/s data-wait %.0f%%", mean_loss, lr,
+  double mean_rotation_loss =
+      rotation_loss_sum / static_cast<double>(std::max<std::int64_t>(batches, 1));
+  char fields[240];
+  std::snprintf(fields, sizeof fields, "loss %.4f%s lr %.4g %.0f img/s data-wait %.0f%%", mean_loss,
+                rotation_field(rotation_head_ != nullptr, mean_rotation_loss).c_str(), lr,
                 static_cast<double>(images_done) / std::max(train_seconds, 1e-9),
                 100 * wait_before_labels / std::max(train_seconds, 1e-9));
   progress.finish(fields);
-  log({{"event", "epoch"}, {"epoch", epoch + 1}, {"loss", mean_loss}, {"lr", lr},
+  json line = {{"event", "epoch"}, {"epoch", epoch + 1}, {"loss", mean_loss}, {"lr", lr},
        {"images", images_done}, {"train_seconds", train_seconds},
        {"label_seconds", label_seconds},
        {"images_per_s", static_cast<double>(images_done) / std::max(train_seconds, 1e-9)},
-       {"data_wait_s", wait_before_labels}, {"samples_seen", samples_seen_}});
+       {"data_wait_s", wait_before_labels}, {"samples_seen", samples_seen_}};
+  if (rotation_head_) line["rotation_loss"] = mean_rotation_loss;
+  log(line);
   return mean_loss;
 }
 
+Run::StepTensors Run::forward_step(const Tensor& images, const std::vector<Tensor>& targets,
+                                   const RotationBatch& rotation) {
+  StepTensors out;
+  out.logits = model_->forward_heads(images);
+  out.sela_loss = sela_loss(out.logits, targets);
+  out.loss = out.sela_loss;
+  if (rotation_head_) {
+    Tensor turn_logits = rotation_head_->forward(model_->forward_fc7(rotation.images));  // (R, 4)
+    out.rotation_loss = cross_entropy(turn_logits, rotation.targets);
+    out.loss = add(out.sela_loss, scale(out.rotation_loss, config_.rotation_weight));
+  }
+  return out;
+}
+
 double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
-                      std::vector<Tensor>* logits) {
+                      const RotationBatch& rotation, std::vector<Tensor>* logits,
+                      double* rotation_loss) {
   CapturedStep& step = captured_;
   if (!step.graph || step.lr != optimizer_->lr()) {
     step.graph.reset();  // its private pool goes back to the shared cache
@@ -507,13 +598,18 @@ double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
       for (const Tensor& t : targets) {
         step.targets.push_back(Tensor::empty(t.shape(), t.dtype(), device_, "static targets"));
       }
+      if (rotation_head_) {
+        step.rotation.images = Tensor::empty(rotation.images.shape(), DType::f32, device_,
+                                             "static rotation images");
+        step.rotation.targets = Tensor::empty(rotation.targets.shape(), DType::i64, device_,
+                                              "static rotation targets");
+      }
     }
     step.graph = std::make_unique<CudaGraph>(device_);
     step.graph->capture([&]() {
       optimizer_->zero_grad();
-      step.logits = model_->forward_heads(step.images);
-      step.loss = sela_loss(step.logits, step.targets);
-      step.loss.backward();
+      step.out = forward_step(step.images, step.targets, step.rotation);
+      step.out.loss.backward();
       optimizer_->step();
     });
     step.lr = optimizer_->lr();
@@ -524,10 +620,15 @@ double Run::graph_step(const Tensor& images, const std::vector<Tensor>& targets,
                                     << step.images.describe() << " (batches must be full)");
   step.images.copy_from(images);  // queued on the device's stream, before the replay
   for (std::size_t t = 0; t < targets.size(); ++t) step.targets[t].copy_from(targets[t]);
+  if (rotation_head_) {
+    step.rotation.images.copy_from(rotation.images);
+    step.rotation.targets.copy_from(rotation.targets);
+  }
   step.graph->replay();
   ++summary_.graph_replays;
-  *logits = step.logits;
-  return step.loss.item();
+  *logits = step.out.logits;
+  *rotation_loss = rotation_head_ ? step.out.rotation_loss.item() : 0.0;
+  return step.out.sela_loss.item();
 }
 
 TrainSummary Run::go() {

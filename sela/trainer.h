@@ -2,7 +2,8 @@
 //
 // One run alternates (DESIGN.md, "The method in one screen"):
 //   representation step  — SGD on the mean over heads of each head's cross-entropy against
-//                          the current pseudo-labels of the batch's dataset indices;
+//                          the current pseudo-labels of the batch's dataset indices (plus,
+//                          with --rotation-weight, the rotation task of sela/rotation.h);
 //   self-labelling step  — at scheduled points (quadratic or linear spacing in samples
 //                          seen, as the reference's ImageNet and CIFAR code), each head's
 //                          labels are re-solved by Sinkhorn-Knopp with equal-sized clusters
@@ -59,6 +60,13 @@ struct TrainConfig {
   std::vector<std::int64_t> lr_drops;  // epochs at which lr is multiplied by 0.1
   double dropout = 0.5;
   double crop_min_scale = 0;     // random-resized-crop minimum area share (0 = the source's)
+  // Brightness and contrast jitter strength (and saturation for colour images): each factor
+  // drawn from [1 - s, 1 + s]; < 0 = the source's default (0.4, the reference's recipe).
+  double jitter = -1;
+  // The rotation task (sela/rotation.h, RotNet's pretext task): weight of its loss (0 = off) and how many
+  // images of each batch it turns.
+  double rotation_weight = 0;
+  std::int64_t rotation_batch = 32;
   std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
   // Over-relaxation ω of the label steps' Sinkhorn (1: the published algorithm; sinkhorn.h):
   // half the iterations at 1.4, with a safeguard that returns to plain steps if it diverges,

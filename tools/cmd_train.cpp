@@ -3,6 +3,7 @@
 // heads K = 10,10,10,10,30,30, 40 epochs with 80 label steps from recorded logits, on the
 // CPU when no GPU is present, then evaluates on the test split (and names the most stable
 // K = 10 head). The defaults live in TrainConfig (sela/trainer.h); the flags show them.
+#include <cmath>
 #include <iostream>
 #include <sstream>
 
@@ -59,6 +60,15 @@ int run_train(const Args& args) {
   flags.add("dropout", number(defaults.dropout), "dropout probability in the classifier");
   flags.add("crop-min-scale", "0", "random-resized-crop minimum area share, in (0, 1] (0 = the "
                                    "data source's default: 0.2 for 32x32 sources, 0.08 for folders)");
+  flags.add("jitter", "-1",
+            "brightness and contrast jitter strength s (factors in [1 - s, 1 + s]; saturation "
+            "too for colour images), in [0, 1) (-1 = the data source's default: 0.4)");
+  flags.add("rotation-weight", number(defaults.rotation_weight),
+            "weight of the rotation task (RotNet's: a 4-way head on fc7 predicts the quarter "
+            "turns of --rotation-batch turned images per step; 0 = off)");
+  flags.add("rotation-batch", std::to_string(defaults.rotation_batch),
+            "images of each batch the rotation task turns (a multiple of 4 keeps the turns "
+            "balanced)");
   flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
             "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-omega", number(defaults.sinkhorn_omega),
@@ -121,6 +131,18 @@ int run_train(const Args& args) {
   config.crop_min_scale = flags.get_double("crop-min-scale");
   SELA_CHECK(config.crop_min_scale >= 0 && config.crop_min_scale <= 1, "sela train",
              "--crop-min-scale must be in [0, 1], got " << config.crop_min_scale);
+  config.jitter = flags.get_double("jitter");
+  SELA_CHECK(config.jitter == -1 || (config.jitter >= 0 && config.jitter < 1), "sela train",
+             "--jitter must be in [0, 1) or -1 (the source's default), got " << config.jitter);
+  config.rotation_weight = flags.get_double("rotation-weight");
+  SELA_CHECK(std::isfinite(config.rotation_weight) && config.rotation_weight >= 0, "sela train",
+             "--rotation-weight must be >= 0, got " << config.rotation_weight);
+  config.rotation_batch = flags.get_int("rotation-batch");
+  SELA_CHECK(config.rotation_batch >= 1 && config.rotation_batch <= config.batch_size,
+             "sela train",
+             "--rotation-batch must be between 1 and --batch-size (" << config.batch_size
+                                                                     << "), got "
+                                                                     << config.rotation_batch);
   config.sinkhorn_max_iters = flags.get_int("sinkhorn-max-iters");
   SELA_CHECK(config.sinkhorn_max_iters >= 1, "sela train", "--sinkhorn-max-iters must be >= 1");
   config.sinkhorn_omega = flags.get_double("sinkhorn-omega");

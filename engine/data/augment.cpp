@@ -448,6 +448,34 @@ void mirror_rows(float* planes, int channels, int height, int width) {
   }
 }
 
+void rotate_quarter_turns(const float* source, int channels, int size, int turns, float* out) {
+  SELA_CHECK(channels >= 1 && size >= 1, kOp,
+             "rotate_quarter_turns: channels " << channels << " and size " << size
+                                               << " must be positive");
+  const int quarter = ((turns % 4) + 4) % 4;
+  const std::size_t n = static_cast<std::size_t>(size);
+  for (int c = 0; c < channels; ++c) {
+    const float* a = source + static_cast<std::size_t>(c) * n * n;
+    float* b = out + static_cast<std::size_t>(c) * n * n;
+    for (std::size_t y = 0; y < n; ++y) {
+      for (std::size_t x = 0; x < n; ++x) {
+        std::size_t from_y = y, from_x = x;  // b[y][x] = a[from_y][from_x]
+        if (quarter == 1) {
+          from_y = x;
+          from_x = n - 1 - y;
+        } else if (quarter == 2) {
+          from_y = n - 1 - y;
+          from_x = n - 1 - x;
+        } else if (quarter == 3) {
+          from_y = n - 1 - x;
+          from_x = y;
+        }
+        b[y * n + x] = a[from_y * n + from_x];
+      }
+    }
+  }
+}
+
 void apply_augment(const AugmentConfig& config, const AugmentParams& params,
                    const ImageView& source, float* out) {
   const int channels = source.channels;

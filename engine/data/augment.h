@@ -114,5 +114,10 @@ void adjust_saturation(float* rgb, std::int64_t pixels, float factor);  // 3 cha
 void adjust_hue(float* rgb, std::int64_t pixels, float shift);          // 3 channels
 void to_grayscale(float* rgb, std::int64_t pixels);                     // 3 equal channels
 void mirror_rows(float* planes, int channels, int height, int width);
+// Square planar (C, size, size) floats turned by `turns` quarter turns counter-clockwise
+// (numpy.rot90's sense: turn 1 puts the right column on the top row) into `out`, which must
+// not overlap `source`. Any integer turns (taken modulo 4). For the rotation task of `sela
+// train --rotation-weight` (sela/rotation.h).
+void rotate_quarter_turns(const float* source, int channels, int size, int turns, float* out);
 
 }  // namespace sela::data

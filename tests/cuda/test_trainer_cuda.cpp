@@ -102,38 +102,46 @@ SELA_CUDA_TEST("sela train on cuda:0 follows the CPU run on a tiny configuration
 // a near-tied sample. The lr drops after epoch 1, so the step is captured twice. Compared:
 // every epoch's mean loss within 0.5% (a replay with a stale batch, stale dropout masks or a
 // stale lr moves it by far more), the final labels on >= 97% of the samples, and that the
-// steps were indeed replayed (2 captures, 14 replays).
+// steps were indeed replayed (2 captures, 14 replays). Once without and once with the
+// rotation task (--rotation-weight), whose turned sub-batch the replays must refresh too.
 SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_cuda_graph) {
   StrictFp32 strict;
   sela::test::TempFolder folder;
   std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 7);
-  auto config = [&](bool graph, const std::string& out) {
-    TrainConfig c = sela::test::tiny_train_config(spec, folder.path + "/" + out, 3, 3);
-    c.device = "cuda:0";
-    c.lr_drops = {1};
-    c.cuda_graph = graph ? "on" : "off";
-    return c;
-  };
-  TrainSummary eager = sela::train(config(false, "eager"));
-  TrainSummary graphed = sela::train(config(true, "graph"));
-  REQUIRE(eager.epoch_losses.size() == 3);
-  REQUIRE(graphed.epoch_losses.size() == 3);
-  // 3 epochs of 5 batches: the first step eager, captures at steps 2 and 6 (the lr drop).
-  CHECK(eager.graph_captures == 0);
-  CHECK(eager.graph_replays == 0);
-  CHECK(graphed.graph_captures == 2);
-  CHECK(graphed.graph_replays == 14);
-  for (std::size_t e = 0; e < eager.epoch_losses.size(); ++e) {
-    INFO("epoch " << e + 1 << ": eager " << eager.epoch_losses[e] << ", graph "
-                  << graphed.epoch_losses[e]);
-    CHECK(std::isfinite(graphed.epoch_losses[e]));
-    CHECK(std::fabs(graphed.epoch_losses[e] - eager.epoch_losses[e]) <=
-          0.005 * eager.epoch_losses[e]);
-  }
-  REQUIRE(eager.labels.size() == graphed.labels.size());
-  for (std::size_t t = 0; t < eager.labels.size(); ++t) {
-    double same = agreement(eager.labels[t], graphed.labels[t]);
-    INFO("head " << t << " labels agree on " << same * 100 << "%");
-    CHECK(same >= 0.97);
+  // Without and with the rotation task (its turned sub-batch is a second static input).
+  for (double rotation_weight : {0.0, 1.0}) {
+    CAPTURE(rotation_weight);
+    auto config = [&](bool graph, const std::string& out) {
+      TrainConfig c = sela::test::tiny_train_config(spec, folder.path + "/" + out, 3, 3);
+      c.device = "cuda:0";
+      c.lr_drops = {1};
+      c.cuda_graph = graph ? "on" : "off";
+      c.rotation_weight = rotation_weight;
+      c.rotation_batch = 8;
+      return c;
+    };
+    const std::string suffix = rotation_weight > 0 ? "_rotation" : "";
+    TrainSummary eager = sela::train(config(false, "eager" + suffix));
+    TrainSummary graphed = sela::train(config(true, "graph" + suffix));
+    REQUIRE(eager.epoch_losses.size() == 3);
+    REQUIRE(graphed.epoch_losses.size() == 3);
+    // 3 epochs of 5 batches: the first step eager, captures at steps 2 and 6 (the lr drop).
+    CHECK(eager.graph_captures == 0);
+    CHECK(eager.graph_replays == 0);
+    CHECK(graphed.graph_captures == 2);
+    CHECK(graphed.graph_replays == 14);
+    for (std::size_t e = 0; e < eager.epoch_losses.size(); ++e) {
+      INFO("epoch " << e + 1 << ": eager " << eager.epoch_losses[e] << ", graph "
+                    << graphed.epoch_losses[e]);
+      CHECK(std::isfinite(graphed.epoch_losses[e]));
+      CHECK(std::fabs(graphed.epoch_losses[e] - eager.epoch_losses[e]) <=
+            0.005 * eager.epoch_losses[e]);
+    }
+    REQUIRE(eager.labels.size() == graphed.labels.size());
+    for (std::size_t t = 0; t < eager.labels.size(); ++t) {
+      double same = agreement(eager.labels[t], graphed.labels[t]);
+      INFO("head " << t << " labels agree on " << same * 100 << "%");
+      CHECK(same >= 0.97);
+    }
   }
 }

@@ -456,3 +456,49 @@ TEST_CASE("augment_sample is a function of (seed, epoch, index) only") {
   CHECK(a != run(2, 2, 3));
   CHECK(a != run(1, 2, 4));
 }
+
+TEST_CASE("quarter turns: a hand-checked 3x3, transpose-then-reverse for one turn, and cycles") {
+  // numpy.rot90([[1,2,3],[4,5,6],[7,8,9]]) == [[3,6,9],[2,5,8],[1,4,7]]
+  const std::vector<float> grid{1, 2, 3, 4, 5, 6, 7, 8, 9};
+  std::vector<float> turned = poisoned(9);
+  rotate_quarter_turns(grid.data(), 1, 3, 1, turned.data());
+  CHECK(turned == std::vector<float>{3, 6, 9, 2, 5, 8, 1, 4, 7});
+  rotate_quarter_turns(grid.data(), 1, 3, -1, turned.data());  // == 3 turns, clockwise
+  CHECK(turned == std::vector<float>{7, 4, 1, 8, 5, 2, 9, 6, 3});
+
+  std::mt19937 gen(20261126);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  for (int size : {1, 2, 5, 32}) {
+    for (int channels : {1, 3}) {
+      CAPTURE(size);
+      CAPTURE(channels);
+      const std::size_t n = static_cast<std::size_t>(size), count = n * n * channels;
+      std::vector<float> image(count);
+      for (float& v : image) v = value(gen);
+      // One turn counter-clockwise is the transpose with its rows in reverse order.
+      std::vector<float> expected(count);
+      for (int c = 0; c < channels; ++c)
+        for (std::size_t y = 0; y < n; ++y)
+          for (std::size_t x = 0; x < n; ++x)
+            expected[(c * n + (n - 1 - y)) * n + x] = image[(c * n + x) * n + y];
+      std::vector<float> once = poisoned(count);
+      rotate_quarter_turns(image.data(), channels, size, 1, once.data());
+      CHECK(once == expected);
+      // Two turns are the mirror of every row with the rows in reverse order.
+      std::vector<float> twice = poisoned(count), half = image;
+      mirror_rows(half.data(), channels, size, size);
+      for (int c = 0; c < channels; ++c)
+        for (std::size_t y = 0; y < n; ++y)
+          for (std::size_t x = 0; x < n; ++x)
+            expected[(c * n + (n - 1 - y)) * n + x] = half[(c * n + y) * n + x];
+      rotate_quarter_turns(image.data(), channels, size, 2, twice.data());
+      CHECK(twice == expected);
+      // Turns compose: 1 then 3 and 4 (or 0) give the image back.
+      std::vector<float> back = poisoned(count);
+      rotate_quarter_turns(once.data(), channels, size, 3, back.data());
+      CHECK(back == image);
+      rotate_quarter_turns(image.data(), channels, size, 4, back.data());
+      CHECK(back == image);
+    }
+  }
+}

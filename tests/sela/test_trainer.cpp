@@ -311,3 +311,19 @@ TEST_CASE("a diverging run stops with a clear message and keeps the last good ch
   CHECK(message.find("loss became") != std::string::npos);
   CHECK(read_file(folder.path + "/run/checkpoint.safetensors") == before);
 }
+
+TEST_CASE("--jitter reaches the training augmentation and config.json") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 96, 9);
+  TrainConfig plain = sela::test::tiny_train_config(spec, folder.path + "/plain", 1, 2);
+  TrainConfig still = sela::test::tiny_train_config(spec, folder.path + "/still", 1, 2);
+  still.jitter = 0;  // no brightness or contrast change: other images, another loss
+  TrainConfig same = sela::test::tiny_train_config(spec, folder.path + "/same", 1, 2);
+  same.jitter = 0.4;  // the source's default, spelled out: the very same run
+  const double plain_loss = train(plain).epoch_losses.at(0);
+  CHECK(train(still).epoch_losses.at(0) != plain_loss);
+  CHECK(train(same).epoch_losses.at(0) == plain_loss);
+  nlohmann::json config;
+  std::ifstream(folder.path + "/still/config.json") >> config;
+  CHECK(config["jitter"] == 0.0);
+}

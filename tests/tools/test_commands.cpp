@@ -221,3 +221,21 @@ TEST_CASE(
     CHECK(message.find("the folder " + missing + " does not exist") != std::string::npos);
   }
 }
+
+TEST_CASE("sela train: out-of-range --jitter, --rotation-weight and --rotation-batch are refused") {
+  TempFolder folder;
+  const std::string spec = write_synthetic_idx(folder.path, "train", 64, 4);
+  const tools::Args base{"--data", spec, "--out", folder.path + "/run", "--epochs", "1",
+                         "--batch-size", "16", "--width-mult", "0.0625", "--no-eval"};
+  auto with = [&](tools::Args extra) {
+    tools::Args args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return error_of(tools::run_train, args);
+  };
+  CHECK(with({"--jitter", "1.5"}).find("--jitter must be in [0, 1)") != std::string::npos);
+  CHECK(with({"--rotation-weight", "-1"}).find("--rotation-weight must be >= 0") !=
+        std::string::npos);
+  CHECK(with({"--rotation-batch", "17"}).find("--rotation-batch must be between 1 and "
+                                              "--batch-size (16)") != std::string::npos);
+  CHECK(!exists(folder.path + "/run/checkpoint.safetensors"));  // refused before any work
+}

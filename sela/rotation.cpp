@@ -1,0 +1,31 @@
+// Implementation of sela/rotation.h.
+#include "sela/rotation.h"
+
+#include "engine/data/augment.h"
+#include "engine/error.h"
+
+namespace sela {
+
+RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, bool pinned) {
+  SELA_CHECK(batch.height == batch.width, "sela train --rotation-weight",
+             "the rotation task needs square images, got " << batch.height << "x" << batch.width);
+  SELA_CHECK(count >= 1 && count <= batch.size, "sela train --rotation-batch",
+             "must be between 1 and the batch size (" << batch.size << "), got " << count);
+  const Shape shape{count, batch.channels, batch.height, batch.width};
+  RotationBatch out;
+  out.images = pinned ? Tensor::pinned(shape) : Tensor::empty(shape);
+  out.targets = pinned ? Tensor::pinned({count}, DType::i64) : Tensor::empty({count}, DType::i64);
+  float* images = out.images.data<float>();
+  std::int64_t* targets = out.targets.data<std::int64_t>();
+  const std::size_t floats = batch.image_floats();
+  for (std::int64_t j = 0; j < count; ++j) {
+    const int turns = static_cast<int>((j + batch.number) % 4);
+    targets[j] = turns;
+    data::rotate_quarter_turns(batch.image(j), static_cast<int>(batch.channels),
+                               static_cast<int>(batch.height), turns,
+                               images + static_cast<std::size_t>(j) * floats);
+  }
+  return out;
+}
+
+}  // namespace sela
