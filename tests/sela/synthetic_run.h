@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/data/idx.h"
+#include "engine/safetensors.h"
 #include "sela/trainer.h"
 #include "tests/temp_folder.h"
 
@@ -65,6 +66,47 @@ inline TrainConfig tiny_train_config(const std::string& spec, const std::string&
   config.evaluate = false;
   config.verbose = 0;
   return config;
+}
+
+// The message of the sela::Error that train(config) throws, or "" when it runs through.
+inline std::string train_error(const TrainConfig& config) {
+  try {
+    train(config);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Runs `config` (3 epochs, into config.out) in two parts, stopped after epoch 1 and then
+// resumed, and checks that the parts give exactly (same bits) the epoch losses and final
+// labels of `whole`, the same configuration run without a stop.
+inline void check_resumed_run_matches(const TrainConfig& config, const TrainSummary& whole) {
+  REQUIRE(whole.epoch_losses.size() == 3);
+  TrainConfig first = config;
+  first.stop_after_epoch = 1;
+  TrainSummary part1 = train(first);
+  TrainConfig second = config;
+  second.resume = true;
+  TrainSummary part2 = train(second);
+  REQUIRE(part1.epoch_losses.size() == 1);
+  REQUIRE(part2.epoch_losses.size() == 2);
+  CHECK(part1.epoch_losses[0] == whole.epoch_losses[0]);
+  CHECK(part2.epoch_losses[0] == whole.epoch_losses[1]);
+  CHECK(part2.epoch_losses[1] == whole.epoch_losses[2]);
+  CHECK(part2.labels == whole.labels);
+}
+
+// Every tensor of two safetensors files byte for byte (the same names first), except those
+// whose names start with `skip_prefix` (when not empty).
+inline void check_same_tensors(const std::string& path_a, const std::string& path_b,
+                               const std::string& skip_prefix = "") {
+  SafetensorsFile a(path_a), b(path_b);
+  REQUIRE(a.names() == b.names());
+  for (const std::string& name : a.names()) {
+    if (!skip_prefix.empty() && name.rfind(skip_prefix, 0) == 0) continue;
+    CHECK_MESSAGE(a.get(name).bytes == b.get(name).bytes, name);
+  }
 }
 
 }  // namespace sela::test

@@ -35,14 +35,6 @@ TrainConfig tiny_config(const std::string& spec, const std::string& out) {
   return sela::test::tiny_train_config(spec, out, 3, 11);
 }
 
-std::string error_of(const TrainConfig& config) {
-  try {
-    train(config);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -67,26 +59,9 @@ TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatche
   for (double loss : uninterrupted.epoch_losses) CHECK(std::isfinite(loss));
   CHECK(uninterrupted.label_steps_done >= 2);
 
-  TrainConfig first = tiny_config(spec, folder.path + "/split");
-  first.stop_after_epoch = 1;
-  TrainSummary part1 = train(first);
-  REQUIRE(part1.epoch_losses.size() == 1);
-  TrainConfig second = tiny_config(spec, folder.path + "/split");
-  second.resume = true;
-  TrainSummary part2 = train(second);
-  REQUIRE(part2.epoch_losses.size() == 2);
-
-  // Exactly equal: same bits, not approximately.
-  CHECK(part1.epoch_losses[0] == uninterrupted.epoch_losses[0]);
-  CHECK(part2.epoch_losses[0] == uninterrupted.epoch_losses[1]);
-  CHECK(part2.epoch_losses[1] == uninterrupted.epoch_losses[2]);
-  CHECK(part2.labels == uninterrupted.labels);
-  SafetensorsFile a(folder.path + "/whole/weights.safetensors");
-  SafetensorsFile b(folder.path + "/split/weights.safetensors");
-  REQUIRE(a.names() == b.names());
-  for (const std::string& name : a.names()) {
-    CHECK_MESSAGE(a.get(name).bytes == b.get(name).bytes, name);
-  }
+  sela::test::check_resumed_run_matches(tiny_config(spec, folder.path + "/split"), uninterrupted);
+  sela::test::check_same_tensors(folder.path + "/whole/weights.safetensors",
+                                 folder.path + "/split/weights.safetensors");
 
   // The run folder: labels.csv holds the final labels, metrics one line per epoch.
   auto csv = parse_labels_csv(folder.path + "/whole/labels.csv");
@@ -104,13 +79,13 @@ TEST_CASE("an interrupted and resumed run equals an uninterrupted one; mismatche
   TrainConfig other_heads = tiny_config(spec, folder.path + "/split");
   other_heads.resume = true;
   other_heads.clusters = {4, 7};
-  std::string message = error_of(other_heads);
+  std::string message = sela::test::train_error(other_heads);
   CHECK(message.find("clusters") != std::string::npos);
   CHECK(message.find("[4,6]") != std::string::npos);
-  CHECK(error_of(tiny_config(spec, folder.path + "/whole")).find("--resume") != std::string::npos);
+  CHECK(sela::test::train_error(tiny_config(spec, folder.path + "/whole")).find("--resume") != std::string::npos);
   TrainConfig no_checkpoint = tiny_config(spec, folder.path + "/nothing_here");
   no_checkpoint.resume = true;
-  CHECK(error_of(no_checkpoint).find("no checkpoint") != std::string::npos);
+  CHECK(sela::test::train_error(no_checkpoint).find("no checkpoint") != std::string::npos);
 }
 
 TEST_CASE("--label-logits recorded: label steps reuse the training pass's logits; resume is exact") {
@@ -148,27 +123,18 @@ TEST_CASE("--label-logits recorded: label steps reuse the training pass's logits
   CHECK(train(fresh).labels != whole.labels);
 
   // Interrupted after epoch 1 and resumed: the recorded logits travel in the checkpoint.
-  TrainConfig first = recorded_config("split");
-  first.stop_after_epoch = 1;
-  train(first);
-  TrainConfig second = recorded_config("split");
-  second.resume = true;
-  TrainSummary rest = train(second);
-  REQUIRE(rest.epoch_losses.size() == 2);
-  CHECK(rest.epoch_losses[0] == whole.epoch_losses[1]);
-  CHECK(rest.epoch_losses[1] == whole.epoch_losses[2]);
-  CHECK(rest.labels == whole.labels);
+  sela::test::check_resumed_run_matches(recorded_config("split"), whole);
 
   TrainConfig absent_gpu = recorded_config("gpu7");  // no machine here has eight GPUs
   absent_gpu.device = "cuda:7";
-  CHECK(error_of(absent_gpu).find("--device cuda:7 is not available") != std::string::npos);
+  CHECK(sela::test::train_error(absent_gpu).find("--device cuda:7 is not available") != std::string::npos);
   TrainConfig nonsense = recorded_config("tpu");
   nonsense.device = "tpu";
-  CHECK(error_of(nonsense).find("unknown device 'tpu'") != std::string::npos);
+  CHECK(sela::test::train_error(nonsense).find("unknown device 'tpu'") != std::string::npos);
 
   TrainConfig wrong = recorded_config("bad");
   wrong.label_logits = "stale";
-  CHECK(error_of(wrong).find("--label-logits must be fresh or recorded") != std::string::npos);
+  CHECK(sela::test::train_error(wrong).find("--label-logits must be fresh or recorded") != std::string::npos);
 }
 
 TEST_CASE("--sinkhorn-omega reaches the label steps' solver and config.json") {
@@ -307,7 +273,7 @@ TEST_CASE("a diverging run stops with a clear message and keeps the last good ch
   diverging.resume = true;
   diverging.epochs = 2;
   diverging.lr = 1e30;
-  std::string message = error_of(diverging);
+  std::string message = sela::test::train_error(diverging);
   CHECK(message.find("loss became") != std::string::npos);
   CHECK(read_file(folder.path + "/run/checkpoint.safetensors") == before);
 }
