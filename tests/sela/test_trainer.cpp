@@ -30,11 +30,9 @@ namespace {
 using sela::test::TempFolder;
 using sela::test::write_synthetic_idx;
 
-
 TrainConfig tiny_config(const std::string& spec, const std::string& out) {
   return sela::test::tiny_train_config(spec, out, 3, 11);
 }
-
 
 }  // namespace
 
