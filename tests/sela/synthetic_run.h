@@ -45,7 +45,8 @@ inline std::string write_synthetic_idx(const std::string& folder, const std::str
 }
 
 // A run small enough for a test: alexnet-32 at width 1/16, heads K = 4 and 6, batch 32,
-// 3 label steps, 2 threads, on the CPU, no final evaluation.
+// 3 label steps, 2 threads, on the CPU, no final evaluation; dropout 0.5 (so that resume
+// must restore the masks' counters) and no rotation task, whatever the defaults are.
 inline TrainConfig tiny_train_config(const std::string& spec, const std::string& out,
                                      std::int64_t epochs, std::uint64_t seed) {
   TrainConfig config;
@@ -58,6 +59,8 @@ inline TrainConfig tiny_train_config(const std::string& spec, const std::string&
   config.label_spacing = "quadratic";  // the tests' schedules are written for these two
   config.label_logits = "fresh";
   config.lambda = 10;
+  config.dropout = 0.5;
+  config.rotation_weight = 0;
   config.workers = 1;
   config.threads = 2;
   config.device = "cpu";  // exact resume is promised on the CPU; tests/cuda covers the GPU
