@@ -544,10 +544,11 @@ double Run::train_epoch(std::int64_t epoch) {
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() - label_seconds;
     data::LoaderStats stats = loader.stats();
     wait_before_labels = stats.wait_seconds;
+    const std::string rotation_text =
+        rotation_field(rotation_head_ != nullptr, rotation_loss_sum / static_cast<double>(batches));
     char fields[200];
     std::snprintf(fields, sizeof fields, "loss %.4f%s lr %.4g %.0f img/s data-wait %.0f%%",
-                  loss_sum / static_cast<double>(batches),
-                  rotation_field(rotation_head_ != nullptr, rotation_loss_sum / static_cast<double>(batches)).c_str(), lr,
+                  loss_sum / static_cast<double>(batches), rotation_text.c_str(), lr,
                   static_cast<double>(images_done) / std::max(elapsed, 1e-9),
                   100 * wait_before_labels / std::max(elapsed, 1e-9));
     progress.update(batches, fields);
