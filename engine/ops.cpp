@@ -205,6 +205,25 @@ struct MatmulBackward : Node {
   }
 };
 
+// Float32 gradient buffers for the backward of linear or conv2d whose forward ran in
+// bfloat16 (x and weight are the saved bfloat16 copies): each only where `node` has an input
+// that wants it; the bias's has `bias_size` values.
+struct ParameterGradients {
+  Tensor x, weight, bias;
+};
+ParameterGradients float_gradients_for_bfloat16(const Node& node, const Tensor& x,
+                                                const Tensor& weight, bool has_bias,
+                                                std::int64_t bias_size, const Tensor& grad,
+                                                const char* what) {
+  ParameterGradients out;
+  const DType dtype = grad.dtype();
+  const Device device = grad.device();
+  if (node.inputs[0]) out.x = Tensor::empty(x.shape(), dtype, device, what);
+  if (node.inputs[1]) out.weight = Tensor::empty(weight.shape(), dtype, device, what);
+  if (has_bias && node.inputs[2]) out.bias = Tensor::empty({bias_size}, dtype, device, what);
+  return out;
+}
+
 struct LinearBackward : Node {
   Tensor x, weight;  // x (N, in), weight (out, in); bfloat16 copies under autocast_bfloat16
   bool has_bias = false;
@@ -213,16 +232,12 @@ struct LinearBackward : Node {
     Tensor grad = on_device(grad_in, x.device());
     std::int64_t batch = x.size(0), in = x.size(1), out = weight.size(0);
     if (x.dtype() == DType::bf16) {  // the forward ran in bfloat16: float32 gradients
-      Tensor grad_x, grad_w, grad_b;
-      if (inputs[0]) grad_x = Tensor::empty(x.shape(), grad.dtype(), grad.device(), "linear_backward");
-      if (inputs[1]) {
-        grad_w = Tensor::empty(weight.shape(), grad.dtype(), grad.device(), "linear_backward");
+      ParameterGradients g =
+          float_gradients_for_bfloat16(*this, x, weight, has_bias, out, grad, "linear_backward");
+      if constexpr (kCuda) {
+        cuda_ops::linear_backward_bfloat16(x, weight, grad, g.x, g.weight, g.bias);
       }
-      if (has_bias && inputs[2]) {
-        grad_b = Tensor::empty({out}, grad.dtype(), grad.device(), "linear_backward");
-      }
-      if constexpr (kCuda) cuda_ops::linear_backward_bfloat16(x, weight, grad, grad_x, grad_w, grad_b);
-      return {grad_x, grad_w, grad_b};
+      return {g.x, g.weight, g.bias};
     }
     Tensor grad_x, grad_w, grad_b;
     if (inputs[0]) grad_x = empty_like(x, "linear_backward");
@@ -281,18 +296,12 @@ struct Conv2dBackward : Node {
   std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, O, OH, OW)
     Tensor grad = on_device(grad_in, x.device());
     if (x.dtype() == DType::bf16) {  // the forward ran in bfloat16: float32 gradients
-      Tensor grad_x, grad_w, grad_b;
-      if (inputs[0]) grad_x = Tensor::empty(x.shape(), grad.dtype(), grad.device(), "conv2d_backward");
-      if (inputs[1]) {
-        grad_w = Tensor::empty(weight.shape(), grad.dtype(), grad.device(), "conv2d_backward");
-      }
-      if (has_bias && inputs[2]) {
-        grad_b = Tensor::empty({shape.out_channels}, grad.dtype(), grad.device(), "conv2d_backward");
-      }
+      ParameterGradients g = float_gradients_for_bfloat16(
+          *this, x, weight, has_bias, shape.out_channels, grad, "conv2d_backward");
       if constexpr (kCuda) {
-        cuda_ops::conv2d_backward_bfloat16(shape, x, weight, grad, grad_x, grad_w, grad_b);
+        cuda_ops::conv2d_backward_bfloat16(shape, x, weight, grad, g.x, g.weight, g.bias);
       }
-      return {grad_x, grad_w, grad_b};
+      return {g.x, g.weight, g.bias};
     }
     Tensor grad_x, grad_w, grad_b;
     bool want_w = inputs[1] != nullptr, want_b = has_bias && inputs[2] != nullptr;

@@ -272,14 +272,16 @@ SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all grad
     Autocast() { sela::set_autocast_bfloat16(true); }
     ~Autocast() { sela::set_autocast_bfloat16(false); }
   };
+  auto gpu_leaf = [&](const sela::Tensor& t) {  // a GPU copy that collects a gradient
+    sela::Tensor leaf = t.to(gpu);
+    leaf.set_requires_grad(true);
+    return leaf;
+  };
 
   {  // linear: x (24, 40), W (30, 40), b (30)
     sela::Tensor x = sela::randn({24, 40}, rng), w = sela::randn({30, 40}, rng);
     sela::Tensor b = sela::randn({30}, rng), g = sela::randn({24, 30}, rng);
-    sela::Tensor xg = x.to(gpu), wg = w.to(gpu), bg = b.to(gpu);
-    xg.set_requires_grad(true);
-    wg.set_requires_grad(true);
-    bg.set_requires_grad(true);
+    sela::Tensor xg = gpu_leaf(x), wg = gpu_leaf(w), bg = gpu_leaf(b);
     sela::Tensor out;
     {
       Autocast autocast;
@@ -324,10 +326,7 @@ SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all grad
     s.stride_h = s.stride_w = 2;
     s.pad_h = s.pad_w = 1;
     sela::Tensor g = sela::randn({3, 6, s.out_height(), s.out_width()}, rng);
-    sela::Tensor xg = x.to(gpu), wg = w.to(gpu), bg = b.to(gpu);
-    xg.set_requires_grad(true);
-    wg.set_requires_grad(true);
-    bg.set_requires_grad(true);
+    sela::Tensor xg = gpu_leaf(x), wg = gpu_leaf(w), bg = gpu_leaf(b);
     sela::Tensor out;
     {
       Autocast autocast;
