@@ -26,6 +26,7 @@
 #include "engine/autograd.h"
 #include "engine/ops_cuda.h"
 #include "kernels/cpu/batchnorm.h"
+#include "kernels/cpu/bfloat16.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
@@ -205,6 +206,36 @@ struct MatmulBackward : Node {
   }
 };
 
+// The CPU emulation of the bf16 mode (engine/ops.h, set_autocast_bfloat16): a new host tensor
+// of t's dtype holding t's values rounded to bfloat16.
+Tensor bfloat16_values(const Tensor& t) {
+  Tensor out = empty_like(t, "bfloat16 emulation");
+  dispatch_floating(t.dtype(), "bfloat16 emulation", [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = t.data<T>();
+    T* values = out.data<T>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) values[i] = cpu::round_to_bfloat16(in[i]);
+  });
+  return out;
+}
+
+// Rounds a fresh host tensor's values to bfloat16 in place (what the GPU's bfloat16
+// convolution results go through).
+void round_to_bfloat16_in_place(const Tensor& t) {
+  dispatch_floating(t.dtype(), "bfloat16 emulation", [&](auto tag) {
+    using T = decltype(tag);
+    T* values = t.data<T>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) values[i] = cpu::round_to_bfloat16(values[i]);
+  });
+}
+
+// Whether conv2d / linear on x run as the bf16 mode: on the GPU in bfloat16, on the CPU as
+// its emulation in x's own dtype (engine/ops.h). A float64 CUDA tensor is never affected.
+bool gpu_bfloat16(const Tensor& x) {
+  return on_cuda(x) && x.dtype() == DType::f32 && autocast_bfloat16();
+}
+bool cpu_bfloat16(const Tensor& x) { return !on_cuda(x) && autocast_bfloat16(); }
+
 // Float32 gradient buffers for the backward of linear or conv2d whose forward ran in
 // bfloat16 (x and weight are the saved bfloat16 copies): each only where `node` has an input
 // that wants it; the bias's has `bias_size` values.
@@ -227,6 +258,7 @@ ParameterGradients float_gradients_for_bfloat16(const Node& node, const Tensor& 
 struct LinearBackward : Node {
   Tensor x, weight;  // x (N, in), weight (out, in); bfloat16 copies under autocast_bfloat16
   bool has_bias = false;
+  bool emulated_bfloat16 = false;  // the forward emulated the bf16 mode on the CPU
   const char* name() const override { return "linear"; }
   std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, out)
     Tensor grad = on_device(grad_in, x.device());
@@ -253,14 +285,16 @@ struct LinearBackward : Node {
       }
       return {grad_x, grad_w, grad_b};
     }
+    // As on the GPU: the products take dy rounded to bfloat16, the bias its exact values.
+    const Tensor product_grad = emulated_bfloat16 ? bfloat16_values(grad) : grad;
     dispatch_floating(grad.dtype(), "linear_backward", [&](auto tag) {
       using T = decltype(tag);
       if (grad_x.defined()) {  // dx (N, in) = dy (N, out) W (out, in)
-        matmul_kernel<T>(false, false, batch, in, out, grad.data<T>(), weight.data<T>(),
+        matmul_kernel<T>(false, false, batch, in, out, product_grad.data<T>(), weight.data<T>(),
                          grad_x.data<T>());
       }
       if (grad_w.defined()) {  // dW (out, in) = dy^T x
-        matmul_kernel<T>(true, false, out, in, batch, grad.data<T>(), x.data<T>(),
+        matmul_kernel<T>(true, false, out, in, batch, product_grad.data<T>(), x.data<T>(),
                          grad_w.data<T>());
       }
       if (grad_b.defined()) {  // db (out) = column sums of dy
@@ -292,6 +326,7 @@ struct Conv2dBackward : Node {
   Tensor x, weight;  // x (N, C, H, W), weight (O, C, kh, kw); bfloat16 under autocast_bfloat16
   cpu::Conv2dShape shape;
   bool has_bias = false;
+  bool emulated_bfloat16 = false;  // the forward emulated the bf16 mode on the CPU
   const char* name() const override { return "conv2d"; }
   std::vector<Tensor> backward(const Tensor& grad_in) override {  // grad (N, O, OH, OW)
     Tensor grad = on_device(grad_in, x.device());
@@ -319,17 +354,39 @@ struct Conv2dBackward : Node {
       }
       return {grad_x, grad_w, grad_b};
     }
+    // The bf16 emulation, as on the GPU: the convolutions take dy rounded to bfloat16 and
+    // their results are rounded to bfloat16; the bias takes dy's exact values.
+    const Tensor product_grad = emulated_bfloat16 ? bfloat16_values(grad) : grad;
     dispatch_floating(grad.dtype(), "conv2d_backward", [&](auto tag) {
       using T = decltype(tag);
       if (grad_x.defined()) {
-        cpu::conv2d_backward_input<T>(shape, grad.data<T>(), weight.data<T>(),
+        cpu::conv2d_backward_input<T>(shape, product_grad.data<T>(), weight.data<T>(),
                                       grad_x.data<T>());
       }
       if (w_buffer.defined()) {
-        cpu::conv2d_backward_weight<T>(shape, x.data<T>(), grad.data<T>(), w_buffer.data<T>(),
-                                       want_b ? grad_b.data<T>() : nullptr);
+        const bool bias_here = want_b && !emulated_bfloat16;
+        cpu::conv2d_backward_weight<T>(shape, x.data<T>(), product_grad.data<T>(),
+                                       w_buffer.data<T>(), bias_here ? grad_b.data<T>() : nullptr);
+      }
+      if (want_b && emulated_bfloat16) {  // db (O) = sums of dy over N, OH, OW
+        const std::int64_t planes = shape.batch, channels = shape.out_channels;
+        const std::int64_t spatial = shape.out_height() * shape.out_width();
+        const T* dy = grad.data<T>();
+        T* db = grad_b.data<T>();
+        for (std::int64_t o = 0; o < channels; ++o) {
+          T total = 0;
+          for (std::int64_t n = 0; n < planes; ++n) {
+            const T* plane = dy + (n * channels + o) * spatial;
+            for (std::int64_t i = 0; i < spatial; ++i) total += plane[i];
+          }
+          db[o] = total;
+        }
       }
     });
+    if (emulated_bfloat16) {
+      if (grad_x.defined()) round_to_bfloat16_in_place(grad_x);
+      if (w_buffer.defined()) round_to_bfloat16_in_place(w_buffer);
+    }
     return {grad_x, grad_w, grad_b};
   }
 };
@@ -739,7 +796,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   Tensor out = Tensor::empty({batch, out_features}, x.dtype(), x.device(), "linear");
   Tensor saved_x = x, saved_weight = weight;  // what the backward multiplies with
-  if (on_cuda(x) && x.dtype() == DType::f32 && autocast_bfloat16()) {
+  if (gpu_bfloat16(x)) {
     if constexpr (kCuda) {
       saved_x = cuda_ops::to_bfloat16(x);
       saved_weight = cuda_ops::to_bfloat16(weight);
@@ -751,10 +808,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       if (bias.defined()) cuda_ops::add_row_bias(bias, out);
     }
   } else {
+    if (cpu_bfloat16(x)) {
+      saved_x = bfloat16_values(x);
+      saved_weight = bfloat16_values(weight);
+    }
     dispatch_floating(x.dtype(), "linear", [&](auto tag) {
       using T = decltype(tag);
-      matmul_kernel<T>(false, true, batch, out_features, in, x.data<T>(), weight.data<T>(),
-                       out.data<T>());
+      matmul_kernel<T>(false, true, batch, out_features, in, saved_x.data<T>(),
+                       saved_weight.data<T>(), out.data<T>());
       if (bias.defined()) cpu::add_row_bias<T>(batch, out_features, bias.data<T>(), out.data<T>());
     });
   }
@@ -763,6 +824,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     node->x = saved_x.detach();
     node->weight = saved_weight.detach();
     node->has_bias = bias.defined();
+    node->emulated_bfloat16 = cpu_bfloat16(x);
     attach_node(out, node, {&x, &weight, &bias});
   }
   return out;
@@ -791,7 +853,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
   Tensor out = Tensor::empty({s.batch, s.out_channels, s.out_height(), s.out_width()}, x.dtype(),
                              x.device(), "conv2d");
   Tensor saved_x = x, saved_weight = weight;  // what the backward convolves with
-  if (on_cuda(x) && x.dtype() == DType::f32 && autocast_bfloat16()) {
+  if (gpu_bfloat16(x)) {
     if constexpr (kCuda) {
       saved_x = cuda_ops::to_bfloat16(x);
       saved_weight = cuda_ops::to_bfloat16(weight);
@@ -799,6 +861,24 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
     }
   } else if (on_cuda(x)) {
     if constexpr (kCuda) cuda_ops::conv2d_forward(s, x, weight, bias, out);
+  } else if (cpu_bfloat16(x)) {  // as on the GPU: the convolution rounded, then + bias
+    saved_x = bfloat16_values(x);
+    saved_weight = bfloat16_values(weight);
+    dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
+      using T = decltype(tag);
+      cpu::conv2d_forward<T>(s, saved_x.data<T>(), saved_weight.data<T>(), nullptr,
+                             out.data<T>());
+    });
+    round_to_bfloat16_in_place(out);
+    if (bias.defined()) {
+      dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
+        using T = decltype(tag);
+        const std::int64_t spatial = s.out_height() * s.out_width();
+        T* values = out.data<T>();
+        const T* b = bias.data<T>();
+        for (std::int64_t i = 0; i < out.numel(); ++i) values[i] += b[(i / spatial) % s.out_channels];
+      });
+    }
   } else {
     dispatch_floating(x.dtype(), "conv2d", [&](auto tag) {
       using T = decltype(tag);
@@ -812,6 +892,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
     node->weight = saved_weight.detach();
     node->shape = s;
     node->has_bias = bias.defined();
+    node->emulated_bfloat16 = cpu_bfloat16(x);
     attach_node(out, node, {&x, &weight, &bias});
   }
   return out;

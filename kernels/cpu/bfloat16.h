@@ -10,6 +10,8 @@
 // bfloat16 -> float is exact.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -36,5 +38,19 @@ inline float float_from_bfloat16(std::uint16_t b) {
 
 // x rounded to the nearest bfloat16, as a float.
 inline float round_to_bfloat16(float x) { return float_from_bfloat16(bfloat16_from_float(x)); }
+
+// x rounded to the nearest bfloat16, as a double, in one rounding (through float it would be
+// two, which can differ at a halfway point): 8 significant bits, ties to even, bfloat16's
+// subnormal spacing 2^-133 below 2^-126, infinity past the largest bfloat16. The CPU
+// emulation of the bf16 mode in float64 (engine/ops.h, set_autocast_bfloat16).
+inline double round_to_bfloat16(double x) {
+  if (!std::isfinite(x) || x == 0) return x;
+  int exponent = 0;
+  std::frexp(x, &exponent);  // |x| = m 2^exponent, 0.5 <= m < 1
+  const int quantum = std::max(exponent - 8, -133);  // spacing of bfloat16s near x
+  const double rounded = std::ldexp(std::nearbyint(std::ldexp(x, -quantum)), quantum);
+  const double largest = std::ldexp(255.0, 120);  // (2 - 2^-7) 2^127
+  return std::fabs(rounded) > largest ? std::copysign(HUGE_VAL, x) : rounded;
+}
 
 }  // namespace sela::cpu

@@ -12,7 +12,8 @@
 //     an fp16 accumulation would be off by 2^-9 M or more;
 //   - the bfloat16 convolutions of cudnn_conv.h in three directions (see that case);
 //   - sela::linear and sela::conv2d under autocast_bfloat16, biases and all gradients;
-//   - a whole training step with autocast_bfloat16 against float64 (see that case).
+//   - the whole network with autocast_bfloat16 against the CPU emulation of the mode (see
+//     that case).
 // Skipped, by name, without a GPU.
 #include <cuda_runtime_api.h>
 
@@ -34,7 +35,7 @@
 #include "kernels/cuda/elementwise.cuh"
 #include "models/alexnet.h"
 #include "tests/cuda/cuda_test_support.h"
-#include "tests/cuda/small_model.h"
+#include "tests/models/small_model.h"
 
 namespace {
 
@@ -365,96 +366,74 @@ SELA_CUDA_TEST("bf16 autocast: linear and conv2d with bias, forward and all grad
   }
 }
 
-// The bf16 mode end to end: one training step of alexnet-32 (width 0.125, 10 heads x 13,
-// batch 16, dropout off) with autocast_bfloat16 on the GPU against the same step in float64
-// on the CPU. Relative L2 error of each parameter gradient: at most 5% for the classifier
-// and the heads, at most 25% for the conv and BatchNorm parameters, which sit below max-pools:
-// rounding to bfloat16 can change the winner of near-tied 3x3 pool windows, which routes a
-// gradient element elsewhere; a reviewer's estimate for these shapes (not measured here) was
-// about 8% in L2 per pool, and conv1 lies below three pools. A GPU run should record the
-// errors actually seen and tighten these bounds. The loss within 1%. Gradients that are zero
-// in exact arithmetic (the conv biases BatchNorm follows) are skipped. And the mode must be
-// in effect in both kinds of layer: the gradients of conv1's and fc6's weights differ from
-// the float32 GPU step's by more than 1e-3 relative (a float32 step agrees to ~1e-6). The
-// ops themselves, biases included, are checked tightly by the case before this one.
-SELA_CUDA_TEST("bf16 autocast: a training step stays within bfloat16 error of float64",
+// The bf16 mode end to end, against its CPU emulation (engine/ops.h; checked itself in
+// tests/models/test_bfloat16_emulation.cpp, whose comment explains the design): the small
+// alexnet-32 (width 0.125, batch 16) in evaluation mode with a random gradient at fc7, seeds
+// 1-4: every parameter gradient of the GPU's bf16 step within 3% (relative L2) of the
+// float64 emulation's, the bound the CPU's float32 emulation meets (measured there: at most
+// 1.2% over 10 seeds, while exact float64 is 2.7% or more away and 8-17% in the median).
+// Then a training step (10 heads x 13, cross-entropy) with autocast_bfloat16: the loss within
+// 1% of exact float64's, and the mode in effect in both kinds of layer: conv1's and fc6's
+// weight gradients differ from the float32 GPU step's by more than 1e-3 relative (a float32
+// step agrees to ~1e-6). Its gradients against exact float64 and the emulation are printed,
+// not bounded: in training mode BatchNorm turns single rounding differences into cascades
+// (the first GPU run, 2026-11-26: 13% for fc6 and 54% for a BatchNorm bias against exact
+// float64; the CPU emulation gives 13% and 59% for the same step). The ops themselves,
+// biases included, are checked tightly by the case before this one.
+SELA_CUDA_TEST("bf16 autocast: the network's gradients match the CPU emulation of the mode",
                bfloat16_whole_step) {
   sela::cuda::set_conv_tf32(false);
   sela::cuda::set_matmul_tf32(false);
+  const sela::Device gpu = sela::Device::cuda(0), cpu = sela::Device::cpu();
+  using sela::test::step_gradients;
+  for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+    CAPTURE(seed);
+    const sela::ModelConfig config = sela::test::small_alexnet32(seed, 0.0);
+    const sela::test::SmallBatch batch = sela::test::small_batch(16, seed + 100);
+    sela::Rng rng(seed + 7);
+    const sela::Tensor upstream =
+        sela::randn({16, sela::test::kSmallFcWidth}, rng, sela::DType::f64);
+    const auto want = step_gradients(config, batch, cpu, sela::DType::f64, true, false, upstream);
+    const auto got = step_gradients(config, batch, gpu, sela::DType::f32, true, false, upstream);
+    REQUIRE(got.names == want.names);
+    const std::vector<bool> zero = sela::test::zero_in_exact_arithmetic(want);
+    double worst = 0;
+    int compared = 0;
+    for (std::size_t i = 0; i < want.grads.size(); ++i) {
+      if (zero[i]) continue;
+      CAPTURE(want.names[i]);
+      const double error = sela::test::relative_l2(got.grads[i], want.grads[i]);
+      CHECK(error <= 0.03);
+      worst = std::max(worst, error);
+      ++compared;
+    }
+    CHECK(compared >= 10);
+    MESSAGE("seed " << seed << ": GPU bf16 vs float64 emulation, evaluation mode, at most "
+                    << worst);
+  }
+
   const sela::ModelConfig config = sela::test::small_alexnet32(3, 0.0);
-  const sela::Device gpu = sela::Device::cuda(0);
-  sela::Rng rng(31);
-  sela::Tensor images = sela::randn({16, 3, 32, 32}, rng);
-  std::vector<sela::Tensor> targets;
-  for (int t = 0; t < 10; ++t) {
-    std::vector<std::int64_t> labels(16);
-    for (auto& label : labels) label = static_cast<std::int64_t>(rng.below(13));
-    targets.push_back(sela::Tensor::from_vector(labels, {16}));
+  const sela::test::SmallBatch batch = sela::test::small_batch(16, 31);
+  const auto exact = step_gradients(config, batch, cpu, sela::DType::f64, false);
+  const auto emulated = step_gradients(config, batch, cpu, sela::DType::f64, true);
+  const auto got = step_gradients(config, batch, gpu, sela::DType::f32, true);
+  const auto fp32 = step_gradients(config, batch, gpu, sela::DType::f32, false);
+  REQUIRE(got.names == exact.names);
+  CHECK(std::fabs(got.loss - exact.loss) <= 0.01 * std::fabs(exact.loss));
+  const std::vector<bool> zero = sela::test::zero_in_exact_arithmetic(exact);
+  double conv1_vs_fp32 = -1, fc6_vs_fp32 = -1, worst_exact = 0, worst_emulated = 0;
+  for (std::size_t i = 0; i < exact.grads.size(); ++i) {
+    if (zero[i]) continue;
+    worst_exact = std::max(worst_exact, sela::test::relative_l2(got.grads[i], exact.grads[i]));
+    worst_emulated =
+        std::max(worst_emulated, sela::test::relative_l2(got.grads[i], emulated.grads[i]));
+    const double vs_fp32 = sela::test::relative_l2(got.grads[i], fp32.grads[i]);
+    if (exact.names[i] == "features.0.weight") conv1_vs_fp32 = vs_fp32;
+    if (exact.names[i] == "classifier.1.weight") fc6_vs_fp32 = vs_fp32;
   }
-  std::vector<std::string> names;
-  // loss and gradients of one forward/backward, on `device`, in `dtype`, bf16 or not
-  auto run = [&](sela::Device device, sela::DType dtype, bool bf16, double* loss) {
-    auto model = sela::make_model(config);
-    model->to(dtype);
-    model->to(device);
-    model->train();
-    std::vector<sela::Tensor> on_device;
-    for (const auto& t : targets) on_device.push_back(t.to(device));
-    struct Autocast {  // on for this scope only, whatever happens
-      explicit Autocast(bool on) { sela::set_autocast_bfloat16(on); }
-      ~Autocast() { sela::set_autocast_bfloat16(false); }
-    } autocast(bf16);
-    sela::Tensor l = sela::sela_loss(model->forward_heads(images.to(dtype).to(device)), on_device);
-    l.backward();
-    *loss = l.item();
-    std::vector<std::vector<double>> grads;
-    names.clear();
-    for (const auto& p : model->named_parameters()) {
-      grads.push_back(p.second.grad().to_vector<double>());
-      names.push_back(p.first);
-    }
-    return grads;
-  };
-  double loss64 = 0, loss16 = 0, loss32 = 0;
-  const auto want = run(sela::Device::cpu(), sela::DType::f64, false, &loss64);
-  const auto got = run(gpu, sela::DType::f32, true, &loss16);
-  const auto fp32 = run(gpu, sela::DType::f32, false, &loss32);
-  CHECK(std::fabs(loss16 - loss64) <= 0.01 * std::fabs(loss64));
-  auto relative = [](const std::vector<double>& a, const std::vector<double>& b) {
-    double diff = 0, norm = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      diff += (a[i] - b[i]) * (a[i] - b[i]);
-      norm += b[i] * b[i];
-    }
-    return std::sqrt(diff / std::max(norm, 1e-300));
-  };
-  double largest_norm = 0;
-  for (const auto& g : want) {
-    double norm = 0;
-    for (double v : g) norm += v * v;
-    largest_norm = std::max(largest_norm, std::sqrt(norm));
-  }
-  int compared = 0;
-  double conv1_vs_fp32 = -1, fc6_vs_fp32 = -1, worst_below = 0, worst_above = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    double norm = 0;
-    for (double v : want[i]) norm += v * v;
-    if (std::sqrt(norm) < 1e-6 * largest_norm) continue;  // zero in exact arithmetic
-    INFO(names[i]);
-    const bool below_pools = names[i].rfind("features.", 0) == 0;
-    const double error = relative(got[i], want[i]);
-    CHECK(error <= (below_pools ? 0.25 : 0.05));
-    double& worst = below_pools ? worst_below : worst_above;
-    worst = std::max(worst, error);
-    if (names[i] == "features.0.weight") conv1_vs_fp32 = relative(got[i], fp32[i]);
-    if (names[i] == "classifier.1.weight") fc6_vs_fp32 = relative(got[i], fp32[i]);
-    ++compared;
-  }
-  // Printed on every run, so that a GPU session can record them (and tighten the bounds).
-  MESSAGE("bf16 step: worst relative L2 gradient error " << worst_below << " below the pools, "
-                                                         << worst_above << " above; loss "
-                                                         << loss16 << " vs " << loss64);
-  CHECK(compared >= 20);
+  MESSAGE("bf16 training step: worst relative L2 gradient error " << worst_exact
+          << " against exact float64, " << worst_emulated << " against the emulation; loss "
+          << got.loss << " vs " << exact.loss);
   CHECK(conv1_vs_fp32 > 1e-3);
   CHECK(fc6_vs_fp32 > 1e-3);
 }

@@ -33,7 +33,7 @@
 #include "kernels/cuda/device_allocator.h"
 #include "models/alexnet.h"
 #include "tests/cuda/cuda_test_support.h"
-#include "tests/cuda/small_model.h"
+#include "tests/models/small_model.h"
 
 namespace {
 

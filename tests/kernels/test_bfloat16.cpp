@@ -94,3 +94,36 @@ TEST_CASE("bfloat16 special values and round trips") {
   CHECK(sela::cpu::round_to_bfloat16(1.0f + 1.0f / 256) == 1.0f);  // a tie: to even
   CHECK(sela::cpu::round_to_bfloat16(1.0f + 3.0f / 256) == 1.0f + 4.0f / 256);  // tie: to even
 }
+
+// The double overload (the bf16 mode's float64 emulation) rounds once: every float's double
+// rounds as the float does; a double just above a tie between two bfloat16s, whose float
+// rounding would create that tie and then go to even, rounds up; subnormal spacing 2^-133
+// and ties to even there; overflow to infinity as for floats.
+TEST_CASE("round_to_bfloat16 of a double: one rounding, to nearest, ties to even") {
+  std::mt19937 gen(11);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = float_of(bits(gen));
+    if (std::isnan(x)) continue;
+    const double want = sela::cpu::round_to_bfloat16(x);
+    if (sela::cpu::round_to_bfloat16(static_cast<double>(x)) != want) {
+      FAIL("double " << static_cast<double>(x) << " rounded differently from its float");
+    }
+  }
+  using sela::cpu::round_to_bfloat16;
+  const double above_tie = 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40);
+  CHECK(round_to_bfloat16(static_cast<float>(above_tie)) == 1.0f);  // through float: 1
+  CHECK(round_to_bfloat16(above_tie) == 1.0 + std::ldexp(1.0, -7));  // directly: up
+  CHECK(round_to_bfloat16(-above_tie) == -(1.0 + std::ldexp(1.0, -7)));
+  CHECK(round_to_bfloat16(std::ldexp(1.0, -133)) == std::ldexp(1.0, -133));  // smallest
+  CHECK(round_to_bfloat16(std::ldexp(1.0, -134)) == 0.0);                    // tie: to even 0
+  CHECK(round_to_bfloat16(std::ldexp(3.0, -134)) == std::ldexp(1.0, -132));  // tie: to even
+  CHECK(round_to_bfloat16(std::ldexp(1.2, -134)) == std::ldexp(1.0, -133));
+  const double largest = std::ldexp(255.0, 120);
+  CHECK(round_to_bfloat16(largest) == largest);
+  CHECK(round_to_bfloat16(std::ldexp(255.49, 120)) == largest);
+  CHECK(std::isinf(round_to_bfloat16(std::ldexp(255.5, 120))));  // tie: to even, 2^128
+  CHECK(round_to_bfloat16(-std::ldexp(1e5, 300)) == -HUGE_VAL);
+  CHECK(round_to_bfloat16(0.0) == 0.0);
+  CHECK(std::isnan(round_to_bfloat16(std::nan(""))));
+}
