@@ -58,9 +58,14 @@ Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
 // their input and weight to bfloat16, multiply on tensor cores with float32 accumulation
 // (cuDNN / cuBLAS), and return float32; their backward does the same with the output
 // gradient and returns float32 gradients. Everything else stays float32: the weights the
-// optimiser updates (master weights), BatchNorm, the loss. Process-wide, off by default; CPU
-// and float64 tensors are never affected. (Activations between layers stay float32: half
+// optimiser updates (master weights), BatchNorm, the loss. Process-wide, off by default;
+// float64 CUDA tensors are never affected. (Activations between layers stay float32: half
 // the traffic of PyTorch's autocast is not taken yet.)
+// On the CPU the mode is emulated, as the reference of the GPU's (no faster): conv2d and
+// linear keep their dtype (float32 or float64) but round to bfloat16 values what the GPU
+// rounds: input and weight, the convolution's result (before its bias), and, in the
+// backward, the output gradient the products take and the convolutions' gradients; the bias
+// and its gradient, and linear's result and gradients, are not rounded (float32 on the GPU).
 void set_autocast_bfloat16(bool enabled);
 bool autocast_bfloat16();
 
