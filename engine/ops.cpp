@@ -876,7 +876,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, std::in
         const std::int64_t spatial = s.out_height() * s.out_width();
         T* values = out.data<T>();
         const T* b = bias.data<T>();
-        for (std::int64_t i = 0; i < out.numel(); ++i) values[i] += b[(i / spatial) % s.out_channels];
+        for (std::int64_t i = 0; i < out.numel(); ++i) {
+          values[i] += b[(i / spatial) % s.out_channels];
+        }
       });
     }
   } else {
