@@ -16,7 +16,8 @@
 # Writes everything to $OUT/gpu_check.log (and CTest's full log of the CUDA tests to
 # $OUT/cuda_tests_full.log). Budget: under 6 minutes. Measured on an H100 (eighth session):
 # 268 s with CPU_TESTS=0 NSYS=0 QUICK_RUN=0 (51 s of it the build, 13 s the CUDA tests); the
-# CPU suite adds about 30 s (28 s on 2 cores here) and step 4 about 35 s (sixth session).
+# CPU suite (not timed there; 28-65 s with ctest -j2 on the 2-core dev machine) and step 4
+# (about 35 s in the sixth session) come on top.
 # CPU_TESTS=0 skips the CPU suite (CI runs it) and QUICK_RUN=0 step 4 (tests/cuda's
 # trainer test already runs a tiny pipeline on the GPU), when device time is short.
 # The Sinkhorn goals of issue 4 are a second call on the same warm machine (about 2.5
