@@ -102,7 +102,8 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
           {"rotation_weight", c.rotation_weight}, {"rotation_batch", c.rotation_batch},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
-          {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage}, {"device", c.device},
+          {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage},
+          {"sinkhorn_warm_start", c.sinkhorn_warm_start}, {"device", c.device},
           {"cuda_graph", c.cuda_graph}, {"precise_bn", c.precise_bn},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
@@ -160,6 +161,9 @@ class Run {
   double samples_seen_ = 0;
   std::int64_t start_epoch_ = 0;
   std::unique_ptr<assign::SinkhornSolver> solver_;
+  // Each head's column scaling r from its last label step, the next solve's warm start
+  // (--sinkhorn-warm-start on; empty before the first solve). Checkpointed.
+  std::vector<std::vector<double>> sinkhorn_r_;
   // --label-logits recorded: each head's logits of every sample as last trained on,
   // (T) x (N * K_t), and whether sample i has been recorded yet, (N).
   std::vector<std::vector<float>> recorded_logits_;
@@ -225,6 +229,7 @@ void Run::build_model() {
   sk.over_relaxation = config_.sinkhorn_omega;
   sk.device = device_;  // the fused CUDA kernels on a GPU run (logits come from the host)
   solver_ = std::make_unique<assign::SinkhornSolver>(sk);
+  sinkhorn_r_.assign(config_.clusters.size(), {});
   if (config_.label_logits == "recorded") {
     std::int64_t total_k = 0;
     for (std::int64_t k : config_.clusters) total_k += k;
@@ -273,6 +278,11 @@ void Run::save_checkpoint(std::int64_t epochs_done) {
                          Tensor::from_vector(recorded_logits_[t], {n_, config_.clusters[t]}));
   }
   if (!recorded_.empty()) tensors.emplace_back("recorded", Tensor::from_vector(recorded_, {n_}));
+  for (std::size_t t = 0; t < sinkhorn_r_.size(); ++t) {
+    if (sinkhorn_r_[t].empty()) continue;
+    tensors.emplace_back("sinkhorn_r/" + std::to_string(t),
+                         Tensor::from_vector(sinkhorn_r_[t], {config_.clusters[t]}));
+  }
   json dropout_calls = json::array();
   for (Dropout* d : dropouts_of(*model_)) dropout_calls.push_back(d->calls);
   json state = {{"epochs_done", epochs_done}, {"samples_seen", samples_seen_},
@@ -338,6 +348,11 @@ void Run::resume_from_checkpoint() {
     recorded_logits_[t] = tensor_from_file(file, key).to_vector<float>();
   }
   if (!recorded_.empty()) recorded_ = tensor_from_file(file, "recorded").to_vector<std::uint8_t>();
+  // A checkpoint from before the warm start has no scalings: its next solves start cold.
+  for (std::size_t t = 0; t < sinkhorn_r_.size(); ++t) {
+    std::string key = "sinkhorn_r/" + std::to_string(t);
+    if (file.contains(key)) sinkhorn_r_[t] = tensor_from_file(file, key).to_vector<double>();
+  }
   auto dropouts = dropouts_of(*model_);
   for (std::size_t i = 0; i < dropouts.size(); ++i) {
     dropouts[i]->calls = state["dropout_calls"][i].get<std::uint64_t>();
@@ -362,8 +377,10 @@ void Run::label_step(std::int64_t epoch) {
                {"samples_seen", samples_seen_}, {"forward_s", forward_seconds}};
   for (std::size_t t = 0; t < labels_.size(); ++t) {
     std::int64_t k = config_.clusters[t];
+    if (config_.sinkhorn_warm_start == "on") solver_->warm_start(sinkhorn_r_[t]);
     assign::SinkhornResult result =
         solver_->solve(logits[t].data(), n_, k, "head" + std::to_string(t));
+    sinkhorn_r_[t] = result.r;
     double nmi_previous =
         normalized_mutual_info(labels_[t].data(), result.labels.data(), n_);
     json head = {{"head", t}, {"k", k}, {"iterations", result.iterations},
@@ -373,7 +390,8 @@ void Run::label_step(std::int64_t epoch) {
                  {"col_marginal_error", result.col_marginal_error},
                  {"cluster_min", result.cluster_min}, {"cluster_max", result.cluster_max},
                  {"clusters_empty", result.clusters_empty}, {"nmi_previous", nmi_previous},
-                 {"over_relaxation", result.over_relaxation}};
+                 {"over_relaxation", result.over_relaxation},
+                 {"warm_started", result.warm_started}};
     std::printf("  %s head%zu K=%lld: %lld iterations %.2fs, marginal errors %.1e/%.1e, "
                 "clusters %lld..%lld, NMI(previous) %.3f",
                 label.c_str(), t, static_cast<long long>(k),
@@ -651,6 +669,17 @@ TrainSummary Run::go() {
                                                               << " (use --device cuda or drop "
                                                                  "--cuda-graph)");
   if (config_.cuda_graph == "auto") config_.cuda_graph = device_.is_cuda() ? "on" : "off";
+  SELA_CHECK(config_.sinkhorn_warm_start == "auto" || config_.sinkhorn_warm_start == "on" ||
+                 config_.sinkhorn_warm_start == "off",
+             "sela train",
+             "--sinkhorn-warm-start must be auto, on or off, got '" << config_.sinkhorn_warm_start
+                                                                    << "'");
+  SELA_CHECK(config_.sinkhorn_warm_start != "on" || device_.is_cpu(), "sela train",
+             "--sinkhorn-warm-start on is implemented for CPU runs only, but the run is on "
+                 << device_.str() << " (use --sinkhorn-warm-start off or auto)");
+  if (config_.sinkhorn_warm_start == "auto") {
+    config_.sinkhorn_warm_start = device_.is_cpu() ? "on" : "off";
+  }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",

@@ -76,6 +76,10 @@ struct TrainConfig {
   // and the same labels on the default run's logits (docs/perf.md).
   double sinkhorn_omega = 1.4;
   std::string storage = "f32";  // Sinkhorn storage of A: f32 | f16 | bf16
+  // Start each head's Sinkhorn solve from its previous label step's column scaling
+  // (sinkhorn.h, "Warm start"): auto (on for a CPU run; the GPU solver has no warm start
+  // yet) | on | off (every solve from the reference's start).
+  std::string sinkhorn_warm_start = "auto";
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   // GPU: run each training step as a replay of a captured CUDA graph (engine/cuda_graph.h);
   // the run's first step is eager, the second is captured (and captured again after each lr

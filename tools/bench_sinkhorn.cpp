@@ -25,6 +25,11 @@
 // bytes of A), one warm-up, median of 5, counting read + write: copy_gbps = 2·bytes/time)
 // and reports floor_ratio = ms_per_iter / (N·K·element bytes / copy_gbps): how far one
 // pass is from the time needed to read A once at the copy's rate (the issue's goal: ≤ 1.25).
+//
+// --warm-from EARLIER.npy (CPU): the logits of an earlier label step of the same head (same
+// N and K). They are solved first, from the reference's start (not timed; its iteration
+// count is printed), and every timed solve then starts from that answer's r
+// (SinkhornSolver::warm_start), as `sela train --sinkhorn-warm-start on` does.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -160,6 +165,9 @@ int run_bench_sinkhorn(const Args& args) {
   flags.add("labels-out", "", "write the labels (int64, N) to this .npy file");
   flags.add("save-logits", "", "write the logits used (float32, N x K) to this .npy file");
   flags.add("repeat", "1", "solve this many times and report the median");
+  flags.add("warm-from", "",
+            "CPU: solve these earlier logits of the same head (.npy, N x K) first and start "
+            "every timed solve from that answer's column scaling (a warm start)");
   flags.add("verbose", "0", "1: print the memory plan and a summary per solve");
   flags.add_switch("reference",
                    "also run the float64 reference (small N x K only) and compare labels");
@@ -284,9 +292,28 @@ int run_bench_sinkhorn(const Args& args) {
   }
 
   assign::SinkhornSolver solver(options);
+  std::vector<double> warm_r;
+  std::int64_t warm_from_iterations = -1;
+  if (!flags.get("warm-from").empty()) {
+    const std::string path = flags.get("warm-from");
+    SELA_CHECK(!on_device, "sela bench sinkhorn",
+               "--warm-from: the GPU solver has no warm start; use --device cpu");
+    std::vector<std::int64_t> shape;
+    const std::vector<float> earlier = assign::read_npy_f32(path, &shape);
+    SELA_CHECK(shape.size() == 2 && shape[0] == n && shape[1] == k, "sela bench sinkhorn",
+               "--warm-from " << path << ": expected float32 logits of shape (" << n << ", " << k
+                              << "), the shape of the logits solved");
+    const assign::SinkhornResult first = solver.solve(earlier.data(), n, k, "head0");
+    warm_r = first.r;
+    warm_from_iterations = first.iterations;
+    std::cout << "warm start from " << path << ": its solve from the reference's start took "
+              << first.iterations << " iterations" << (first.converged ? "" : " (NOT converged)")
+              << "\n";
+  }
   assign::SinkhornResult result;
   std::vector<double> totals, iterates;
   for (std::int64_t rep = 0; rep < repeat; ++rep) {
+    if (!warm_r.empty()) solver.warm_start(warm_r);
     result = on_device ? solver.solve_device(device_logits, n, k, "head0")
                        : solver.solve(logits.data(), n, k, "head0");
     totals.push_back(result.total_seconds);
@@ -371,6 +398,7 @@ int run_bench_sinkhorn(const Args& args) {
            << "\"";
     }
     if (agreement >= 0.0) json << ", \"reference_agreement\": " << agreement;
+    if (warm_from_iterations >= 0) json << ", \"warm_from_iterations\": " << warm_from_iterations;
     json << "}";
     std::cout << json.str() << std::endl;
   }

@@ -76,6 +76,10 @@ int run_train(const Args& args) {
             "safeguard returns a solve to plain steps, with a warning, where its error stops "
             "falling (often at --lambda 25) (1 = the published algorithm)");
   flags.add("sinkhorn-storage", defaults.storage, "storage of the transport matrix: f32 | f16 | bf16");
+  flags.add("sinkhorn-warm-start", defaults.sinkhorn_warm_start,
+            "start each head's solve from its previous label step's column scaling (far fewer "
+            "iterations, the same stopping rule): auto (on for a CPU run; the GPU solver has "
+            "no warm start yet) | on | off");
   flags.add("device", defaults.device,
             "auto (the first GPU when this build has CUDA and the machine a GPU, else cpu) | "
             "cpu | cuda[:N]");
@@ -128,6 +132,7 @@ int run_train(const Args& args) {
   if (!flags.get("lr-drops").empty()) config.lr_drops = flags.get_int_list("lr-drops");
   config.dropout = flags.get_double("dropout");
   config.storage = flags.get("sinkhorn-storage");
+  config.sinkhorn_warm_start = flags.get("sinkhorn-warm-start");
   config.crop_min_scale = flags.get_double("crop-min-scale");
   SELA_CHECK(config.crop_min_scale >= 0 && config.crop_min_scale <= 1, "sela train",
              "--crop-min-scale must be in [0, 1], got " << config.crop_min_scale);

@@ -914,6 +914,10 @@ void SinkhornSolver::run(SinkhornResult* result) {
   const double inv_k = 1.0 / static_cast<double>(k);
 
   const auto start = Clock::now();
+  // A warm start (warm_start()) begins from the given r; c_0 below is then only a
+  // placeholder that the first pass, made without over-relaxation, replaces.
+  const bool warm = !warm_r_.empty();
+  result->warm_started = warm;
   // c_0 = 1/N in the reference's row scaling: its A is softmax^λ = A / (scale e^{λ m_i})
   // with m_i = row_log_mass_i, so the same start here is c_0,i = e^{−λ m_i} / (N scale).
   // Then r_1 = (1/K) / (Aᵀ c_0), summed in float64 (c_0 spans down to K^-λ).
@@ -925,8 +929,6 @@ void SinkhornSolver::run(SinkhornResult* result) {
                  static_cast<double>(b.row_log_mass[static_cast<std::size_t>(i)])) *
         c0_factor;
   }
-  sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
-                              b.col_sums.data());
   auto update_r = [&](std::vector<double>* r, std::int64_t iteration) {
     for (std::int64_t j = 0; j < k; ++j) {
       const double s = b.col_sums[static_cast<std::size_t>(j)];
@@ -939,7 +941,19 @@ void SinkhornSolver::run(SinkhornResult* result) {
       (*r)[static_cast<std::size_t>(j)] = inv_k / s;
     }
   };
-  update_r(&b.r, 0);
+  if (warm) {
+    // r up to a constant factor: centred on 1 (geometric middle of its range).
+    const auto [r_min_at, r_max_at] = std::minmax_element(warm_r_.begin(), warm_r_.end());
+    const double middle = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
+    for (std::int64_t j = 0; j < k; ++j) {
+      b.r[static_cast<std::size_t>(j)] = warm_r_[static_cast<std::size_t>(j)] / middle;
+    }
+    warm_r_.clear();
+  } else {
+    sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
+                                b.col_sums.data());
+    update_r(&b.r, 0);
+  }
 
   // Over-relaxation (options.over_relaxation = ω > 1): c ← c^(1−ω) c_new^ω, r likewise,
   // with a safeguard: when the stopping value grows from one check to the next (or stops
@@ -1022,7 +1036,14 @@ void SinkhornSolver::run(SinkhornResult* result) {
   if (absorb) b.column_potential_f.assign(static_cast<std::size_t>(stride), 0.0f);
 
   for (std::int64_t iteration = 0;; ++iteration) {
-    if (absorb && iteration == 0) {
+    if (absorb && iteration == 0 && warm) {
+      // A warm r is kept: folded into A once where the floor would hide what it weighs.
+      if (floored_share_bound(0) > absorb_above) {
+        absorb_scaling(0);
+        r_at_check = b.r;
+        absorbed_last_iteration = true;
+      }
+    } else if (absorb && iteration == 0) {
       // Before the first pass r_1 comes from the column sums of A with c_0: where A misses
       // floored entries r_1 is wrong too, and the iteration would start on another path
       // than the reference's. So absorb it and compute r_1 again from the new A (a few
@@ -1046,11 +1067,14 @@ void SinkhornSolver::run(SinkhornResult* result) {
       }
     }
     set_r_rel();
-    const bool measure = iteration % options_.check_every == 0;
+    // (A warm start's c_0 is a placeholder: its first pass is not measured.)
+    const bool measure = iteration % options_.check_every == 0 && !(warm && iteration == 0);
     std::int64_t bad_rows = 0;
-    double change =
-        sinkhorn_pass<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, omega, b.c.data(),
-                             b.col_sums.data(), measure, workspace, workspace_bytes, &bad_rows);
+    // A warm start's first pass sets c from r: its c_0 is no iterate to relax from.
+    const double pass_omega = warm && iteration == 0 ? 1.0 : omega;
+    double change = sinkhorn_pass<Store>(a, n, k, stride, n, b.r_rel.data(), r_scale, pass_omega,
+                                         b.c.data(), b.col_sums.data(), measure, workspace,
+                                         workspace_bytes, &bad_rows);
     if (omega != 1.0) {
       // A diverging relaxed iteration leaves float32's range (rows without mass) or float64's
       // (column sums 0 or inf) within a few passes: the safeguard below catches it as NaN.
@@ -1433,9 +1457,31 @@ SinkhornResult SinkhornSolver::finish(SinkhornResult* result) const {
   return std::move(*result);
 }
 
+void SinkhornSolver::warm_start(std::vector<double> r) {
+  for (std::size_t j = 0; j < r.size(); ++j) {
+    SELA_CHECK(r[j] > 0.0 && std::isfinite(r[j]), "sinkhorn",
+               "warm_start: r[" << j << "] = " << r[j] << " is not a positive finite scaling");
+  }
+  warm_r_ = std::move(r);
+}
+
 SinkhornResult SinkhornSolver::solve() {
   SELA_CHECK(head_open_, "sinkhorn",
              "solve before begin_head (or after a failed append or a solve)");
+  if (!warm_r_.empty()) {
+    const std::size_t given = warm_r_.size();
+    if (given != static_cast<std::size_t>(k_) || options_.device.is_cuda()) {
+      warm_r_.clear();
+      head_open_ = false;
+      SELA_CHECK(given == static_cast<std::size_t>(k_), "sinkhorn",
+                 "head '" << head_ << "': warm start r has " << given << " values, the head has K = "
+                          << k_ << " clusters");
+      SELA_FAIL_HINT("sinkhorn",
+                     "head '" << head_ << "': a warm start is implemented on the CPU only, the "
+                              << "solver runs on " << options_.device.str(),
+                     "solve without warm_start() on a GPU");
+    }
+  }
   SELA_CHECK(
       rows_appended_ == n_, "sinkhorn",
       "head '" << head_ << "': solve with " << rows_appended_ << " of " << n_ << " rows appended");

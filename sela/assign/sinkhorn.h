@@ -63,6 +63,14 @@
 // marginals follow the CPU fast path up to float32 summation order; results are
 // bit-identical between runs on the same GPU (sinkhorn_cuda.cuh says why).
 //
+// Warm start (CPU path): warm_start(r) before a solve makes it start from a column scaling
+// r (K values, e.g. the previous label step's result.r for the same head) instead of the
+// reference's start: r is taken as given (folded into A by absorption where its range needs
+// it), the first pass computes c from it without over-relaxation, and the iteration and its
+// stopping rule go on as above. The answer meets the same stopping rule, so it is as good a
+// solution; between label steps the scaling moves little, so far fewer passes are needed
+// (docs/perf.md). The iteration sequence is then no longer the reference's.
+//
 // Robustness: NaN/Inf in the logits is an Error naming the head and the first bad row;
 // reaching the iteration cap (or labels resting on entries below the storage's range) is a
 // warning written to the log stream (stderr by default) and kept in result.warning; N < K,
@@ -156,6 +164,7 @@ struct SinkhornResult {
   double storage_scale = 1.0;
 
   std::int64_t iterations = 0;                   // passes made (the reference counts the same way)
+  bool warm_started = false;                     // began from warm_start()'s r
   double over_relaxation = 1.0;                  // ω asked for (1: off)
   std::int64_t over_relaxation_stopped_at = -1;  // iteration where the safeguard gave up on ω
   bool converged = false;                        // the stopping rule was met before the cap
@@ -224,6 +233,12 @@ class SinkhornSolver {
 
   std::uint64_t allocated_bytes() const;  // what the solver holds now (host and device)
 
+  // The next solve starts from column scaling r (K positive finite values, in the units of
+  // result.r: a previous result of the same K and storage) instead of the reference's start;
+  // consumed by that solve (see "Warm start" above). CPU only: a solve on a GPU with a warm
+  // start pending is an Error. An empty r cancels it.
+  void warm_start(std::vector<double> r);
+
  private:
   struct Buffers;
   struct DeviceBuffers;  // the CUDA path's device memory, stream and events (sinkhorn.cpp)
@@ -256,6 +271,7 @@ class SinkhornSolver {
   bool keep_logits_ = false;               // append_logits copies the rows for absorption
   const float* borrowed_logits_ = nullptr;  // solve(logits, ...): the caller's (n, k) array
   double prepare_seconds_ = 0.0;
+  std::vector<double> warm_r_;  // warm_start(): the next solve's starting r (empty: none)
 };
 
 }  // namespace sela::assign

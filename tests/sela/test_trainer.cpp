@@ -11,6 +11,8 @@
 #include <random>
 #include <string>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -183,6 +185,61 @@ TEST_CASE("--cuda-graph: on needs a GPU, auto resolves to off on the CPU, other 
   train(automatic);
   std::ifstream config_file(folder.path + "/auto/config.json");
   CHECK(json::parse(config_file)["cuda_graph"].get<std::string>() == "off");
+}
+
+TEST_CASE("--sinkhorn-warm-start: later solves start from the last answer; resume keeps it") {
+  // The solver's tests show what a warm start does (tests/assign/test_sinkhorn.cpp); this
+  // one shows that the trainer hands each head its own previous r, that auto means on for
+  // a CPU run, and that the scalings travel in the checkpoint so that resume stays exact.
+  using nlohmann::json;
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  auto config_for = [&](const std::string& out, const std::string& warm_start) {
+    TrainConfig config = tiny_config(spec, folder.path + "/" + out);
+    config.label_steps = 6;  // at 0, 0.8, 1.6 and 2.4 epochs: two after the stop at epoch 1
+    config.label_spacing = "linear";
+    config.sinkhorn_warm_start = warm_start;
+    return config;
+  };
+  // (step, head) -> {iterations, warm_started} of every solve in a run's metrics.jsonl.
+  auto solves_of = [&](const std::string& out) {
+    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
+    std::vector<std::pair<std::int64_t, bool>> solves;
+    for (std::string line; std::getline(metrics, line);) {
+      json entry = json::parse(line);
+      if (entry["event"] != "label_step") continue;
+      for (const json& head : entry["heads"]) {
+        solves.emplace_back(head["iterations"].get<std::int64_t>(),
+                            head["warm_started"].get<bool>());
+      }
+    }
+    return solves;
+  };
+  TrainSummary whole = train(config_for("whole", "auto"));
+  REQUIRE(whole.label_steps_done == 4);
+  const auto warm_solves = solves_of("whole");
+  REQUIRE(warm_solves.size() == 8);  // 4 steps x 2 heads
+  for (std::size_t i = 0; i < warm_solves.size(); ++i) {
+    CAPTURE(i);
+    CHECK(warm_solves[i].second == (i >= 2));  // each head's first solve starts cold
+  }
+  std::ifstream config_file(folder.path + "/whole/config.json");
+  CHECK(json::parse(config_file)["sinkhorn_warm_start"].get<std::string>() == "on");
+  CHECK(SafetensorsFile(folder.path + "/whole/checkpoint.safetensors").contains("sinkhorn_r/1"));
+
+  train(config_for("cold", "off"));
+  const auto cold_solves = solves_of("cold");
+  REQUIRE(cold_solves.size() == 8);
+  for (const auto& solve : cold_solves) CHECK_FALSE(solve.second);
+
+  // Stopped after epoch 1 and resumed: the same losses and labels, and the solves after the
+  // stop start from the checkpointed r (same iteration counts as without the stop).
+  sela::test::check_resumed_run_matches(config_for("split", "auto"), whole);
+  CHECK(solves_of("split") == warm_solves);
+
+  TrainConfig unknown = config_for("unknown", "sometimes");
+  CHECK(sela::test::train_error(unknown).find("--sinkhorn-warm-start must be auto, on or off") !=
+        std::string::npos);
 }
 
 TEST_CASE("--precise-bn: only the final BatchNorm statistics change, to the re-estimate") {
