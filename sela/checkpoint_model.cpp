@@ -88,6 +88,8 @@ RunFolder read_run_folder(const std::string& path, const std::string& command) {
   run.test_data = field_or<std::string>(config, "test_data", "");
   run.lambda = field_or<double>(config, "lambda", 10.0);
   run.sinkhorn_storage = field_or<std::string>(config, "sinkhorn_storage", "f32");
+  run.sinkhorn_omega = field_or<double>(config, "sinkhorn_omega", 1.0);
+  run.sinkhorn_max_iters = field_or<std::int64_t>(config, "sinkhorn_max_iters", 10000);
   run.limit_samples = field_or<std::int64_t>(config, "limit_samples", 0);
   run.batch_size = field_or<std::int64_t>(config, "batch_size", 128);
 

@@ -32,6 +32,8 @@ struct RunFolder {
   std::string test_data;  // --test-data of the run ("" = the data's test split)
   double lambda = 10.0;   // --lambda of the run
   std::string sinkhorn_storage = "f32";
+  double sinkhorn_omega = 1.0;             // --sinkhorn-omega of the run (1 before it existed)
+  std::int64_t sinkhorn_max_iters = 10000;  // --sinkhorn-max-iters of the run
   std::int64_t limit_samples = 0;  // 0 = the whole training set
   std::int64_t batch_size = 128;
 

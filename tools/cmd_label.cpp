@@ -74,13 +74,18 @@ int run_label(const Args& args) {
   SELA_CHECK(options.lambda > 0, command, "--lambda must be > 0, got " << options.lambda);
   options.storage = assign::parse_storage(
       flags.has("sinkhorn-storage") ? flags.get("sinkhorn-storage") : run.sinkhorn_storage);
+  // The run's over-relaxation and iteration cap: a trained network's logits take thousands
+  // of plain passes (docs/perf.md), more than the solver's default cap.
+  options.over_relaxation = run.sinkhorn_omega;
+  options.max_iters = run.sinkhorn_max_iters;
   std::printf("sela label: %s (%s width %.3g, heads K=", run.path.c_str(), run.model.arch.c_str(),
               run.model.width_mult);
   for (std::size_t t = 0; t < clusters.size(); ++t) {
     std::printf("%s%lld", t ? "," : "", static_cast<long long>(clusters[t]));
   }
-  std::printf(") on %s, %lld samples, lambda %.3g, storage %s\n", dataset->info().spec.c_str(),
-              static_cast<long long>(n), options.lambda, assign::storage_name(options.storage));
+  std::printf(") on %s, %lld samples, lambda %.3g, storage %s, omega %.3g\n",
+              dataset->info().spec.c_str(), static_cast<long long>(n), options.lambda,
+              assign::storage_name(options.storage), options.over_relaxation);
   std::fflush(stdout);
 
   NetworkOutputs outputs =

@@ -157,7 +157,7 @@ TEST_CASE("--sinkhorn-omega reaches the label steps' solver and config.json") {
     return solves > 0 && matching == solves;
   };
   TrainConfig plain = tiny_config(spec, folder.path + "/plain");
-  plain.sinkhorn_omega = 1.0;  // the published iteration (the default is 1.4)
+  plain.sinkhorn_omega = 1.0;  // the published iteration (the default is 1.8)
   train(plain);
   TrainConfig relaxed = tiny_config(spec, folder.path + "/relaxed");
   relaxed.sinkhorn_omega = 1.4;

@@ -22,6 +22,7 @@
 
 #include "engine/data/idx.h"
 #include "engine/data/image_io.h"
+#include "sela/checkpoint_model.h"
 #include "sela/run_files.h"
 #include "sela/trainer.h"
 
@@ -58,6 +59,12 @@ TEST_CASE(
   train(sela::test::tiny_train_config(train_spec, run, 2, 3));
   REQUIRE(exists(run + "/weights.safetensors"));
   // (Plain blocks, not SUBCASEs: doctest would train once per subcase.)
+
+  {  // sela label solves with the run's Sinkhorn settings (config.json), not the solver's
+    const RunFolder folder_info = read_run_folder(run, "sela label");
+    CHECK(folder_info.sinkhorn_omega == TrainConfig().sinkhorn_omega);
+    CHECK(folder_info.sinkhorn_max_iters == TrainConfig().sinkhorn_max_iters);
+  }
 
   {  // label: one row per sample, one column per head, labels in [0, K)
     std::string csv = folder.path + "/relabelled.csv";
