@@ -498,23 +498,29 @@ TEST_CASE(
 
 namespace {
 
+// N(0, 1) logits plus `lean` on one cluster per sample, drawn with weights decay^j.
+std::vector<float> leaning_logits(std::int64_t n, std::int64_t k, double decay, float lean,
+                                  std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  std::vector<double> weights(static_cast<std::size_t>(k));
+  for (std::int64_t j = 0; j < k; ++j) weights[static_cast<std::size_t>(j)] = std::pow(decay, j);
+  std::discrete_distribution<std::int64_t> pick(weights.begin(), weights.end());
+  std::vector<float> z(static_cast<std::size_t>(n * k));  // (N, K)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t cluster = pick(gen);
+    for (std::int64_t j = 0; j < k; ++j)
+      z[static_cast<std::size_t>(i * k + j)] = noise(gen) + (j == cluster ? lean : 0.0f);
+  }
+  return z;
+}
+
 // Confident logits like a trained network's: 12·onehot(class) + N(0, 1) noise, with an
 // imbalanced class distribution (class j drawn with probability ∝ 0.7^j), so that the
 // unpopular clusters need r_k ~ e^80 to attract their N/K samples while λ(z − max) of
 // most entries lies below float32's range.
 std::vector<float> peaked_logits(std::int64_t n, std::int64_t k, float peak, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> noise(0.0f, 1.0f);
-  std::vector<double> weights(static_cast<std::size_t>(k));
-  for (std::int64_t j = 0; j < k; ++j) weights[static_cast<std::size_t>(j)] = std::pow(0.7, j);
-  std::discrete_distribution<std::int64_t> pick(weights.begin(), weights.end());
-  std::vector<float> z(static_cast<std::size_t>(n * k));  // (N, K)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t cls = pick(gen);
-    for (std::int64_t j = 0; j < k; ++j)
-      z[static_cast<std::size_t>(i * k + j)] = noise(gen) + (j == cls ? peak : 0.0f);
-  }
-  return z;
+  return leaning_logits(n, k, 0.7, peak, seed);
 }
 
 }  // namespace
@@ -642,22 +648,6 @@ TEST_CASE("absorption: batches, at once and repeated runs give bit-identical res
 
 namespace {
 
-// N(0, 1) logits plus `lean` on one cluster per sample, drawn with weights decay^j.
-std::vector<float> leaning_logits(std::int64_t n, std::int64_t k, double decay, float lean,
-                                  std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> noise(0.0f, 1.0f);
-  std::vector<double> weights(static_cast<std::size_t>(k));
-  for (std::int64_t j = 0; j < k; ++j) weights[static_cast<std::size_t>(j)] = std::pow(decay, j);
-  std::discrete_distribution<std::int64_t> pick(weights.begin(), weights.end());
-  std::vector<float> z(static_cast<std::size_t>(n * k));  // (N, K)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t cluster = pick(gen);
-    for (std::int64_t j = 0; j < k; ++j)
-      z[static_cast<std::size_t>(i * k + j)] = noise(gen) + (j == cluster ? lean : 0.0f);
-  }
-  return z;
-}
 
 // z + N(0, step²) noise: the logits of the next label step, a little further trained.
 std::vector<float> nudged(const std::vector<float>& z, float step, std::uint32_t seed) {
