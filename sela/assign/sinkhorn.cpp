@@ -945,6 +945,15 @@ void SinkhornSolver::run(SinkhornResult* result) {
     // r up to a constant factor: centred on 1 (geometric middle of its range).
     const auto [r_min_at, r_max_at] = std::minmax_element(warm_r_.begin(), warm_r_.end());
     const double middle = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
+    // Without absorption r reaches the kernels as float32 around that middle (set_r_rel).
+    if (!absorb && std::log(*r_max_at) - std::log(*r_min_at) > 160.0) {
+      warm_r_.clear();
+      SELA_FAIL_HINT("sinkhorn",
+                     "head '" << head_ << "': the warm start's r spans e^"
+                              << std::log(*r_max_at) - std::log(*r_min_at)
+                              << ", beyond float32's range, and absorption is off",
+                     "enable absorption (options.absorb) or start cold");
+    }
     for (std::int64_t j = 0; j < k; ++j) {
       b.r[static_cast<std::size_t>(j)] = warm_r_[static_cast<std::size_t>(j)] / middle;
     }

@@ -69,7 +69,8 @@
 // it), the first pass computes c from it without over-relaxation, and the iteration and its
 // stopping rule go on as above. The answer meets the same stopping rule, so it is as good a
 // solution; between label steps the scaling moves little, so far fewer passes are needed
-// (docs/perf.md). The iteration sequence is then no longer the reference's.
+// (docs/perf.md). The iteration sequence is then no longer the reference's. Without
+// absorption an r spanning more than e^160 is an Error (float32 could not hold it).
 //
 // Robustness: NaN/Inf in the logits is an Error naming the head and the first bad row;
 // reaching the iteration cap (or labels resting on entries below the storage's range) is a

@@ -801,4 +801,16 @@ TEST_CASE("warm start misuse is an Error that names what is wrong, and the solve
   solver.warm_start(cold.r);
   solver.warm_start({});
   CHECK_FALSE(solver.solve(z.data(), n, k, "h7").warm_started);
+  // Without absorption an r beyond float32's range cannot be used.
+  SinkhornOptions plain = quiet_options(&log);
+  plain.absorb = false;
+  SinkhornSolver plain_solver(plain);
+  std::vector<double> wide(static_cast<std::size_t>(k), 1.0);
+  wide[0] = std::exp(-100.0);
+  wide[1] = std::exp(100.0);
+  plain_solver.warm_start(wide);
+  const std::string range_error = message_of([&] { plain_solver.solve(z.data(), n, k, "h8"); });
+  CHECK(range_error.find("head 'h8'") != std::string::npos);
+  CHECK(range_error.find("absorption") != std::string::npos);
+  CHECK(plain_solver.solve(z.data(), n, k, "h8").converged);  // nothing left pending
 }
