@@ -351,7 +351,15 @@ void Run::resume_from_checkpoint() {
   // A checkpoint from before the warm start has no scalings: its next solves start cold.
   for (std::size_t t = 0; t < sinkhorn_r_.size(); ++t) {
     std::string key = "sinkhorn_r/" + std::to_string(t);
-    if (file.contains(key)) sinkhorn_r_[t] = tensor_from_file(file, key).to_vector<double>();
+    if (!file.contains(key)) continue;
+    sinkhorn_r_[t] = tensor_from_file(file, key).to_vector<double>();
+    bool usable = static_cast<std::int64_t>(sinkhorn_r_[t].size()) == config_.clusters[t];
+    for (double v : sinkhorn_r_[t]) usable = usable && v > 0.0 && std::isfinite(v);
+    SELA_CHECK(usable || config_.sinkhorn_warm_start == "off", "sela train --resume",
+               path << ": " << key << " is not " << config_.clusters[t]
+                    << " positive finite scalings (a damaged checkpoint?); resume with "
+                       "--sinkhorn-warm-start off to start that head's next solve cold");
+    if (!usable) sinkhorn_r_[t].clear();
   }
   auto dropouts = dropouts_of(*model_);
   for (std::size_t i = 0; i < dropouts.size(); ++i) {

@@ -72,9 +72,10 @@ int run_train(const Args& args) {
   flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
             "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-omega", number(defaults.sinkhorn_omega),
-            "Sinkhorn over-relaxation omega in [1, 2): a sixth of the iterations at 1.8; a "
-            "safeguard returns a solve to plain steps, with a warning, where its error stops "
-            "falling (often at --lambda 25) (1 = the published algorithm)");
+            "Sinkhorn over-relaxation omega in [1, 2): a sixth of the iterations at 1.8 on "
+            "this recipe's trained logits (lambda 10, K <= 300); a safeguard returns a solve to "
+            "plain steps, with a warning, where its error stops falling (often at --lambda 25: "
+            "1.4 is safer there) (1 = the published algorithm)");
   flags.add("sinkhorn-storage", defaults.storage, "storage of the transport matrix: f32 | f16 | bf16");
   flags.add("sinkhorn-warm-start", defaults.sinkhorn_warm_start,
             "start each head's solve from its previous label step's column scaling (far fewer "

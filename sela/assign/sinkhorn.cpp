@@ -763,7 +763,12 @@ std::uint64_t SinkhornSolver::allocated_bytes() const {
 }
 
 void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::string& head) {
-  open_head(n, k, head, options_.absorb);
+  try {
+    open_head(n, k, head, options_.absorb);
+  } catch (...) {
+    warm_r_.clear();  // a warm start is for the head that gets solved, not a later one
+    throw;
+  }
 }
 
 void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string& head,
@@ -861,6 +866,7 @@ void SinkhornSolver::append_rows(const float* logits, std::int64_t rows) {
                                  buffers_->row_log_mass.data() + rows_appended_);
   if (bad >= 0) {
     head_open_ = false;
+    warm_r_.clear();
     SELA_FAIL_HINT(
         "sinkhorn",
         "head '" << head_ << "': logits row " << rows_appended_ + bad
@@ -918,6 +924,8 @@ void SinkhornSolver::run(SinkhornResult* result) {
   // placeholder that the first pass, made without over-relaxation, replaces.
   const bool warm = !warm_r_.empty();
   result->warm_started = warm;
+  // Until the first check (a warm start's is at check_every) nothing has been measured.
+  if (warm) result->stop_error = std::numeric_limits<double>::quiet_NaN();
   // c_0 = 1/N in the reference's row scaling: its A is softmax^λ = A / (scale e^{λ m_i})
   // with m_i = row_log_mass_i, so the same start here is c_0,i = e^{−λ m_i} / (N scale).
   // Then r_1 = (1/K) / (Aᵀ c_0), summed in float64 (c_0 spans down to K^-λ).
@@ -1467,9 +1475,13 @@ SinkhornResult SinkhornSolver::finish(SinkhornResult* result) const {
 }
 
 void SinkhornSolver::warm_start(std::vector<double> r) {
+  warm_r_.clear();  // a rejected r leaves nothing pending either
   for (std::size_t j = 0; j < r.size(); ++j) {
-    SELA_CHECK(r[j] > 0.0 && std::isfinite(r[j]), "sinkhorn",
-               "warm_start: r[" << j << "] = " << r[j] << " is not a positive finite scaling");
+    if (!(r[j] > 0.0 && std::isfinite(r[j]))) {
+      SELA_FAIL_HINT("sinkhorn",
+                     "warm_start: r[" << j << "] = " << r[j] << " is not a positive finite scaling",
+                     "pass a previous result.r of the same head, or start cold");
+    }
   }
   warm_r_ = std::move(r);
 }
@@ -1482,9 +1494,12 @@ SinkhornResult SinkhornSolver::solve() {
     if (given != static_cast<std::size_t>(k_) || options_.device.is_cuda()) {
       warm_r_.clear();
       head_open_ = false;
-      SELA_CHECK(given == static_cast<std::size_t>(k_), "sinkhorn",
-                 "head '" << head_ << "': warm start r has " << given << " values, the head has K = "
-                          << k_ << " clusters");
+      if (given != static_cast<std::size_t>(k_)) {
+        SELA_FAIL_HINT("sinkhorn",
+                       "head '" << head_ << "': warm start r has " << given
+                                << " values, the head has K = " << k_ << " clusters",
+                       "warm-start a head only from a previous result of the same K");
+      }
       SELA_FAIL_HINT("sinkhorn",
                      "head '" << head_ << "': a warm start is implemented on the CPU only, the "
                               << "solver runs on " << options_.device.str(),
@@ -1539,12 +1554,22 @@ SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::i
   if (options_.device.is_cuda()) {
     // Absorption reads the logits on the device: with absorb they are uploaded into a copy
     // kept there, else through a chunk that is reused.
-    open_head(n, k, head, options_.absorb, true);
+    try {
+      open_head(n, k, head, options_.absorb, true);
+    } catch (...) {
+      warm_r_.clear();
+      throw;
+    }
     append_logits(logits, n);
     return solve();
   }
   // The caller's logits stay valid during the solve: absorption reads them, no copy.
-  open_head(n, k, head, false);
+  try {
+    open_head(n, k, head, false);
+  } catch (...) {
+    warm_r_.clear();
+    throw;
+  }
   append_logits(logits, n);
   borrowed_logits_ = logits;
   return solve();

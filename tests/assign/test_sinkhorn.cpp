@@ -722,7 +722,7 @@ TEST_CASE("warm start from the previous answer: the reference's answer in fewer 
   const auto before = leaning_logits(n, k, 0.99, 5.0f, 4242);
   const auto after = nudged(before, 0.05f, 4243);
   for (SinkhornStorage storage : {SinkhornStorage::f32, SinkhornStorage::bf16}) {
-    for (double omega : {1.0, 1.4}) {
+    for (double omega : {1.0, 1.4, 1.8}) {
       CAPTURE(storage_name(storage));
       CAPTURE(omega);
       const auto [cold, warm] = check_warm_start(before, after, n, k, storage, omega, 0, -1.0);
@@ -737,7 +737,7 @@ TEST_CASE("warm start with a scaling spanning e^80: absorbed at once, the refere
   const std::int64_t n = 6000, k = 10;
   const auto before = peaked_logits(n, k, 12.0f, 2024);
   const auto after = nudged(before, 0.3f, 2025);
-  for (double omega : {1.0, 1.4}) {
+  for (double omega : {1.0, 1.4, 1.8}) {
     CAPTURE(omega);
     const auto [cold, warm] =
         check_warm_start(before, after, n, k, SinkhornStorage::f32, omega, 1, 2e-2);
@@ -800,6 +800,13 @@ TEST_CASE("warm start misuse is an Error that names what is wrong, and the solve
   // An empty r cancels a pending warm start.
   solver.warm_start(cold.r);
   solver.warm_start({});
+  CHECK_FALSE(solver.solve(z.data(), n, k, "h7").warm_started);
+  // A solve that fails before iterating (NaN logits) drops its warm start with it.
+  std::vector<float> broken = z;
+  broken[5] = std::nanf("");
+  solver.warm_start(cold.r);
+  CHECK(message_of([&] { solver.solve(broken.data(), n, k, "h7"); }).find("NaN") !=
+        std::string::npos);
   CHECK_FALSE(solver.solve(z.data(), n, k, "h7").warm_started);
   // Without absorption an r beyond float32's range cannot be used.
   SinkhornOptions plain = quiet_options(&log);

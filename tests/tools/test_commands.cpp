@@ -56,14 +56,17 @@ TEST_CASE(
   const std::string test_spec = write_synthetic_idx(folder.path, "test", 64, 2);
   const std::string run = folder.path + "/run";
 
-  train(sela::test::tiny_train_config(train_spec, run, 2, 3));
+  TrainConfig run_config = sela::test::tiny_train_config(train_spec, run, 2, 3);
+  run_config.sinkhorn_omega = 1.3;  // not the defaults, so that `sela label` must read them
+  run_config.sinkhorn_max_iters = 777;
+  train(run_config);
   REQUIRE(exists(run + "/weights.safetensors"));
   // (Plain blocks, not SUBCASEs: doctest would train once per subcase.)
 
   {  // sela label solves with the run's Sinkhorn settings (config.json), not the solver's
     const RunFolder folder_info = read_run_folder(run, "sela label");
-    CHECK(folder_info.sinkhorn_omega == TrainConfig().sinkhorn_omega);
-    CHECK(folder_info.sinkhorn_max_iters == TrainConfig().sinkhorn_max_iters);
+    CHECK(folder_info.sinkhorn_omega == 1.3);
+    CHECK(folder_info.sinkhorn_max_iters == 777);
   }
 
   {  // label: one row per sample, one column per head, labels in [0, K)
