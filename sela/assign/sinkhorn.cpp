@@ -763,17 +763,16 @@ std::uint64_t SinkhornSolver::allocated_bytes() const {
 }
 
 void SinkhornSolver::begin_head(std::int64_t n, std::int64_t k, const std::string& head) {
-  try {
-    open_head(n, k, head, options_.absorb);
-  } catch (...) {
-    warm_r_.clear();  // a warm start is for the head that gets solved, not a later one
-    throw;
-  }
+  open_head(n, k, head, options_.absorb);
 }
 
 void SinkhornSolver::open_head(std::int64_t n, std::int64_t k, const std::string& head,
                                bool keep_logits, bool host_input) {
   const char* op = "sinkhorn";
+  // A pending warm start belongs to this head: whatever fails from here on, it is not
+  // carried over to a later one.
+  head_warm_r_ = std::move(warm_r_);
+  warm_r_.clear();
   check_problem(n, k, head, op);
   if (options_.device.is_cuda()) {
 #if defined(SELA_HAVE_CUDA)  // defined by cmake/SelaCuda.cmake for targets linking the CUDA kernels
@@ -866,7 +865,6 @@ void SinkhornSolver::append_rows(const float* logits, std::int64_t rows) {
                                  buffers_->row_log_mass.data() + rows_appended_);
   if (bad >= 0) {
     head_open_ = false;
-    warm_r_.clear();
     SELA_FAIL_HINT(
         "sinkhorn",
         "head '" << head_ << "': logits row " << rows_appended_ + bad
@@ -922,7 +920,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
   const auto start = Clock::now();
   // A warm start (warm_start()) begins from the given r; c_0 below is then only a
   // placeholder that the first pass, made without over-relaxation, replaces.
-  const bool warm = !warm_r_.empty();
+  const bool warm = !head_warm_r_.empty();
   result->warm_started = warm;
   // Until the first check (a warm start's is at check_every) nothing has been measured.
   if (warm) result->stop_error = std::numeric_limits<double>::quiet_NaN();
@@ -951,11 +949,12 @@ void SinkhornSolver::run(SinkhornResult* result) {
   };
   if (warm) {
     // r up to a constant factor: centred on 1 (geometric middle of its range).
-    const auto [r_min_at, r_max_at] = std::minmax_element(warm_r_.begin(), warm_r_.end());
+    const auto [r_min_at, r_max_at] =
+        std::minmax_element(head_warm_r_.begin(), head_warm_r_.end());
     const double middle = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
     // Without absorption r reaches the kernels as float32 around that middle (set_r_rel).
     if (!absorb && std::log(*r_max_at) - std::log(*r_min_at) > 160.0) {
-      warm_r_.clear();
+      head_warm_r_.clear();
       SELA_FAIL_HINT("sinkhorn",
                      "head '" << head_ << "': the warm start's r spans e^"
                               << std::log(*r_max_at) - std::log(*r_min_at)
@@ -963,9 +962,9 @@ void SinkhornSolver::run(SinkhornResult* result) {
                      "enable absorption (options.absorb) or start cold");
     }
     for (std::int64_t j = 0; j < k; ++j) {
-      b.r[static_cast<std::size_t>(j)] = warm_r_[static_cast<std::size_t>(j)] / middle;
+      b.r[static_cast<std::size_t>(j)] = head_warm_r_[static_cast<std::size_t>(j)] / middle;
     }
-    warm_r_.clear();
+    head_warm_r_.clear();
   } else {
     sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
                                 b.col_sums.data());
@@ -1056,8 +1055,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     if (absorb && iteration == 0 && warm) {
       // A warm r is kept: folded into A once where the floor would hide what it weighs.
       if (floored_share_bound(0) > absorb_above) {
-        absorb_scaling(0);
-        r_at_check = b.r;
+        absorb_scaling(0);  // rescales r_at_check (= the warm r) with r
         absorbed_last_iteration = true;
       }
     } else if (absorb && iteration == 0) {
@@ -1475,7 +1473,9 @@ SinkhornResult SinkhornSolver::finish(SinkhornResult* result) const {
 }
 
 void SinkhornSolver::warm_start(std::vector<double> r) {
-  warm_r_.clear();  // a rejected r leaves nothing pending either
+  // Between begin_head and solve it is for the open head, else for the next one opened.
+  std::vector<double>& pending = head_open_ ? head_warm_r_ : warm_r_;
+  pending.clear();  // a rejected r leaves nothing pending either
   for (std::size_t j = 0; j < r.size(); ++j) {
     if (!(r[j] > 0.0 && std::isfinite(r[j]))) {
       SELA_FAIL_HINT("sinkhorn",
@@ -1483,16 +1483,16 @@ void SinkhornSolver::warm_start(std::vector<double> r) {
                      "pass a previous result.r of the same head, or start cold");
     }
   }
-  warm_r_ = std::move(r);
+  pending = std::move(r);
 }
 
 SinkhornResult SinkhornSolver::solve() {
   SELA_CHECK(head_open_, "sinkhorn",
              "solve before begin_head (or after a failed append or a solve)");
-  if (!warm_r_.empty()) {
-    const std::size_t given = warm_r_.size();
+  if (!head_warm_r_.empty()) {
+    const std::size_t given = head_warm_r_.size();
     if (given != static_cast<std::size_t>(k_) || options_.device.is_cuda()) {
-      warm_r_.clear();
+      head_warm_r_.clear();
       head_open_ = false;
       if (given != static_cast<std::size_t>(k_)) {
         SELA_FAIL_HINT("sinkhorn",
@@ -1554,22 +1554,12 @@ SinkhornResult SinkhornSolver::solve(const float* logits, std::int64_t n, std::i
   if (options_.device.is_cuda()) {
     // Absorption reads the logits on the device: with absorb they are uploaded into a copy
     // kept there, else through a chunk that is reused.
-    try {
-      open_head(n, k, head, options_.absorb, true);
-    } catch (...) {
-      warm_r_.clear();
-      throw;
-    }
+    open_head(n, k, head, options_.absorb, true);
     append_logits(logits, n);
     return solve();
   }
   // The caller's logits stay valid during the solve: absorption reads them, no copy.
-  try {
-    open_head(n, k, head, false);
-  } catch (...) {
-    warm_r_.clear();
-    throw;
-  }
+  open_head(n, k, head, false);
   append_logits(logits, n);
   borrowed_logits_ = logits;
   return solve();

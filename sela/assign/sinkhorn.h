@@ -272,7 +272,9 @@ class SinkhornSolver {
   bool keep_logits_ = false;               // append_logits copies the rows for absorption
   const float* borrowed_logits_ = nullptr;  // solve(logits, ...): the caller's (n, k) array
   double prepare_seconds_ = 0.0;
-  std::vector<double> warm_r_;  // warm_start(): the next solve's starting r (empty: none)
+  // warm_start(): the starting r of the next head opened, and of the open head (taken over
+  // by open_head, used and cleared by its solve). Empty: start cold.
+  std::vector<double> warm_r_, head_warm_r_;
 };
 
 }  // namespace sela::assign

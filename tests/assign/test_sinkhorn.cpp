@@ -726,7 +726,8 @@ TEST_CASE("warm start from the previous answer: the reference's answer in fewer 
       CAPTURE(storage_name(storage));
       CAPTURE(omega);
       const auto [cold, warm] = check_warm_start(before, after, n, k, storage, omega, 0, -1.0);
-      CHECK(warm * 4 <= cold * 3);  // at least a quarter fewer (measured: 171 / 261, 81 / 151)
+      // At least a quarter fewer (measured: 171 / 261, 81 / 151, 41 / 71 for omega 1, 1.4, 1.8).
+      CHECK(warm * 4 <= cold * 3);
     }
   }
 }
@@ -741,7 +742,7 @@ TEST_CASE("warm start with a scaling spanning e^80: absorbed at once, the refere
     CAPTURE(omega);
     const auto [cold, warm] =
         check_warm_start(before, after, n, k, SinkhornStorage::f32, omega, 1, 2e-2);
-    CHECK(warm * 2 <= cold);  // measured: 541 / 1201 (omega 1), 251 / 1211 (omega 1.4)
+    CHECK(warm * 2 <= cold);  // measured: 541 / 1201, 251 / 1211, 61 / 1211 (omega 1, 1.4, 1.8)
   }
 }
 
@@ -801,6 +802,13 @@ TEST_CASE("warm start misuse is an Error that names what is wrong, and the solve
   solver.warm_start(cold.r);
   solver.warm_start({});
   CHECK_FALSE(solver.solve(z.data(), n, k, "h7").warm_started);
+  // With the batch API a warm start may also come between begin_head and solve.
+  solver.begin_head(n, k, "h7");
+  solver.append_logits(z.data(), n);
+  solver.warm_start(cold.r);
+  const SinkhornResult batch_warm = solver.solve();
+  CHECK(batch_warm.warm_started);
+  CHECK(batch_warm.converged);
   // A solve that fails before iterating (NaN logits) drops its warm start with it.
   std::vector<float> broken = z;
   broken[5] = std::nanf("");
