@@ -16,6 +16,10 @@ NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
 NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
 
 bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  return needs_grad(std::vector<const Tensor*>(inputs));
+}
+
+bool needs_grad(const std::vector<const Tensor*>& inputs) {
   if (!t_grad_mode) return false;
   for (const Tensor* t : inputs) {
     if (t != nullptr && t->defined() && t->requires_grad()) return true;
@@ -25,6 +29,11 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
 
 void attach_node(const Tensor& output, std::shared_ptr<Node> node,
                  std::initializer_list<const Tensor*> inputs) {
+  attach_node(output, std::move(node), std::vector<const Tensor*>(inputs));
+}
+
+void attach_node(const Tensor& output, std::shared_ptr<Node> node,
+                 const std::vector<const Tensor*>& inputs) {
   for (const Tensor* t : inputs) {
     if (t == nullptr || !t->defined() || !t->requires_grad()) {
       node->inputs.push_back(nullptr);

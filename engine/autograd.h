@@ -57,11 +57,14 @@ class NoGradGuard {
 
 // True when an op over these inputs must record a Node.
 bool needs_grad(std::initializer_list<const Tensor*> inputs);
+bool needs_grad(const std::vector<const Tensor*>& inputs);  // for a variable count
 
 // Connects `output` to `node`: records the inputs as edges and marks the output as
 // requiring grad. Call only when needs_grad() said so.
 void attach_node(const Tensor& output, std::shared_ptr<Node> node,
                  std::initializer_list<const Tensor*> inputs);
+void attach_node(const Tensor& output, std::shared_ptr<Node> node,
+                 const std::vector<const Tensor*>& inputs);
 
 void run_backward(const Tensor& root, const Tensor& grad_root);
 

@@ -150,6 +150,32 @@ struct ReshapeBackward : Node {
   }
 };
 
+struct ConcatRowsBackward : Node {
+  std::vector<std::int64_t> rows;  // N_i of each part
+  const char* name() const override { return "concat_rows"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    std::vector<Tensor> grads;
+    std::int64_t begin = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      // A copy, not a view: a leaf may adopt it as its gradient and add into it later.
+      grads.push_back(for_input(*this, i, grad.rows(begin, begin + rows[i]).clone()));
+      begin += rows[i];
+    }
+    return grads;
+  }
+};
+
+struct SliceRowsBackward : Node {
+  Shape input_shape;
+  std::int64_t begin = 0;
+  const char* name() const override { return "slice_rows"; }
+  std::vector<Tensor> backward(const Tensor& grad) override {
+    Tensor grad_x = Tensor::zeros(input_shape, grad.dtype(), grad.device());
+    grad_x.rows(begin, begin + grad.size(0)).copy_from(grad);
+    return {for_input(*this, 0, grad_x)};
+  }
+};
+
 // --- reductions ----------------------------------------------------------------------------
 
 struct SumBackward : Node {
@@ -706,6 +732,53 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 Tensor flatten(const Tensor& x) {
   SELA_CHECK(x.dim() >= 1, "flatten", "needs at least one dimension, got " << x.describe());
   return reshape(x, {x.size(0), -1});
+}
+
+Tensor concat_rows(const std::vector<Tensor>& parts) {
+  SELA_CHECK(!parts.empty(), "concat_rows", "needs at least one tensor");
+  const Tensor& first = parts[0];
+  SELA_CHECK(first.dim() >= 1, "concat_rows", "needs tensors with a dim 0, got " << first.describe());
+  Shape shape = first.shape();
+  shape[0] = 0;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    const Tensor& part = parts[i];
+    check_same_device("concat_rows", first, "tensor 0", part, "another tensor");
+    check_same_dtype("concat_rows", first, part);
+    Shape trailing = part.shape();
+    SELA_CHECK(part.dim() == first.dim() && std::equal(trailing.begin() + 1, trailing.end(),
+                                                       first.shape().begin() + 1),
+               "concat_rows", "tensor " << i << " " << part.describe()
+                                        << " differs from tensor 0 " << first.describe()
+                                        << " beyond dim 0");
+    shape[0] += part.size(0);
+  }
+  Tensor out = Tensor::empty(shape, first.dtype(), first.device(), "concat_rows");
+  std::int64_t begin = 0;
+  for (const Tensor& part : parts) {
+    out.rows(begin, begin + part.size(0)).copy_from(part);
+    begin += part.size(0);
+  }
+  std::vector<const Tensor*> inputs;
+  for (const Tensor& part : parts) inputs.push_back(&part);
+  if (needs_grad(inputs)) {
+    auto node = std::make_shared<ConcatRowsBackward>();
+    for (const Tensor& part : parts) node->rows.push_back(part.size(0));
+    attach_node(out, node, inputs);
+  }
+  return out;
+}
+
+Tensor slice_rows(const Tensor& x, std::int64_t begin, std::int64_t end) {
+  SELA_CHECK(x.dim() >= 1 && 0 <= begin && begin <= end && end <= x.size(0), "slice_rows",
+             "rows [" << begin << ", " << end << ") of " << x.describe());
+  Tensor out = x.rows(begin, end).clone();
+  if (needs_grad({&x})) {
+    auto node = std::make_shared<SliceRowsBackward>();
+    node->input_shape = x.shape();
+    node->begin = begin;
+    attach_node(out, node, {&x});
+  }
+  return out;
 }
 
 // ================================ reductions ==============================================

@@ -24,6 +24,11 @@ void add_into(Tensor& destination, const Tensor& source);  // destination += sou
 // --- shape ---------------------------------------------------------------------------------
 Tensor reshape(const Tensor& x, const Shape& shape);  // -1 allowed once
 Tensor flatten(const Tensor& x);                       // (N, ...) -> (N, rest)
+// Along dim 0: (N_i, ...) tensors of one trailing shape, dtype and device -> (sum N_i, ...),
+// a copy; and rows [begin, end) of x, a copy. Both differentiable (one batch through a
+// network for two losses: sela/trainer.cpp's joint rotation pass).
+Tensor concat_rows(const std::vector<Tensor>& parts);
+Tensor slice_rows(const Tensor& x, std::int64_t begin, std::int64_t end);
 
 // --- reductions ----------------------------------------------------------------------------
 Tensor sum(const Tensor& x);   // all elements -> shape ()

@@ -3,6 +3,7 @@
 
 #include "engine/data/augment.h"
 #include "engine/error.h"
+#include "engine/ops.h"
 
 namespace sela {
 
@@ -24,6 +25,21 @@ RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, 
     data::rotate_quarter_turns(batch.image(j), static_cast<int>(batch.channels),
                                static_cast<int>(batch.height), turns,
                                images + static_cast<std::size_t>(j) * floats);
+  }
+  return out;
+}
+
+RotationForward forward_with_rotation(SelaNet& model, Linear& rotation_head, const Tensor& images,
+                                      const Tensor& turned, bool joint) {
+  RotationForward out;
+  if (joint) {
+    const std::int64_t b = images.size(0), r = turned.size(0);
+    Tensor fc7 = model.forward_fc7(concat_rows({images, turned}));  // (B + R, F)
+    out.logits = model.heads->forward_heads(slice_rows(fc7, 0, b));
+    out.turn_logits = rotation_head.forward(slice_rows(fc7, b, b + r));
+  } else {
+    out.logits = model.forward_heads(images);
+    out.turn_logits = rotation_head.forward(model.forward_fc7(turned));
   }
   return out;
 }

@@ -89,7 +89,7 @@ json fingerprint(const TrainConfig& config, std::int64_t n, std::int64_t in_chan
   return {{"arch", config.arch}, {"width_mult", config.width_mult},
           {"clusters", config.clusters}, {"samples", n}, {"in_channels", in_channels},
           {"data", config.data}, {"rotation_weight", config.rotation_weight},
-          {"rotation_batch", config.rotation_batch}};
+          {"rotation_batch", config.rotation_batch}, {"rotation_pass", config.rotation_pass}};
 }
 
 json config_json(const TrainConfig& c, std::int64_t in_channels) {
@@ -101,6 +101,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
           {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
           {"rotation_weight", c.rotation_weight}, {"rotation_batch", c.rotation_batch},
+          {"rotation_pass", c.rotation_pass},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
           {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage},
           {"sinkhorn_warm_start", c.sinkhorn_warm_start}, {"device", c.device},
@@ -306,6 +307,7 @@ void Run::resume_from_checkpoint() {
   // Checkpoints from before the rotation task were made without it.
   if (!saved.contains("rotation_weight")) saved["rotation_weight"] = 0.0;
   if (!saved.contains("rotation_batch")) saved["rotation_batch"] = TrainConfig().rotation_batch;
+  if (!saved.contains("rotation_pass")) saved["rotation_pass"] = "separate";  // the only one then
   std::ostringstream differences;
   for (auto& item : expected.items()) {
     if (saved[item.key()] != item.value()) {
@@ -603,11 +605,18 @@ double Run::train_epoch(std::int64_t epoch) {
 Run::StepTensors Run::forward_step(const Tensor& images, const std::vector<Tensor>& targets,
                                    const RotationBatch& rotation) {
   StepTensors out;
-  out.logits = model_->forward_heads(images);
+  Tensor turn_logits;  // (R, 4) with the rotation task
+  if (rotation_head_) {
+    RotationForward both = forward_with_rotation(*model_, *rotation_head_, images, rotation.images,
+                                                 config_.rotation_pass == "joint");
+    out.logits = std::move(both.logits);
+    turn_logits = both.turn_logits;
+  } else {
+    out.logits = model_->forward_heads(images);
+  }
   out.sela_loss = sela_loss(out.logits, targets);
   out.loss = out.sela_loss;
   if (rotation_head_) {
-    Tensor turn_logits = rotation_head_->forward(model_->forward_fc7(rotation.images));  // (R, 4)
     out.rotation_loss = cross_entropy(turn_logits, rotation.targets);
     out.loss = add(out.sela_loss, scale(out.rotation_loss, config_.rotation_weight));
   }
@@ -689,6 +698,8 @@ TrainSummary Run::go() {
     config_.sinkhorn_warm_start = device_.is_cpu() ? "on" : "off";
   }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
+  SELA_CHECK(config_.rotation_pass == "joint" || config_.rotation_pass == "separate", "sela train",
+             "--rotation-pass must be joint or separate, got '" << config_.rotation_pass << "'");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
              "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");

@@ -70,6 +70,9 @@ int run_train(const Args& args) {
   flags.add("rotation-batch", std::to_string(defaults.rotation_batch),
             "images of each batch the rotation task turns (a multiple of 4 keeps the turns "
             "balanced)");
+  flags.add("rotation-pass", defaults.rotation_pass,
+            "how the turned images go through the network: joint (appended to the batch, one "
+            "pass) or separate (a second pass with its own BatchNorm statistics)");
   flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
             "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-omega", number(defaults.sinkhorn_omega),
@@ -150,6 +153,7 @@ int run_train(const Args& args) {
              "--rotation-batch must be between 1 and --batch-size (" << config.batch_size
                                                                      << "), got "
                                                                      << config.rotation_batch);
+  config.rotation_pass = flags.get("rotation-pass");  // checked by train()
   config.sinkhorn_max_iters = flags.get_int("sinkhorn-max-iters");
   SELA_CHECK(config.sinkhorn_max_iters >= 1, "sela train", "--sinkhorn-max-iters must be >= 1");
   config.sinkhorn_omega = flags.get_double("sinkhorn-omega");

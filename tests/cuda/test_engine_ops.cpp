@@ -196,6 +196,15 @@ void elementwise_ops() {
           return sela::relu(sela::flatten(sela::reshape(x[0], {-1, 1})));
         },
         {a()}, kExact, kExact, ++seed);
+    // Rows: one tensor sliced twice (the gradients meet), glued to a second one.
+    const std::int64_t rows = shape[0];
+    compare_op(
+        "concat_rows+slice_rows " + tag,
+        [rows](const auto& x) {
+          return sela::concat_rows({sela::slice_rows(x[0], rows / 2, rows), x[1],
+                                    sela::slice_rows(x[0], 0, (rows + 1) / 2)});
+        },
+        {a(), a()}, kExact, kExact, ++seed);
     // add_into: in place, no autograd
     Tensor destination = random_tensor<T>(shape, ++seed), source = random_tensor<T>(shape, ++seed);
     Tensor destination_gpu = destination.to(kGpu);
@@ -420,7 +429,7 @@ void loss_ops() {
 
 }  // namespace
 
-SELA_CUDA_TEST("engine ops on CUDA: elementwise, reshape, add_into (float32, float64)",
+SELA_CUDA_TEST("engine ops on CUDA: elementwise, reshape, rows, add_into (float32, float64)",
                elementwise_test) {
   elementwise_ops<float>();
   elementwise_ops<double>();

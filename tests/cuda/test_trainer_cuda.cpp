@@ -108,9 +108,16 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
   StrictFp32 strict;
   sela::test::TempFolder folder;
   std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 7);
-  // Without and with the rotation task (its turned sub-batch is a second static input).
-  for (double rotation_weight : {0.0, 1.0}) {
+  // Without and with the rotation task (its turned sub-batch is a second static input),
+  // whose turned images take their own pass or join the batch's (concat_rows in the graph).
+  struct Variant {
+    double rotation_weight;
+    const char* rotation_pass;
+  };
+  for (Variant variant : {Variant{0.0, "separate"}, Variant{1.0, "separate"}, Variant{1.0, "joint"}}) {
+    const double rotation_weight = variant.rotation_weight;
     CAPTURE(rotation_weight);
+    CAPTURE(variant.rotation_pass);
     auto config = [&](bool graph, const std::string& out) {
       TrainConfig c = sela::test::tiny_train_config(spec, folder.path + "/" + out, 3, 3);
       c.device = "cuda:0";
@@ -118,9 +125,11 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
       c.cuda_graph = graph ? "on" : "off";
       c.rotation_weight = rotation_weight;
       c.rotation_batch = 8;
+      c.rotation_pass = variant.rotation_pass;
       return c;
     };
-    const std::string suffix = rotation_weight > 0 ? "_rotation" : "";
+    const std::string suffix =
+        rotation_weight > 0 ? std::string("_rotation_") + variant.rotation_pass : "";
     TrainSummary eager = sela::train(config(false, "eager" + suffix));
     TrainSummary graphed = sela::train(config(true, "graph" + suffix));
     REQUIRE(eager.epoch_losses.size() == 3);

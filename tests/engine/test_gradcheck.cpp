@@ -28,6 +28,17 @@ TEST_CASE("gradcheck: elementwise, shape and reductions") {
   gradcheck("reshape+flatten",
             [](const std::vector<Tensor>& x) { return flatten(reshape(x[0], {2, 3, -1})); },
             {rand64({6, 4}, rng)}, rng);
+  gradcheck("concat_rows",
+            [](const std::vector<Tensor>& x) { return concat_rows({x[0], x[1], x[2]}); },
+            {rand64({2, 3, 2}, rng), rand64({1, 3, 2}, rng), rand64({4, 3, 2}, rng)}, rng);
+  gradcheck("slice_rows", [](const std::vector<Tensor>& x) { return slice_rows(x[0], 1, 4); },
+            {rand64({5, 3}, rng)}, rng);
+  // One tensor sliced twice and put back together: the two gradients meet and add.
+  gradcheck("slice_rows twice, concat_rows",
+            [](const std::vector<Tensor>& x) {
+              return concat_rows({slice_rows(x[0], 3, 6), slice_rows(x[0], 0, 4)});
+            },
+            {rand64({6, 2}, rng)}, rng);
   gradcheck("sum", [](const std::vector<Tensor>& x) { return sum(x[0]); }, {rand64({3, 4}, rng)},
             rng);
   gradcheck("mean", [](const std::vector<Tensor>& x) { return mean(x[0]); },

@@ -71,6 +71,13 @@ TEST_CASE("errors name the op, the shapes and what to do") {
   std::string target_dtype_error = error_of(
       [&] { cross_entropy(Tensor::zeros({2, 3}), Tensor::from_vector<std::int32_t>({0, 1}, {2})); });
   CHECK(target_dtype_error.find("int64") != std::string::npos);
+  std::string concat_error =
+      error_of([&] { concat_rows({Tensor::zeros({2, 3}), Tensor::zeros({2, 4})}); });
+  CHECK(concat_error.find("concat_rows") != std::string::npos);
+  CHECK(concat_error.find("(2, 4)") != std::string::npos);
+  std::string slice_error = error_of([&] { slice_rows(Tensor::zeros({5, 2}), 3, 6); });
+  CHECK(slice_error.find("[3, 6)") != std::string::npos);
+  CHECK(slice_error.find("(5, 2)") != std::string::npos);
 }
 
 TEST_CASE("gradients accumulate over backward calls and leaf gradients never alias") {

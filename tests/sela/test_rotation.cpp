@@ -4,6 +4,9 @@
 // (the rotation head and its momentum are in the checkpoint), differs from a run without it,
 // logs the task's loss (near ln 4 at the start: a 4-way head starting from small weights),
 // and a checkpoint made with another --rotation-weight is refused with the setting named.
+// The joint pass (`--rotation-pass joint`: turned images appended to the batch) gives the
+// separate passes' logits and gradients where no batch statistics couple the samples (eval
+// mode), and differs from them in train mode; a joint run resumes exactly too.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -14,6 +17,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/random.h"
 #include "engine/safetensors.h"
 #include "sela/rotation.h"
 #include "sela/trainer.h"
@@ -43,7 +49,39 @@ TrainConfig rotation_config(const std::string& spec, const std::string& out, dou
   TrainConfig config = sela::test::tiny_train_config(spec, out, 3, 5);
   config.rotation_weight = weight;
   config.rotation_batch = 8;
+  config.rotation_pass = "separate";
   return config;
+}
+
+// A scalar loss of both outputs with fixed random weights, so every logit gets a gradient.
+Tensor weighted_loss(const RotationForward& out, Rng& rng) {
+  Tensor loss = sum(mul(out.turn_logits, randn(out.turn_logits.shape(), rng)));
+  for (const Tensor& logits : out.logits) loss = add(loss, sum(mul(logits, randn(logits.shape(), rng))));
+  return loss;
+}
+
+// Every parameter gradient of `model` and `head` after backward of `loss`, in order.
+std::vector<std::vector<float>> gradients_of(SelaNet& model, Linear& head, const Tensor& loss) {
+  model.zero_grad();
+  head.zero_grad();
+  loss.backward();
+  std::vector<std::vector<float>> grads;
+  for (const Tensor& p : model.parameters()) grads.push_back(p.grad().to_vector<float>());
+  for (const Tensor& p : head.parameters()) grads.push_back(p.grad().to_vector<float>());
+  return grads;
+}
+
+double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(double(a[i]) - b[i]));
+  return worst;
+}
+
+double max_abs(const std::vector<float>& a) {
+  double worst = 0;
+  for (float v : a) worst = std::max(worst, std::fabs(double(v)));
+  return worst;
 }
 
 }  // namespace
@@ -140,4 +178,85 @@ TEST_CASE("--rotation-weight: exact resume, the task in effect and logged, misma
   other_batch.resume = true;
   other_batch.rotation_batch = 4;
   CHECK(sela::test::train_error(other_batch).find("rotation_batch") != std::string::npos);
+}
+
+TEST_CASE("forward_with_rotation: joint equals separate in eval mode, differs in train mode") {
+  ModelConfig model_config;
+  model_config.width_mult = 0.0625;
+  model_config.in_channels = 1;
+  model_config.clusters = {5, 3};
+  model_config.dropout = 0;
+  std::shared_ptr<SelaNet> model = make_model(model_config);
+  Linear head(model->feature_dim(), 4);
+  Rng rng(19);
+  fill_normal(head.weight, rng, 0.0, 0.1);
+  // Train mode first, for a few steps' worth of running statistics to differ from (0, 1).
+  Tensor images = randn({6, 1, 32, 32}, rng), turned = randn({4, 1, 32, 32}, rng);
+  model->train();
+  {
+    NoGradGuard no_grad;
+    for (int i = 0; i < 3; ++i) forward_with_rotation(*model, head, images, turned, false);
+  }
+  RotationForward train_joint = forward_with_rotation(*model, head, images, turned, true);
+  RotationForward train_separate = forward_with_rotation(*model, head, images, turned, false);
+  // Train mode: the joint pass normalises over all 10 images, so its logits differ.
+  CHECK(max_abs_difference(train_joint.turn_logits.to_vector<float>(),
+                           train_separate.turn_logits.to_vector<float>()) > 1e-4);
+
+  // Eval mode: per-sample computations, so both passes give the same values and gradients
+  // up to float rounding (GEMMs of 10 rows or of 6 and 4 sum in other orders).
+  model->eval();
+  Rng loss_rng_a(23), loss_rng_b(23);
+  RotationForward joint = forward_with_rotation(*model, head, images, turned, true);
+  RotationForward separate = forward_with_rotation(*model, head, images, turned, false);
+  REQUIRE(joint.logits.size() == 2);
+  REQUIRE(joint.turn_logits.shape() == Shape{4, 4});
+  for (std::size_t t = 0; t < 2; ++t) {
+    REQUIRE(joint.logits[t].shape() == separate.logits[t].shape());
+    std::vector<float> a = joint.logits[t].to_vector<float>(), b = separate.logits[t].to_vector<float>();
+    CHECK(max_abs_difference(a, b) <= 1e-5 * std::max(1.0, max_abs(b)));
+  }
+  std::vector<float> turns_joint = joint.turn_logits.to_vector<float>();
+  std::vector<float> turns_separate = separate.turn_logits.to_vector<float>();
+  CHECK(max_abs_difference(turns_joint, turns_separate) <= 1e-5 * std::max(1.0, max_abs(turns_separate)));
+  auto grads_joint = gradients_of(*model, head, weighted_loss(joint, loss_rng_a));
+  auto grads_separate = gradients_of(*model, head, weighted_loss(separate, loss_rng_b));
+  REQUIRE(grads_joint.size() == grads_separate.size());
+  for (std::size_t i = 0; i < grads_joint.size(); ++i) {
+    CAPTURE(i);
+    const double scale = max_abs(grads_separate[i]);
+    CHECK(scale > 0);  // every parameter takes part
+    CHECK(max_abs_difference(grads_joint[i], grads_separate[i]) <= 1e-4 * scale);
+  }
+}
+
+TEST_CASE("--rotation-pass joint: exact resume, logged in config.json, mismatches refused") {
+  sela::test::TempFolder folder;
+  const std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 3);
+  auto joint_config = [&](const std::string& out) {
+    TrainConfig config = rotation_config(spec, folder.path + "/" + out, 1);
+    config.rotation_pass = "joint";
+    return config;
+  };
+  TrainSummary separate = train(rotation_config(spec, folder.path + "/separate", 1));
+  TrainSummary whole = train(joint_config("whole"));
+  REQUIRE(whole.epoch_losses.size() == 3);
+  for (double loss : whole.epoch_losses) CHECK(std::isfinite(loss));
+  CHECK(whole.epoch_losses[0] != separate.epoch_losses[0]);  // BatchNorm over B + R images
+  sela::test::check_resumed_run_matches(joint_config("split"), whole);
+  sela::test::check_same_tensors(folder.path + "/whole/checkpoint.safetensors",
+                                 folder.path + "/split/checkpoint.safetensors");
+  nlohmann::json config;
+  std::ifstream(folder.path + "/whole/config.json") >> config;
+  CHECK(config["rotation_pass"] == "joint");
+
+  TrainConfig other_pass = rotation_config(spec, folder.path + "/split", 1);
+  other_pass.resume = true;
+  std::string message = sela::test::train_error(other_pass);
+  CHECK(message.find("rotation_pass") != std::string::npos);
+  CHECK(message.find("joint") != std::string::npos);
+  TrainConfig unknown = joint_config("unknown");
+  unknown.rotation_pass = "both";
+  CHECK(sela::test::train_error(unknown).find("--rotation-pass must be joint or separate") !=
+        std::string::npos);
 }
