@@ -232,7 +232,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("sela train: out-of-range --jitter, --rotation-weight and --rotation-batch are refused") {
+TEST_CASE("sela train: out-of-range --jitter and --rotation-* values are refused") {
   TempFolder folder;
   const std::string spec = write_synthetic_idx(folder.path, "train", 64, 4);
   const tools::Args base{"--data", spec, "--out", folder.path + "/run", "--epochs", "1",
@@ -247,5 +247,7 @@ TEST_CASE("sela train: out-of-range --jitter, --rotation-weight and --rotation-b
         std::string::npos);
   CHECK(with({"--rotation-batch", "17"}).find("--rotation-batch must be between 1 and "
                                               "--batch-size (16)") != std::string::npos);
+  CHECK(with({"--rotation-batch", "8", "--rotation-pass", "both"}).find("--rotation-pass must be joint or separate, got "
+                                               "'both'") != std::string::npos);
   CHECK(!exists(folder.path + "/run/checkpoint.safetensors"));  // refused before any work
 }
