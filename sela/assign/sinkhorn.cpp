@@ -1127,9 +1127,19 @@ void SinkhornSolver::run(SinkhornResult* result) {
     if (result->iterations >= options_.max_iters) break;
     update_r(&b.r_next, iteration + 1);
     if (omega != 1.0) {
+      bool in_range = true;
       for (std::int64_t j = 0; j < k; ++j) {
         const std::size_t jj = static_cast<std::size_t>(j);
         b.r_next[jj] *= sinkhorn_relaxation_factor(b.r[jj], b.r_next[jj], omega);
+        in_range = in_range && b.r_next[jj] > 0.0 && std::isfinite(b.r_next[jj]);
+      }
+      // A diverging relaxed r can also leave float64's range between two checks (seen with
+      // bf16 storage and a warm start at K = 300, N = 10,000): the safeguard, as above.
+      if (!in_range) {
+        omega = 1.0;
+        result->over_relaxation_stopped_at = iteration;
+        b.r = r_at_check;
+        continue;
       }
     }
     b.r.swap(b.r_next);
