@@ -15,26 +15,23 @@ bool grad_mode_enabled() { return t_grad_mode; }
 NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
 NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
 
-bool needs_grad(std::initializer_list<const Tensor*> inputs) {
-  return needs_grad(std::vector<const Tensor*>(inputs));
-}
+namespace {
 
-bool needs_grad(const std::vector<const Tensor*>& inputs) {
+// The two overloads of each below share these: a range of input pointers (an
+// initializer_list is read in place, so the ops' common path allocates nothing).
+bool any_needs_grad(const Tensor* const* begin, const Tensor* const* end) {
   if (!t_grad_mode) return false;
-  for (const Tensor* t : inputs) {
+  for (const Tensor* const* it = begin; it != end; ++it) {
+    const Tensor* t = *it;
     if (t != nullptr && t->defined() && t->requires_grad()) return true;
   }
   return false;
 }
 
-void attach_node(const Tensor& output, std::shared_ptr<Node> node,
-                 std::initializer_list<const Tensor*> inputs) {
-  attach_node(output, std::move(node), std::vector<const Tensor*>(inputs));
-}
-
-void attach_node(const Tensor& output, std::shared_ptr<Node> node,
-                 const std::vector<const Tensor*>& inputs) {
-  for (const Tensor* t : inputs) {
+void attach_inputs(const Tensor& output, std::shared_ptr<Node> node, const Tensor* const* begin,
+                   const Tensor* const* end) {
+  for (const Tensor* const* it = begin; it != end; ++it) {
+    const Tensor* t = *it;
     if (t == nullptr || !t->defined() || !t->requires_grad()) {
       node->inputs.push_back(nullptr);
     } else if (!t->grad_fn()) {
@@ -51,6 +48,26 @@ void attach_node(const Tensor& output, std::shared_ptr<Node> node,
   }
   output.impl_ptr()->grad_fn = std::move(node);
   output.impl_ptr()->requires_grad = true;
+}
+
+}  // namespace
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  return any_needs_grad(inputs.begin(), inputs.end());
+}
+
+bool needs_grad(const std::vector<const Tensor*>& inputs) {
+  return any_needs_grad(inputs.data(), inputs.data() + inputs.size());
+}
+
+void attach_node(const Tensor& output, std::shared_ptr<Node> node,
+                 std::initializer_list<const Tensor*> inputs) {
+  attach_inputs(output, std::move(node), inputs.begin(), inputs.end());
+}
+
+void attach_node(const Tensor& output, std::shared_ptr<Node> node,
+                 const std::vector<const Tensor*>& inputs) {
+  attach_inputs(output, std::move(node), inputs.data(), inputs.data() + inputs.size());
 }
 
 namespace {

@@ -744,9 +744,9 @@ Tensor concat_rows(const std::vector<Tensor>& parts) {
     const Tensor& part = parts[i];
     check_same_device("concat_rows", first, "tensor 0", part, "another tensor");
     check_same_dtype("concat_rows", first, part);
-    Shape trailing = part.shape();
-    SELA_CHECK(part.dim() == first.dim() && std::equal(trailing.begin() + 1, trailing.end(),
-                                                       first.shape().begin() + 1),
+    const Shape& shape_i = part.shape();
+    SELA_CHECK(part.dim() == first.dim() &&
+                   std::equal(shape_i.begin() + 1, shape_i.end(), first.shape().begin() + 1),
                "concat_rows", "tensor " << i << " " << part.describe()
                                         << " differs from tensor 0 " << first.describe()
                                         << " beyond dim 0");

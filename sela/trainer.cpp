@@ -605,19 +605,18 @@ double Run::train_epoch(std::int64_t epoch) {
 Run::StepTensors Run::forward_step(const Tensor& images, const std::vector<Tensor>& targets,
                                    const RotationBatch& rotation) {
   StepTensors out;
-  Tensor turn_logits;  // (R, 4) with the rotation task
+  RotationForward both;  // turn_logits only with the rotation task
   if (rotation_head_) {
-    RotationForward both = forward_with_rotation(*model_, *rotation_head_, images, rotation.images,
-                                                 config_.rotation_pass == "joint");
-    out.logits = std::move(both.logits);
-    turn_logits = both.turn_logits;
+    both = forward_with_rotation(*model_, *rotation_head_, images, rotation.images,
+                                 config_.rotation_pass == "joint");
   } else {
-    out.logits = model_->forward_heads(images);
+    both.logits = model_->forward_heads(images);
   }
+  out.logits = std::move(both.logits);
   out.sela_loss = sela_loss(out.logits, targets);
   out.loss = out.sela_loss;
   if (rotation_head_) {
-    out.rotation_loss = cross_entropy(turn_logits, rotation.targets);
+    out.rotation_loss = cross_entropy(both.turn_logits, rotation.targets);
     out.loss = add(out.sela_loss, scale(out.rotation_loss, config_.rotation_weight));
   }
   return out;

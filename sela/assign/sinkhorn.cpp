@@ -977,6 +977,11 @@ void SinkhornSolver::run(SinkhornResult* result) {
   double omega = options_.over_relaxation;
   double last_check_error = std::numeric_limits<double>::infinity();
   std::vector<double> r_at_check = b.r;
+  auto stop_relaxation = [&](std::int64_t iteration) {
+    omega = 1.0;  // the safeguard: back to the last good r, plain steps from now on
+    result->over_relaxation_stopped_at = iteration;
+    b.r = r_at_check;
+  };
   // r is handed to the float32 kernels as r_rel = r / r_scale with r_scale the geometric
   // middle of r's range, so that r_rel spans at most e^±87 around 1 before it would leave
   // float32's normal range (r can span many decades when N < K or λ is large).
@@ -1109,9 +1114,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     }
     result->iterations = iteration + 1;
     if (omega != 1.0 && (measure || !std::isfinite(change)) && !(change < last_check_error)) {
-      omega = 1.0;  // the safeguard: back to the last good r, plain steps from now on
-      result->over_relaxation_stopped_at = iteration;
-      b.r = r_at_check;
+      stop_relaxation(iteration);
       if (result->iterations >= options_.max_iters) break;
       continue;
     }
@@ -1134,11 +1137,9 @@ void SinkhornSolver::run(SinkhornResult* result) {
         in_range = in_range && b.r_next[jj] > 0.0 && std::isfinite(b.r_next[jj]);
       }
       // A diverging relaxed r can also leave float64's range between two checks (seen with
-      // bf16 storage and a warm start at K = 300, N = 10,000): the safeguard, as above.
+      // bf16 storage and a warm start at K = 300, N = 10,000).
       if (!in_range) {
-        omega = 1.0;
-        result->over_relaxation_stopped_at = iteration;
-        b.r = r_at_check;
+        stop_relaxation(iteration);
         continue;
       }
     }
