@@ -9,8 +9,11 @@
 // NMI, adjusted NMI (AMI) and ARI of each head's argmax on the test split, the same for the
 // training pseudo-labels, accuracy after Hungarian matching for heads whose K equals the
 // class count, and weighted kNN top-1 on fc7 features (train as memory, test as queries;
-// k = 200 and 10, σ = 0.1, cosine similarity: the reference's CIFAR protocol). Among heads
-// of one K, the one whose labels were most stable is marked (select_by_stability).
+// k = 200 and 10, σ = 0.1, cosine similarity: the reference's CIFAR protocol) twice: on the
+// features as they are (the protocol of the reference's per-epoch monitor) and after PCA to
+// 128 dimensions fitted on the training features (its final figure: cifar.py ends with
+// kNN(..., K=10, sigma=0.1, use_pca=True); sela/assign/pca.h). Among heads of one K, the
+// one whose labels were most stable is marked (select_by_stability).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,9 @@
 #include "models/alexnet.h"
 
 namespace sela {
+
+// Components of the PCA before the final kNN (the reference's cifar_utils.kNN, use_pca=True).
+constexpr std::int64_t kKnnPcaComponents = 128;
 
 struct NetworkOutputs {
   std::int64_t n = 0;
@@ -77,7 +83,9 @@ struct HeadReport {
 
 struct EvalReport {
   std::vector<HeadReport> heads;
-  double knn_top1_k200 = -1, knn_top1_k10 = -1;
+  double knn_top1_k200 = -1, knn_top1_k10 = -1;          // fc7 as it is
+  double knn_pca_top1_k200 = -1, knn_pca_top1_k10 = -1;  // fc7 after PCA (see above)
+  std::int64_t knn_pca_components = 0;                    // min(128, train samples - 1, fc7 width)
   std::int64_t train_samples = 0, test_samples = 0;
   std::string to_json() const;
   std::string table() const;  // the human-readable summary printed at the end of a run

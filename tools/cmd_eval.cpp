@@ -41,8 +41,9 @@ int run_eval(const Args& args) {
       "sela eval",
       "Evaluates a trained SeLa run: clustering metrics of every head on the test "
       "split (NMI, AMI, ARI, matched\naccuracy), the same for the run's pseudo-labels, "
-      "weighted kNN top-1 on fc7 features (k = 200, 10),\nand with --probes linear "
-      "probes on conv1..conv5. Prints a table and writes JSON.");
+      "weighted kNN top-1 on fc7 features (k = 200, 10;\nas they are, and after PCA to 128 "
+      "dimensions as the reference's final figure), and with --probes\nlinear probes on "
+      "conv1..conv5. Prints a table and writes JSON.");
   flags.add("checkpoint", "", "run folder of `sela train` (config.json, weights.safetensors)");
   flags.add("data", "", "training data: kNN memory, probe training (default: the run's)");
   flags.add("test-data", "",

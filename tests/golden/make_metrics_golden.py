@@ -6,10 +6,10 @@ How to run (from the repository root, with Debian's Python and packages):
     apt-get install python3-sklearn python3-scipy python3-numpy   # once
     /usr/bin/python3 tests/golden/make_metrics_golden.py
 
-It rewrites tests/golden/metrics/clustering_cases.txt and tests/golden/metrics/knn_case.txt
-(deterministic: fixed seeds, so a rerun gives the same files with the same library versions;
-the versions used are written into the files' headers). tests/assign/test_metrics.cpp and
-tests/assign/test_knn.cpp read them.
+It rewrites tests/golden/metrics/clustering_cases.txt, tests/golden/metrics/knn_case.txt and
+tests/golden/metrics/knn_pca_case.txt (deterministic: fixed seeds, so a rerun gives the same files with the same library versions;
+the versions used are written into the files' headers). tests/assign/test_metrics.cpp,
+tests/assign/test_knn.cpp and tests/assign/test_pca.cpp read them.
 
 What the references are:
 - NMI, AMI, ARI: scikit-learn's normalized_mutual_info_score and adjusted_mutual_info_score
@@ -23,6 +23,11 @@ What the references are:
   vote ties to the lower class index. Only queries whose prediction cannot change under a
   similarity perturbation of KNN_ROBUST_DELTA are kept, so a float32 implementation must
   reproduce the expected counts exactly.
+- kNN after PCA (the SeLa reference's final CIFAR protocol, cifar_utils.kNN with
+  use_pca=True): scikit-learn's PCA (svd_solver="full", exact; whiten=False) fitted on the
+  memory, applied to memory and queries, then the kNN above. The case is built with a clear
+  gap after the c-th variance so that the span of the leading components is well defined;
+  its components and variances are written too.
 
 File formats (whitespace-separated tokens, '#' starts a comment line):
   clustering_cases.txt:  for each case
@@ -36,6 +41,12 @@ File formats (whitespace-separated tokens, '#' starts a comment line):
       queries: q rows of d values, then q classes
       expect_top1 <one value per k>                    (correct / q, %.17g)
       then len(ks) rows of q predicted classes (the row for ks[r] is row r)
+  knn_pca_case.txt:
+      knn_pca <m> <q> <d> <num_classes> <sigma> <components c> <number of ks> <ks...>
+      memory, memory classes, queries, query classes as knn_case.txt
+      variances: c values (scikit-learn's explained_variance_, %.17g)
+      components: c rows of d values (%.17g)
+      expect_top1 and the predictions as knn_case.txt
 """
 
 import itertools
@@ -46,6 +57,7 @@ import numpy as np
 import scipy
 import sklearn
 from scipy.optimize import linear_sum_assignment
+from sklearn.decomposition import PCA
 from sklearn.metrics import (adjusted_mutual_info_score, adjusted_rand_score,
                              normalized_mutual_info_score)
 
@@ -226,10 +238,72 @@ def write_knn(path):
     print("knn top1:", top1, file=sys.stderr)
 
 
+def write_knn_pca(path):
+    rng = np.random.default_rng(11)
+    m, q_candidates, d, num_classes, sigma, c = 400, 200, 40, 4, 0.1, 6
+    ks = [1, 10, 50]
+    basis = np.linalg.qr(rng.normal(size=(d, c)))[0].T  # (c, d) orthonormal rows
+    centres = 1.0 * rng.normal(size=(num_classes, c))
+    offset = rng.uniform(1.0, 3.0, size=d)  # a large common mean: centring matters
+
+    def sample(count):
+        classes = rng.integers(0, num_classes, count)
+        latent = centres[classes] + 1.0 * rng.normal(size=(count, c))
+        feats = latent @ basis + 0.15 * rng.normal(size=(count, d)) + offset
+        return feats.astype(np.float32), classes.astype(np.int64)
+
+    memory, memory_classes = sample(m)
+    queries, query_classes = sample(q_candidates)
+    pca = PCA(n_components=c, whiten=False, svd_solver="full").fit(memory.astype(np.float64))
+    variances = pca.explained_variance_
+    rest = np.linalg.eigvalsh(np.cov(memory.astype(np.float64), rowvar=False))[::-1]
+    assert np.allclose(rest[:c], variances, rtol=1e-9), (rest[:c], variances)
+    assert rest[c] < 0.2 * rest[c - 1], (rest[c], rest[c - 1])  # the gap
+    project = lambda x: pca.transform(x.astype(np.float64))
+    _, robust = knn_predict(project(memory), memory_classes, project(queries), ks, sigma,
+                            num_classes)
+    queries, query_classes = queries[robust][:120], query_classes[robust][:120]
+    q = queries.shape[0]
+    assert q == 120, q
+    predictions, robust = knn_predict(project(memory), memory_classes, project(queries), ks,
+                                      sigma, num_classes)
+    assert robust.all()
+    top1 = (predictions == query_classes[None, :]).mean(axis=1)
+
+    def rows(values, fmt):
+        return [" ".join(fmt % v for v in row) for row in values]
+
+    lines = [
+        "# Golden kNN after PCA: written by tests/golden/make_metrics_golden.py. Do not edit.",
+        f"# numpy {np.__version__}, scikit-learn {sklearn.__version__}; "
+        f"robust to similarity changes of {KNN_ROBUST_DELTA}",
+        "knn_pca %d %d %d %d %.17g %d %d %s" % (m, q, d, num_classes, sigma, c, len(ks),
+                                                " ".join(str(k) for k in ks)),
+        "# memory (m, d)",
+        *rows(memory, "%.9g"),
+        "# memory classes (m)",
+        " ".join(str(v) for v in memory_classes),
+        "# queries (q, d)",
+        *rows(queries, "%.9g"),
+        "# query classes (q)",
+        " ".join(str(v) for v in query_classes),
+        "variances " + " ".join("%.17g" % v for v in variances),
+        "# components (c, d)",
+        *rows(pca.components_, "%.17g"),
+        "expect_top1 " + " ".join("%.17g" % v for v in top1),
+        "# expected predictions (len(ks), q)",
+        *[" ".join(str(int(v)) for v in row) for row in predictions],
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("knn after pca top1:", top1, file=sys.stderr)
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     write_clustering(os.path.join(OUT_DIR, "clustering_cases.txt"))
     write_knn(os.path.join(OUT_DIR, "knn_case.txt"))
+    write_knn_pca(os.path.join(OUT_DIR, "knn_pca_case.txt"))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ TEST_CASE(
     // Matched accuracy where K equals the class count (head 0: K = 4) only.
     CHECK(j["heads"][0].contains("test_accuracy"));
     CHECK_FALSE(j["heads"][1].contains("test_accuracy"));
-    for (const char* key : {"knn_top1_k200", "knn_top1_k10"}) {
+    CHECK(j["knn_pca_components"] == 128);  // min(128, 160 - 1, fc7 width)
+    for (const char* key : {"knn_top1_k200", "knn_top1_k10", "knn_pca_top1_k200", "knn_pca_top1_k10"}) {
       REQUIRE(j.contains(key));
       CHECK(j[key].get<double>() >= 0.0);
       CHECK(j[key].get<double>() <= 1.0);
