@@ -728,9 +728,29 @@ TrainSummary Run::go() {
               config_.label_spacing.c_str(), config_.lambda, cpu::num_threads(),
               cpu::gemm_backend_name(), device_.str().c_str());
   std::fflush(stdout);
+  const auto epochs_start = std::chrono::steady_clock::now();
   for (std::int64_t epoch = start_epoch_; epoch < config_.epochs; ++epoch) {
     summary_.epoch_losses.push_back(train_epoch(epoch));
     save_checkpoint(epoch + 1);
+    // The whole run's pace, so that a slow machine shows early how long the run will take.
+    const std::int64_t epochs_left = config_.epochs - (epoch + 1);
+    if (epochs_left > 0) {
+      const double so_far =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - epochs_start).count();
+      const double per_epoch = so_far / static_cast<double>(epoch + 1 - start_epoch_);
+      auto duration = [](double seconds) {
+        char text[32];
+        if (seconds < 120) std::snprintf(text, sizeof text, "%.0f s", seconds);
+        else std::snprintf(text, sizeof text, "%.1f min", seconds / 60.0);
+        return std::string(text);
+      };
+      std::printf("run: epoch %lld of %lld done, %s so far; about %s of epochs left at this "
+                  "pace, then the final steps\n",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(config_.epochs),
+                  duration(so_far).c_str(),
+                  duration(per_epoch * static_cast<double>(epochs_left)).c_str());
+      std::fflush(stdout);
+    }
     if (config_.stop_after_epoch >= 0 && epoch + 1 >= config_.stop_after_epoch) {
       std::printf("stopping after epoch %lld as asked (--stop-after-epoch)\n",
                   static_cast<long long>(epoch + 1));
