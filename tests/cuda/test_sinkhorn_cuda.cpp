@@ -564,6 +564,27 @@ SELA_CUDA_TEST("over-relaxation and absorption follow the CPU path", test_relaxa
   }
 }
 
+SELA_CUDA_TEST("over-relaxation whose r leaves float64's range between checks follows the CPU",
+               test_relaxation_out_of_range) {
+  // The CPU case of tests/assign/test_sinkhorn.cpp: at omega 1.95 the relaxed r underflows a
+  // few passes after a check; the CPU path returns to the last checked r (a range test on
+  // every relaxed r), the device control kernel catches the same divergence as NaN column
+  // sums. Both must end on the same answer, and the GPU must say that it stopped omega.
+  std::ostringstream log;
+  const std::int64_t n = 10000, k = 300;
+  const auto z = random_logits(n, k, 3.0f, 78);
+  for (SinkhornStorage storage : {SinkhornStorage::bf16, SinkhornStorage::f32}) {
+    SinkhornOptions options = quiet(&log, storage, 10.0);
+    options.over_relaxation = 1.95;
+    compare_solves(z, n, k, options, "omega 1.95, r out of range");
+    options.device = sela::Device::cuda(0);
+    SinkhornSolver gpu(options);
+    const SinkhornResult got = gpu.solve(z.data(), n, k, "h");
+    CHECK(got.converged);
+    CHECK(got.over_relaxation_stopped_at >= 0);
+  }
+}
+
 SELA_CUDA_TEST("solves are bit-identical: twice, batches, solve_device, reused buffers",
                test_determinism) {
   std::ostringstream log;
