@@ -220,14 +220,16 @@ EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Data
       test_out.classes.data(), test_out.n, train_out.fc7_dim, {200, 10}, 0.1, classes);
   report.knn_top1_k200 = knn[0].top1;
   report.knn_top1_k10 = knn[1].top1;
-  report.knn_pca_components =
-      std::min({kKnnPcaComponents, train_out.n - 1, train_out.fc7_dim});
-  std::vector<KnnResult> knn_pca = weighted_knn_top1_after_pca(
-      train_out.fc7.data(), train_out.classes.data(), train_out.n, test_out.fc7.data(),
-      test_out.classes.data(), test_out.n, train_out.fc7_dim, report.knn_pca_components,
-      {200, 10}, 0.1, classes);
-  report.knn_pca_top1_k200 = knn_pca[0].top1;
-  report.knn_pca_top1_k10 = knn_pca[1].top1;
+  if (train_out.n >= 2) {  // a PCA needs two samples; the figures stay -1 otherwise
+    report.knn_pca_components =
+        std::min({kKnnPcaComponents, train_out.n - 1, train_out.fc7_dim});
+    std::vector<KnnResult> knn_pca = weighted_knn_top1_after_pca(
+        train_out.fc7.data(), train_out.classes.data(), train_out.n, test_out.fc7.data(),
+        test_out.classes.data(), test_out.n, train_out.fc7_dim, report.knn_pca_components,
+        {200, 10}, 0.1, classes);
+    report.knn_pca_top1_k200 = knn_pca[0].top1;
+    report.knn_pca_top1_k10 = knn_pca[1].top1;
+  }
   return report;
 }
 
@@ -380,6 +382,7 @@ std::string EvalReport::table() const {
                 static_cast<long long>(train_samples), static_cast<long long>(test_samples),
                 100 * knn_top1_k200, 100 * knn_top1_k10);
   out << line;
+  if (knn_pca_components < 1) return out.str();
   std::snprintf(line, sizeof line,
                 "weighted kNN on fc7 after PCA to %lld dimensions (the reference's final protocol): "
                 "top-1 %.2f%% (k=200), %.2f%% (k=10)\n",

@@ -85,7 +85,7 @@ struct EvalReport {
   std::vector<HeadReport> heads;
   double knn_top1_k200 = -1, knn_top1_k10 = -1;          // fc7 as it is
   double knn_pca_top1_k200 = -1, knn_pca_top1_k10 = -1;  // fc7 after PCA (see above)
-  std::int64_t knn_pca_components = 0;                    // min(128, train samples - 1, fc7 width)
+  std::int64_t knn_pca_components = 0;  // min(128, train samples - 1, fc7 width); 0: not run
   std::int64_t train_samples = 0, test_samples = 0;
   std::string to_json() const;
   std::string table() const;  // the human-readable summary printed at the end of a run

@@ -54,8 +54,9 @@ void orthonormalise_rows(std::vector<double>& q, std::int64_t l, std::int64_t d,
         for (std::int64_t k = 0; k < d; ++k) row[k] *= inverse;
         break;
       }
-      SELA_CHECK(attempt < 8, "pca", "could not extend the basis past " << i << " of " << l
-                                                                         << " rows (d = " << d << ")");
+      SELA_CHECK(attempt < 8, "fit_pca",
+                 "could not extend the basis past " << i << " of " << l << " rows (d = " << d
+                                                    << ")");
       for (std::int64_t k = 0; k < d; ++k) row[k] = rng.normal();
     }
   }
@@ -98,11 +99,22 @@ double rayleigh_ritz(const std::vector<double>& q, const std::vector<double>& qs
 
 void symmetric_eigen(const std::vector<double>& a_in, std::int64_t n, std::vector<double>& values,
                      std::vector<double>& vectors) {
-  SELA_CHECK(n >= 1 && a_in.size() == static_cast<std::size_t>(n * n), "pca",
-             "symmetric_eigen needs an (n, n) matrix, got " << a_in.size() << " values for n = " << n);
-  std::vector<double> a(a_in.size());  // (n, n), symmetrised
+  SELA_CHECK(n >= 1 && a_in.size() == static_cast<std::size_t>(n * n), "symmetric_eigen",
+             "needs an (n, n) matrix, got " << a_in.size() << " values for n = " << n);
+  // Scaled by the largest magnitude, so that sums of squares cannot overflow; scaled back at
+  // the end.
+  double largest = 0;
+  for (std::size_t i = 0; i < a_in.size(); ++i) {
+    SELA_CHECK(std::isfinite(a_in[i]), "symmetric_eigen",
+               "entry [" << i / n << ", " << i % n << "] = " << a_in[i] << " is not finite");
+    largest = std::max(largest, std::abs(a_in[i]));
+  }
+  const double unit = largest > 0 ? largest : 1.0;
+  std::vector<double> a(a_in.size());  // (n, n), symmetrised, divided by unit
   for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t j = 0; j < n; ++j) a[i * n + j] = 0.5 * (a_in[i * n + j] + a_in[j * n + i]);
+    for (std::int64_t j = 0; j < n; ++j) {
+      a[i * n + j] = 0.5 * (a_in[i * n + j] / unit + a_in[j * n + i] / unit);
+    }
   }
   std::vector<double> v(static_cast<std::size_t>(n * n), 0.0);  // (n, n), eigenvectors as columns
   for (std::int64_t i = 0; i < n; ++i) v[i * n + i] = 1.0;
@@ -151,17 +163,18 @@ void symmetric_eigen(const std::vector<double>& a_in, std::int64_t n, std::vecto
   vectors.resize(static_cast<std::size_t>(n * n));
   for (std::int64_t r = 0; r < n; ++r) {
     const std::int64_t col = order[r];
-    values[r] = a[col * n + col];
+    values[r] = a[col * n + col] * unit;
     for (std::int64_t k = 0; k < n; ++k) vectors[r * n + k] = v[k * n + col];
   }
 }
 
 PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components) {
-  SELA_CHECK(x != nullptr, "pca", "no feature rows given");
-  SELA_CHECK(n >= 2 && d >= 1, "pca", "needs at least 2 rows of width >= 1, got (" << n << ", " << d << ")");
-  SELA_CHECK(components >= 1 && components <= std::min(n - 1, d), "pca",
-             components << " components asked of (" << n << ", " << d << ") features: at most min(n - 1, d) = "
-                        << std::min(n - 1, d));
+  SELA_CHECK(x != nullptr, "fit_pca", "no feature rows given");
+  SELA_CHECK(n >= 2 && d >= 1, "fit_pca",
+             "needs at least 2 rows of width >= 1, got (" << n << ", " << d << ")");
+  SELA_CHECK(components >= 1 && components <= std::min(n - 1, d), "fit_pca",
+             components << " components asked of (" << n << ", " << d
+                        << ") features; ask for 1 to min(n - 1, d) = " << std::min(n - 1, d));
   PcaBasis basis;
   basis.dim = d;
   basis.components = components;
@@ -169,7 +182,8 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
   for (std::int64_t i = 0; i < n; ++i) {
     for (std::int64_t k = 0; k < d; ++k) {
       const double value = x[i * d + k];
-      SELA_CHECK(std::isfinite(value), "pca", "feature [" << i << ", " << k << "] = " << value << " is not finite");
+      SELA_CHECK(std::isfinite(value), "fit_pca",
+                 "feature [" << i << ", " << k << "] = " << value << " is not finite");
       basis.mean[k] += value;
     }
   }
@@ -181,7 +195,9 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
   for (std::int64_t start = 0; start < n; start += kRowBlock) {
     const std::int64_t rows = std::min(kRowBlock, n - start);
     for (std::int64_t i = 0; i < rows; ++i) {
-      for (std::int64_t k = 0; k < d; ++k) block[i * d + k] = x[(start + i) * d + k] - basis.mean[k];
+      for (std::int64_t k = 0; k < d; ++k) {
+        block[i * d + k] = x[(start + i) * d + k] - basis.mean[k];
+      }
     }
     cpu::gemm<double>(true, false, d, d, rows, 1.0 / static_cast<double>(n - 1), block.data(), d,
                       block.data(), d, start == 0 ? 0.0 : 1.0, covariance.data(), d);
@@ -228,20 +244,29 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
 }
 
 std::vector<float> project_pca(const PcaBasis& basis, const float* x, std::int64_t n) {
-  SELA_CHECK(x != nullptr || n == 0, "pca", "no feature rows given");
-  SELA_CHECK(n >= 0 && basis.dim >= 1 && basis.components >= 1, "pca",
-             "project_pca needs a fitted basis and n >= 0, got n = " << n);
+  SELA_CHECK(x != nullptr || n == 0, "project_pca", "no feature rows given");
   const std::int64_t d = basis.dim, c = basis.components;
+  SELA_CHECK(n >= 0 && d >= 1 && c >= 1 && basis.mean.size() == static_cast<std::size_t>(d) &&
+                 basis.axes.size() == static_cast<std::size_t>(c * d),
+             "project_pca", "needs a basis from fit_pca and n >= 0, got n = " << n);
   std::vector<float> out(static_cast<std::size_t>(n * c));  // (n, c)
-  std::vector<double> block(static_cast<std::size_t>(std::min<std::int64_t>(std::max<std::int64_t>(n, 1), kRowBlock) * d));
-  std::vector<double> projected(static_cast<std::size_t>(std::min<std::int64_t>(std::max<std::int64_t>(n, 1), kRowBlock) * c));
+  const std::int64_t block_rows = std::min<std::int64_t>(std::max<std::int64_t>(n, 1), kRowBlock);
+  std::vector<double> block(static_cast<std::size_t>(block_rows * d));      // (rows, d)
+  std::vector<double> projected(static_cast<std::size_t>(block_rows * c));  // (rows, c)
   for (std::int64_t start = 0; start < n; start += kRowBlock) {
     const std::int64_t rows = std::min(kRowBlock, n - start);
     for (std::int64_t i = 0; i < rows; ++i) {
-      for (std::int64_t k = 0; k < d; ++k) block[i * d + k] = x[(start + i) * d + k] - basis.mean[k];
+      for (std::int64_t k = 0; k < d; ++k) {
+        const double value = x[(start + i) * d + k];
+        SELA_CHECK(std::isfinite(value), "project_pca",
+                   "feature [" << start + i << ", " << k << "] = " << value << " is not finite");
+        block[i * d + k] = value - basis.mean[k];
+      }
     }
     matmul(block.data(), basis.axes.data(), projected.data(), rows, d, c, /*transpose_b=*/true);
-    for (std::int64_t i = 0; i < rows * c; ++i) out[start * c + i] = static_cast<float>(projected[i]);
+    for (std::int64_t i = 0; i < rows * c; ++i) {
+      out[start * c + i] = static_cast<float>(projected[i]);
+    }
   }
   return out;
 }
@@ -250,7 +275,8 @@ std::vector<KnnResult> weighted_knn_top1_after_pca(
     const float* memory, const std::int64_t* memory_classes, std::int64_t m, const float* queries,
     const std::int64_t* query_classes, std::int64_t q, std::int64_t d, std::int64_t components,
     const std::vector<std::int64_t>& ks, double sigma, std::int64_t num_classes) {
-  SELA_CHECK(components >= 1, "pca", "kNN after PCA needs components >= 1, got " << components);
+  SELA_CHECK(components >= 1, "weighted_knn_after_pca",
+             "needs components >= 1, got " << components);
   const PcaBasis basis = fit_pca(memory, m, d, std::min({components, m - 1, d}));
   const std::vector<float> projected_memory = project_pca(basis, memory, m);   // (m, c)
   const std::vector<float> projected_queries = project_pca(basis, queries, q);  // (q, c)

@@ -18,8 +18,9 @@
 // its largest-magnitude entry positive (a deterministic sign). Everything is float64 and
 // seeded: a call gives the same axes on every run and thread count.
 //
-// Cost at n = 60,000, d = 1,024 (a default run's fc7): the covariance is one float64 GEMM
-// of 63 GFLOP in row blocks; the iteration multiplies (l, d) by (d, d) per pass.
+// Cost at n = 60,000, d = 1,024 (a default run's fc7): the covariance is float64 GEMMs of
+// 63 G multiply-adds in all, in row blocks; each pass multiplies (l, d) by (d, d); each
+// check solves an (l, l) Jacobi problem (about 1 s on one thread at l = 256). docs/perf.md.
 #pragma once
 
 #include <cstdint>
@@ -30,20 +31,21 @@
 namespace sela {
 
 struct PcaBasis {
-  std::int64_t dim = 0;         // d, the feature width
-  std::int64_t components = 0;  // c
-  std::vector<double> mean;     // (d) the training mean
-  std::vector<double> axes;     // (c, d) orthonormal rows, by decreasing variance
+  std::int64_t dim = 0;           // d, the feature width
+  std::int64_t components = 0;    // c
+  std::vector<double> mean;       // (d) the training mean
+  std::vector<double> axes;       // (c, d) orthonormal rows, by decreasing variance
   std::vector<double> variances;  // (c) the covariance's eigenvalues along the axes
-  std::int64_t passes = 0;      // subspace-iteration passes taken (0: direct Jacobi)
-  double residual = 0;          // max_i ||S u_i - θ_i u_i|| / θ_1 at the end
+  std::int64_t passes = 0;        // subspace-iteration passes taken (0: direct Jacobi)
+  double residual = 0;            // max_i ||S u_i - θ_i u_i|| / θ_1 at the end
 };
 
-// x (n, d) float32 row-major. Errors (sela::Error, op "pca"): n < 2, d < 1, components
+// x (n, d) float32 row-major. Errors (sela::Error, op "fit_pca"): n < 2, d < 1, components
 // outside [1, min(n - 1, d)], a non-finite value (named by row and column), null x.
 PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components);
 
-// (n, c) float32: (x - mean) . axes^T, computed in float64. x (n, d) must have the basis's d.
+// (n, c) float32: (x - mean) . axes^T, computed in float64. x (n, d) must have the basis's d;
+// a non-finite value is an Error naming its row and column.
 std::vector<float> project_pca(const PcaBasis& basis, const float* x, std::int64_t n);
 
 // The reference's final kNN protocol: fit_pca on the memory rows with min(components, m - 1,
@@ -57,8 +59,9 @@ std::vector<KnnResult> weighted_knn_top1_after_pca(
 // Eigen-decomposition of a symmetric (n, n) float64 matrix by the cyclic Jacobi method
 // (Golub and Van Loan, Matrix Computations, section 8.5): eigenvalues in decreasing order,
 // vectors as the rows of `vectors` (n, n), in the same order. `a` (n, n) row-major is read
-// as the average of itself and its transpose. Exposed for tests; fit_pca uses it for the
-// Rayleigh-Ritz step.
+// as the average of itself and its transpose, scaled by its largest magnitude while it is
+// solved (so that no sum of squares overflows); a non-finite entry is an Error. Exposed
+// for tests; fit_pca uses it for the Rayleigh-Ritz step.
 void symmetric_eigen(const std::vector<double>& a, std::int64_t n, std::vector<double>& values,
                      std::vector<double>& vectors);
 

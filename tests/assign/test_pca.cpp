@@ -66,6 +66,21 @@ void check_basis_from_definitions(const sela::PcaBasis& basis, const std::vector
   REQUIRE(basis.axes.size() == static_cast<std::size_t>(c * d));
   REQUIRE(basis.variances.size() == static_cast<std::size_t>(c));
   const std::vector<double> s = naive_covariance(x, n, d);
+  for (std::int64_t k = 0; k < d; ++k) {  // the stored mean, from a naive sum
+    double mean = 0;
+    for (std::int64_t i = 0; i < n; ++i) mean += x[i * d + k];
+    mean /= static_cast<double>(n);
+    CHECK(std::abs(basis.mean[k] - mean) <= 1e-12 * (1 + std::abs(mean)));
+  }
+  for (std::int64_t i = 0; i < c; ++i) {  // the sign rule: largest-magnitude entry positive
+    const double* axis = basis.axes.data() + i * d;
+    std::int64_t largest = 0;
+    for (std::int64_t k = 1; k < d; ++k) {
+      if (std::abs(axis[k]) > std::abs(axis[largest])) largest = k;
+    }
+    CHECK(axis[largest] > 0);
+  }
+  CHECK(basis.residual <= 1e-9);  // the stopping rule of pca.h
   for (std::int64_t i = 0; i < c; ++i) {
     for (std::int64_t j = 0; j < c; ++j) {
       double dot = 0;
@@ -250,8 +265,11 @@ TEST_CASE("PCA on fresh random features: iterative, direct and rank-deficient pa
     std::int64_t n, d, rank, c;
     bool iterative;
   };
+  // The last two are rank-deficient: float32 rounding leaves a tiny spread past the rank in
+  // the first; in the second n - 1 = 9 < l = 18, so the covariance is exactly singular and
+  // the block's extra rows must be drawn again.
   for (const Shape& shape : {Shape{3000, 200, 200, 30, true}, Shape{400, 24, 24, 12, false},
-                             Shape{1500, 120, 25, 40, true}}) {
+                             Shape{1500, 120, 25, 40, true}, Shape{10, 100, 100, 9, true}}) {
     CAPTURE(shape.n);
     CAPTURE(shape.d);
     CAPTURE(shape.rank);
@@ -275,6 +293,42 @@ TEST_CASE("PCA on fresh random features: iterative, direct and rank-deficient pa
       CHECK(std::abs(projected[row * shape.c + i] - expected) <= 1e-5 * (1 + std::abs(expected)));
     }
   }
+}
+
+TEST_CASE("PCA of identical rows: zero variances, orthonormal axes, a zero projection") {
+  const std::int64_t n = 20, d = 50;
+  std::vector<float> x(static_cast<std::size_t>(n * d));
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t k = 0; k < d; ++k) x[i * d + k] = 0.25f * static_cast<float>(k);
+  }
+  for (std::int64_t c : {3, 19}) {  // the iterative path, then the direct one (2c >= d)
+    CAPTURE(c);
+    const sela::PcaBasis basis = sela::fit_pca(x.data(), n, d, c);
+    for (double v : basis.variances) CHECK(v == 0.0);
+    for (std::int64_t i = 0; i < c; ++i) {
+      for (std::int64_t j = 0; j < c; ++j) {
+        double dot = 0;
+        for (std::int64_t k = 0; k < d; ++k) dot += basis.axes[i * d + k] * basis.axes[j * d + k];
+        CHECK(std::abs(dot - (i == j ? 1.0 : 0.0)) < 1e-10);
+      }
+    }
+    for (float v : sela::project_pca(basis, x.data(), n)) CHECK(v == 0.0f);
+  }
+}
+
+TEST_CASE("kNN after PCA caps the components at min(m - 1, d)") {
+  const GoldenCase g = read_golden();
+  const std::vector<sela::KnnResult> capped = sela::weighted_knn_top1_after_pca(
+      g.memory.data(), g.memory_classes.data(), g.m, g.queries.data(), g.query_classes.data(),
+      g.q, g.d, 500, g.ks, g.sigma, g.num_classes);  // 500 > d = 40: a PCA to all 40
+  const sela::PcaBasis basis = sela::fit_pca(g.memory.data(), g.m, g.d, g.d);
+  const std::vector<float> memory = sela::project_pca(basis, g.memory.data(), g.m);
+  const std::vector<float> queries = sela::project_pca(basis, g.queries.data(), g.q);
+  const std::vector<sela::KnnResult> full =
+      sela::weighted_knn_top1(memory.data(), g.memory_classes.data(), g.m, queries.data(),
+                              g.query_classes.data(), g.q, g.d, g.ks, g.sigma, g.num_classes);
+  REQUIRE(capped.size() == full.size());
+  for (std::size_t r = 0; r < full.size(); ++r) CHECK(capped[r].top1 == full[r].top1);
 }
 
 TEST_CASE("PCA gives the same axes for 1 and 2 threads") {
@@ -310,10 +364,16 @@ TEST_CASE("symmetric_eigen on a random symmetric matrix") {
       CHECK(std::abs(dot - (r == s ? 1.0 : 0.0)) < 1e-12);
     }
   }
-  // 2 x 2 closed form: [[2, 1], [1, 2]] has eigenvalues 3 and 1.
+  // 2 x 2 closed form: [[2, 1], [1, 2]] has eigenvalues 3 and 1; scaled by 1e200 (sums of
+  // squares would overflow without the solver's scaling) 3e200 and 1e200.
   sela::symmetric_eigen({2, 1, 1, 2}, 2, values, vectors);
   CHECK(values[0] == doctest::Approx(3.0).epsilon(1e-15));
   CHECK(values[1] == doctest::Approx(1.0).epsilon(1e-15));
+  sela::symmetric_eigen({2e200, 1e200, 1e200, 2e200}, 2, values, vectors);
+  CHECK(values[0] == doctest::Approx(3e200).epsilon(1e-14));
+  CHECK(values[1] == doctest::Approx(1e200).epsilon(1e-14));
+  CHECK_THROWS_WITH_AS(sela::symmetric_eigen({1, std::nan(""), 0, 1}, 2, values, vectors),
+                       doctest::Contains("entry [0, 1]"), sela::Error);
 }
 
 TEST_CASE("PCA rejects bad input with a clear message") {
@@ -327,10 +387,17 @@ TEST_CASE("PCA rejects bad input with a clear message") {
     }
     return std::string("no error");
   };
-  CHECK(message([&] { sela::fit_pca(x.data(), 20, 5, 0); }).find("0 components") != std::string::npos);
-  CHECK(message([&] { sela::fit_pca(x.data(), 20, 5, 6); }).find("at most min(n - 1, d) = 5") != std::string::npos);
-  CHECK(message([&] { sela::fit_pca(x.data(), 1, 5, 1); }).find("at least 2 rows") != std::string::npos);
-  CHECK(message([&] { sela::fit_pca(nullptr, 20, 5, 1); }).find("no feature rows") != std::string::npos);
+  auto says = [&](auto&& call, const char* text) {
+    const std::string what = message(call);
+    INFO(what);
+    CHECK(what.find(text) != std::string::npos);
+  };
+  says([&] { sela::fit_pca(x.data(), 20, 5, 0); }, "0 components");
+  says([&] { sela::fit_pca(x.data(), 20, 5, 6); }, "ask for 1 to min(n - 1, d) = 5");
+  says([&] { sela::fit_pca(x.data(), 1, 5, 1); }, "at least 2 rows");
+  says([&] { sela::fit_pca(nullptr, 20, 5, 1); }, "no feature rows");
+  const sela::PcaBasis basis = sela::fit_pca(x.data(), 20, 5, 2);
   x[3 * 5 + 2] = std::numeric_limits<float>::quiet_NaN();
-  CHECK(message([&] { sela::fit_pca(x.data(), 20, 5, 2); }).find("feature [3, 2]") != std::string::npos);
+  says([&] { sela::fit_pca(x.data(), 20, 5, 2); }, "fit_pca: feature [3, 2]");
+  says([&] { sela::project_pca(basis, x.data(), 20); }, "project_pca: feature [3, 2]");
 }
