@@ -6,8 +6,8 @@ How to run (from the repository root, with Debian's Python and packages):
     apt-get install python3-sklearn python3-scipy python3-numpy   # once
     /usr/bin/python3 tests/golden/make_metrics_golden.py
 
-It rewrites tests/golden/metrics/clustering_cases.txt, tests/golden/metrics/knn_case.txt and
-tests/golden/metrics/knn_pca_case.txt (deterministic: fixed seeds, so a rerun gives the same files with the same library versions;
+It rewrites tests/golden/metrics/clustering_cases.txt, knn_case.txt and knn_pca_case.txt
+(deterministic: fixed seeds, so a rerun gives the same files with the same library versions;
 the versions used are written into the files' headers). tests/assign/test_metrics.cpp,
 tests/assign/test_knn.cpp and tests/assign/test_pca.cpp read them.
 
@@ -191,6 +191,32 @@ def knn_predict(memory, memory_classes, queries, ks, sigma, num_classes):
     return predictions, robust
 
 
+def rows(values, fmt="%.9g"):
+    return [" ".join(fmt % v for v in row) for row in values]
+
+
+def problem_lines(memory, memory_classes, queries, query_classes):
+    """The memory, queries and their classes, as both kNN fixtures write them."""
+    return [
+        "# memory (m, d)",
+        *rows(memory),
+        "# memory classes (m)",
+        " ".join(str(c) for c in memory_classes),
+        "# queries (q, d)",
+        *rows(queries),
+        "# query classes (q)",
+        " ".join(str(c) for c in query_classes),
+    ]
+
+
+def expectation_lines(top1, predictions):
+    return [
+        "expect_top1 " + " ".join("%.17g" % v for v in top1),
+        "# expected predictions (len(ks), q)",
+        *[" ".join(str(int(c)) for c in row) for row in predictions],
+    ]
+
+
 def write_knn(path):
     rng = np.random.default_rng(7)
     m, q_candidates, d, num_classes, sigma = 301, 160, 8, 5, 0.1
@@ -213,25 +239,13 @@ def write_knn(path):
     assert robust.all()
     top1 = (predictions == query_classes[None, :]).mean(axis=1)
 
-    def rows(values):
-        return [" ".join("%.9g" % v for v in row) for row in values]
-
     lines = [
         "# Golden weighted kNN: written by tests/golden/make_metrics_golden.py. Do not edit.",
         f"# numpy {np.__version__}; robust to similarity changes of {KNN_ROBUST_DELTA}",
         "knn %d %d %d %d %.17g %d %s" % (m, q, d, num_classes, sigma, len(ks),
                                          " ".join(str(k) for k in ks)),
-        "# memory (m, d)",
-        *rows(memory),
-        "# memory classes (m)",
-        " ".join(str(c) for c in memory_classes),
-        "# queries (q, d)",
-        *rows(queries),
-        "# query classes (q)",
-        " ".join(str(c) for c in query_classes),
-        "expect_top1 " + " ".join("%.17g" % v for v in top1),
-        "# expected predictions (len(ks), q)",
-        *[" ".join(str(int(c)) for c in row) for row in predictions],
+        *problem_lines(memory, memory_classes, queries, query_classes),
+        *expectation_lines(top1, predictions),
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -270,29 +284,17 @@ def write_knn_pca(path):
     assert robust.all()
     top1 = (predictions == query_classes[None, :]).mean(axis=1)
 
-    def rows(values, fmt):
-        return [" ".join(fmt % v for v in row) for row in values]
-
     lines = [
         "# Golden kNN after PCA: written by tests/golden/make_metrics_golden.py. Do not edit.",
         f"# numpy {np.__version__}, scikit-learn {sklearn.__version__}; "
         f"robust to similarity changes of {KNN_ROBUST_DELTA}",
         "knn_pca %d %d %d %d %.17g %d %d %s" % (m, q, d, num_classes, sigma, c, len(ks),
                                                 " ".join(str(k) for k in ks)),
-        "# memory (m, d)",
-        *rows(memory, "%.9g"),
-        "# memory classes (m)",
-        " ".join(str(v) for v in memory_classes),
-        "# queries (q, d)",
-        *rows(queries, "%.9g"),
-        "# query classes (q)",
-        " ".join(str(v) for v in query_classes),
+        *problem_lines(memory, memory_classes, queries, query_classes),
         "variances " + " ".join("%.17g" % v for v in variances),
         "# components (c, d)",
         *rows(pca.components_, "%.17g"),
-        "expect_top1 " + " ".join("%.17g" % v for v in top1),
-        "# expected predictions (len(ks), q)",
-        *[" ".join(str(int(v)) for v in row) for row in predictions],
+        *expectation_lines(top1, predictions),
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
