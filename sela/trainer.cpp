@@ -106,6 +106,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"sinkhorn_omega", c.sinkhorn_omega}, {"sinkhorn_storage", c.storage},
           {"sinkhorn_warm_start", c.sinkhorn_warm_start}, {"device", c.device},
           {"cuda_graph", c.cuda_graph}, {"precise_bn", c.precise_bn},
+          {"label_history", c.label_history},
           {"threads", cpu::num_threads()}, {"workers", c.workers}, {"seed", c.seed},
           {"out", c.out}, {"limit_samples", c.limit_samples},
           {"gemm", cpu::gemm_backend_name()}, {"sela_version", "0.1.0"}};
@@ -425,6 +426,12 @@ void Run::label_step(std::int64_t epoch) {
   line["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   log(line);
   write_file_atomic(config_.out + "/labels.csv", labels_csv(labels_));
+  if (config_.label_history) {
+    char name[48];
+    std::snprintf(name, sizeof name, "/step_%03zu.csv", next_label_step_ + 1);
+    make_directories(config_.out + "/labels");
+    write_file_atomic(config_.out + "/labels" + name, labels_csv(labels_));
+  }
   ++next_label_step_;
   summary_.label_steps_done++;
 }

@@ -99,6 +99,10 @@ struct TrainConfig {
   // without augmentation (sela/evaluate.h, recompute_batch_norm_statistics) before the final
   // weights are written and evaluated.
   bool precise_bn = true;
+  // Besides labels.csv (the latest labels), keep every label step's labels as
+  // labels/step_NNN.csv (NNN the step's number from 1, three digits or more), each written
+  // atomically when its step ends. Changes nothing in training.
+  bool label_history = false;
   int threads = 0;
   int workers = 0;  // data loader threads; 0 = 1 on the CPU, up to 8 feeding a GPU
   std::uint64_t seed = 0;

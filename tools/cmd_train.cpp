@@ -36,7 +36,7 @@ int run_train(const Args& args) {
                    "pseudo-labels that are re-solved\nas an equipartitioned optimal-transport "
                    "problem (Sinkhorn-Knopp) at scheduled label steps.\nOutputs go to --out: "
                    "config.json, checkpoint.safetensors, weights.safetensors, labels.csv,\n"
-                   "metrics.jsonl, eval.json.");
+                   "metrics.jsonl, eval.json (and labels/step_NNN.csv with --label-history on).");
   flags.add("data", defaults.data, "training data: fashion-mnist[:DIR] | cifar10:DIR | "
                                    "cifar100:DIR | folder:DIR | idx:IMAGES[,LABELS]");
   flags.add("test-data", "", "evaluation data (default: the test split of --data)");
@@ -52,6 +52,9 @@ int run_train(const Args& args) {
             "where a label step's logits come from: fresh (an eval pass over the data set) or "
             "recorded (each sample's logits from its last training step: label steps cost only "
             "the Sinkhorn solves)");
+  flags.add("label-history", defaults.label_history ? "on" : "off",
+            "also keep every label step's labels as RUNDIR/labels/step_NNN.csv (on|off); "
+            "labels.csv always holds the latest");
   flags.add("epochs", std::to_string(defaults.epochs), "training epochs");
   flags.add("batch-size", std::to_string(defaults.batch_size), "images per SGD step");
   flags.add("lr", number(defaults.lr), "learning rate");
@@ -129,6 +132,10 @@ int run_train(const Args& args) {
   config.label_steps = flags.has("label-steps") || !quick ? flags.get_int("label-steps") : 6;
   config.label_spacing = flags.get("label-spacing");
   config.label_logits = flags.get("label-logits");
+  const std::string label_history = flags.get("label-history");
+  SELA_CHECK(label_history == "on" || label_history == "off", "sela train",
+             "--label-history expects on or off, got '" << label_history << "'");
+  config.label_history = label_history == "on";
   config.epochs = flags.has("epochs") || !quick ? flags.get_int("epochs") : 6;
   config.batch_size = flags.get_int("batch-size");
   config.lr = flags.get_double("lr");

@@ -348,3 +348,43 @@ TEST_CASE("--jitter reaches the training augmentation and config.json") {
   std::ifstream(folder.path + "/still/config.json") >> config;
   CHECK(config["jitter"] == 0.0);
 }
+
+TEST_CASE("--label-history keeps every label step's labels; resumed runs write the same files") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 7);
+  TrainConfig whole = tiny_config(spec, folder.path + "/whole");
+  whole.label_history = true;
+  const TrainSummary uninterrupted = train(whole);
+  REQUIRE(uninterrupted.label_steps_done >= 2);
+  auto step_file = [&](const std::string& run, std::int64_t step) {
+    char name[48];
+    std::snprintf(name, sizeof name, "/labels/step_%03lld.csv", static_cast<long long>(step));
+    return folder.path + "/" + run + name;
+  };
+  // One file per step, no more; the last is labels.csv; consecutive steps differ.
+  std::vector<std::vector<std::vector<std::int64_t>>> steps;
+  for (std::int64_t step = 1; step <= uninterrupted.label_steps_done; ++step) {
+    steps.push_back(parse_labels_csv(step_file("whole", step)));
+    CHECK(steps.back().size() == whole.clusters.size());
+  }
+  CHECK_FALSE(std::ifstream(step_file("whole", uninterrupted.label_steps_done + 1)).good());
+  CHECK(steps.back() == uninterrupted.labels);
+  CHECK(steps.back() == parse_labels_csv(folder.path + "/whole/labels.csv"));
+  CHECK(steps[0] != steps[1]);
+  nlohmann::json config;
+  std::ifstream(folder.path + "/whole/config.json") >> config;
+  CHECK(config["label_history"] == true);
+
+  // Interrupted after epoch 1 and resumed: the steps after the checkpoint are solved again
+  // and their files rewritten, to the same labels.
+  TrainConfig split = tiny_config(spec, folder.path + "/split");
+  split.label_history = true;
+  sela::test::check_resumed_run_matches(split, uninterrupted);
+  for (std::int64_t step = 1; step <= uninterrupted.label_steps_done; ++step) {
+    CHECK(parse_labels_csv(step_file("split", step)) == steps[static_cast<std::size_t>(step - 1)]);
+  }
+  // Off (the default): no labels/ folder.
+  TrainConfig plain = sela::test::tiny_train_config(spec, folder.path + "/plain", 1, 2);
+  train(plain);
+  CHECK_FALSE(std::ifstream(folder.path + "/plain/labels/step_001.csv").good());
+}

@@ -233,7 +233,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("sela train: out-of-range --jitter and --rotation-* values are refused") {
+TEST_CASE("sela train: out-of-range --jitter, --rotation-* and --label-history values are refused") {
   TempFolder folder;
   const std::string spec = write_synthetic_idx(folder.path, "train", 64, 4);
   const tools::Args base{"--data", spec, "--out", folder.path + "/run", "--epochs", "1",
@@ -250,5 +250,7 @@ TEST_CASE("sela train: out-of-range --jitter and --rotation-* values are refused
                                               "--batch-size (16)") != std::string::npos);
   CHECK(with({"--rotation-batch", "8", "--rotation-pass", "both"}).find("--rotation-pass must be joint or separate, got "
                                                "'both'") != std::string::npos);
+  CHECK(with({"--label-history", "yes"}).find("--label-history expects on or off, got 'yes'") !=
+        std::string::npos);
   CHECK(!exists(folder.path + "/run/checkpoint.safetensors"));  // refused before any work
 }
