@@ -65,13 +65,6 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
-bool on_off(const cli::Flags& flags, const std::string& name) {
-  std::string value = flags.get(name);
-  if (value == "on") return true;
-  if (value == "off") return false;
-  SELA_FAIL("sela bench train-step", "--" << name << " expects on or off, got '" << value << "'");
-}
-
 // What the GPU side reports besides the timings.
 struct DeviceReport {
   std::string banner, math;           // text lines
@@ -128,9 +121,10 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(heads >= 1 && clusters >= 1, "sela bench train-step",
              "--heads and --clusters must be >= 1");
   SELA_CHECK(steps >= 1 && warmup >= 0, "sela bench train-step", "--steps must be >= 1");
-  const bool tf32_conv = on_off(flags, "tf32-conv"), tf32_matmul = on_off(flags, "tf32-matmul");
-  const bool cudnn_benchmark = on_off(flags, "cudnn-benchmark");
-  const bool use_graph = on_off(flags, "cuda-graph");
+  const bool tf32_conv = flags.get_on_off("tf32-conv");
+  const bool tf32_matmul = flags.get_on_off("tf32-matmul");
+  const bool cudnn_benchmark = flags.get_on_off("cudnn-benchmark");
+  const bool use_graph = flags.get_on_off("cuda-graph");
   const std::string precision = flags.get("precision");
   SELA_CHECK(precision == "fp32" || precision == "bf16", "sela bench train-step",
              "--precision expects fp32 or bf16, got '" << precision << "'");
@@ -151,7 +145,7 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(!use_graph || warmup >= 1, "sela bench train-step",
              "--cuda-graph on needs --warmup >= 1: the eager warm-up makes the cuDNN plans and "
              "the first SGD update, which a capture cannot");
-  set_fuse_batch_norm_relu(on_off(flags, "fuse-bn-relu"));
+  set_fuse_batch_norm_relu(flags.get_on_off("fuse-bn-relu"));
   cpu::set_num_threads(static_cast<int>(flags.get_int("threads")));
 
   DeviceReport report;

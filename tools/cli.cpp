@@ -105,6 +105,13 @@ bool Flags::get_switch(const std::string& name) const {
   return values_.count(name) != 0;
 }
 
+bool Flags::get_on_off(const std::string& name) const {
+  const std::string value = get(name);
+  if (value == "on") return true;
+  if (value == "off") return false;
+  SELA_FAIL(usage_, "--" << name << " expects on or off, got '" << value << "'");
+}
+
 std::vector<std::int64_t> Flags::get_int_list(const std::string& name) const {
   std::string text = get(name);
   std::vector<std::int64_t> out;

@@ -35,6 +35,8 @@ class Flags {
   std::int64_t get_int(const std::string& name) const;
   double get_double(const std::string& name) const;
   bool get_switch(const std::string& name) const;
+  // A flag whose value must be "on" or "off" (anything else is an Error naming the flag).
+  bool get_on_off(const std::string& name) const;
   // Comma-separated list of integers: "3000,3000,10".
   std::vector<std::int64_t> get_int_list(const std::string& name) const;
   std::vector<std::string> positional() const { return positional_; }

@@ -132,10 +132,7 @@ int run_train(const Args& args) {
   config.label_steps = flags.has("label-steps") || !quick ? flags.get_int("label-steps") : 6;
   config.label_spacing = flags.get("label-spacing");
   config.label_logits = flags.get("label-logits");
-  const std::string label_history = flags.get("label-history");
-  SELA_CHECK(label_history == "on" || label_history == "off", "sela train",
-             "--label-history expects on or off, got '" << label_history << "'");
-  config.label_history = label_history == "on";
+  config.label_history = flags.get_on_off("label-history");
   config.epochs = flags.has("epochs") || !quick ? flags.get_int("epochs") : 6;
   config.batch_size = flags.get_int("batch-size");
   config.lr = flags.get_double("lr");
@@ -168,10 +165,7 @@ int run_train(const Args& args) {
              "--sinkhorn-omega must be in [1, 2), got " << config.sinkhorn_omega);
   config.device = flags.get("device");
   config.cuda_graph = flags.get("cuda-graph");
-  const std::string precise_bn = flags.get("precise-bn");
-  SELA_CHECK(precise_bn == "on" || precise_bn == "off", "sela train",
-             "--precise-bn expects on or off, got '" << precise_bn << "'");
-  config.precise_bn = precise_bn == "on";
+  config.precise_bn = flags.get_on_off("precise-bn");
   config.threads = static_cast<int>(flags.get_int("threads"));
   config.workers = static_cast<int>(flags.get_int("workers"));
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
