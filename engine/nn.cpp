@@ -194,18 +194,38 @@ std::atomic<bool> g_fuse_batch_norm_relu{true};
 void set_fuse_batch_norm_relu(bool enabled) { g_fuse_batch_norm_relu = enabled; }
 bool fuse_batch_norm_relu() { return g_fuse_batch_norm_relu; }
 
-Tensor Sequential::forward(const Tensor& x) {
+Tensor Sequential::forward(const Tensor& x) { return run(x, 0); }
+
+Tensor Sequential::forward_grouped(const Tensor& x, std::int64_t first_rows) {
+  SELA_CHECK(x.dim() >= 1 && first_rows >= 1 && first_rows < x.size(0), "Sequential",
+             "row groups need 1 <= first_rows < N, got first_rows " << first_rows << " for "
+                                                                    << x.describe());
+  return run(x, is_training() ? first_rows : 0);
+}
+
+Tensor Sequential::run(const Tensor& x, std::int64_t first_rows) {
   const bool fuse = fuse_batch_norm_relu();
   Tensor h = x;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     // Exactly these two types: a subclass may override forward().
-    if (fuse && i + 1 < layers_.size() && typeid(*layers_[i]) == typeid(BatchNorm2d) &&
-        typeid(*layers_[i + 1]) == typeid(ReLU)) {
-      h = static_cast<BatchNorm2d&>(*layers_[i]).forward_relu(h);
-      ++i;  // the ReLU ran inside
+    const bool batch_norm = typeid(*layers_[i]) == typeid(BatchNorm2d);
+    const bool with_relu = fuse && batch_norm && i + 1 < layers_.size() &&
+                           typeid(*layers_[i + 1]) == typeid(ReLU);
+    if (!with_relu && !(batch_norm && first_rows > 0)) {
+      h = layers_[i]->forward(h);
       continue;
     }
-    h = layers_[i]->forward(h);
+    auto& norm = static_cast<BatchNorm2d&>(*layers_[i]);
+    auto normalise = [&](const Tensor& rows) {
+      return with_relu ? norm.forward_relu(rows) : norm.forward(rows);
+    };
+    if (first_rows > 0) {
+      const std::int64_t n = h.size(0);
+      h = concat_rows({normalise(slice_rows(h, 0, first_rows)), normalise(slice_rows(h, first_rows, n))});
+    } else {
+      h = normalise(h);
+    }
+    if (with_relu) ++i;  // the ReLU ran inside
   }
   return h;
 }

@@ -160,6 +160,13 @@ class Sequential : public Module {
  public:
   const char* type_name() const override { return "Sequential"; }
   Tensor forward(const Tensor& x) override;
+  // forward(x) with the batch's rows in two groups, [0, first_rows) and [first_rows, N), as
+  // far as BatchNorm is concerned: in training mode each BatchNorm2d normalises each group
+  // with that group's own statistics and updates its running statistics from the first group,
+  // then the second; every other layer sees all N rows at once. The values and gradients are
+  // those of forward() run on the two groups one after the other (up to float rounding), with
+  // one pass of N rows through the convolutions and GEMMs. In eval mode, forward(x).
+  Tensor forward_grouped(const Tensor& x, std::int64_t first_rows);
   template <typename M>
   std::shared_ptr<M> add(std::shared_ptr<M> layer) {
     layers_.push_back(layer);
@@ -168,6 +175,9 @@ class Sequential : public Module {
   const std::vector<std::shared_ptr<Module>>& layers() const { return layers_; }
 
  private:
+  // forward() when first_rows is 0, else forward_grouped().
+  Tensor run(const Tensor& x, std::int64_t first_rows);
+
   std::vector<std::shared_ptr<Module>> layers_;
 };
 

@@ -83,13 +83,23 @@ SelaNet::SelaNet(const ModelConfig& config) : config_(config) {
   for (std::int64_t k : config.clusters) forward_macs_ += static_cast<double>(fc_width_ * k);
 }
 
-Tensor SelaNet::forward_fc7(const Tensor& x) {
+void SelaNet::check_input(const Tensor& x) const {
   SELA_CHECK(x.dim() == 4 && x.size(1) == config_.in_channels && x.size(2) == input_size_ &&
                  x.size(3) == input_size_,
              config_.arch,
              "expects input (N, " << config_.in_channels << ", " << input_size_ << ", "
                                   << input_size_ << "), got " << x.describe());
+}
+
+Tensor SelaNet::forward_fc7(const Tensor& x) {
+  check_input(x);
   return classifier->forward(flatten(features->forward(x)));
+}
+
+Tensor SelaNet::forward_fc7_grouped(const Tensor& x, std::int64_t first_rows) {
+  check_input(x);
+  // Only the features hold BatchNorm layers; the classifier is per-row already.
+  return classifier->forward(flatten(features->forward_grouped(x, first_rows)));
 }
 
 std::vector<Tensor> SelaNet::forward_heads(const Tensor& x) {

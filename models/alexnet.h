@@ -37,6 +37,9 @@ class SelaNet : public Module {
   std::vector<Tensor> forward_heads(const Tensor& x);
   // x -> the last hidden layer (fc7 after ReLU), (N, fc) — the kNN feature.
   Tensor forward_fc7(const Tensor& x);
+  // forward_fc7 with BatchNorm statistics of their own for rows [0, first_rows) and the rest
+  // (Sequential::forward_grouped): two batches in one pass.
+  Tensor forward_fc7_grouped(const Tensor& x, std::int64_t first_rows);
   // x -> outputs of the five conv blocks after ReLU (conv1 ... conv5), for linear probes.
   std::vector<Tensor> forward_conv_blocks(const Tensor& x);
 
@@ -57,6 +60,8 @@ class SelaNet : public Module {
   std::shared_ptr<MultiHead> heads;
 
  private:
+  void check_input(const Tensor& x) const;  // (N, C, S, S) as configured, else a clear error
+
   ModelConfig config_;
   std::int64_t input_size_ = 0;
   std::int64_t fc_width_ = 0;

@@ -29,18 +29,28 @@ RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, 
   return out;
 }
 
+RotationPass parse_rotation_pass(const std::string& name) {
+  if (name == "separate") return RotationPass::separate;
+  if (name == "joint") return RotationPass::joint;
+  if (name == "grouped") return RotationPass::grouped;
+  SELA_FAIL_HINT("sela train", "--rotation-pass must be grouped, joint or separate, got '" << name << "'",
+                 "grouped is the default (see sela train --help)");
+}
+
 RotationForward forward_with_rotation(SelaNet& model, Linear& rotation_head, const Tensor& images,
-                                      const Tensor& turned, bool joint) {
+                                      const Tensor& turned, RotationPass pass) {
   RotationForward out;
-  if (joint) {
-    const std::int64_t b = images.size(0), r = turned.size(0);
-    Tensor fc7 = model.forward_fc7(concat_rows({images, turned}));  // (B + R, F)
-    out.logits = model.heads->forward_heads(slice_rows(fc7, 0, b));
-    out.turn_logits = rotation_head.forward(slice_rows(fc7, b, b + r));
-  } else {
+  if (pass == RotationPass::separate) {
     out.logits = model.forward_heads(images);
     out.turn_logits = rotation_head.forward(model.forward_fc7(turned));
+    return out;
   }
+  const std::int64_t b = images.size(0), r = turned.size(0);
+  Tensor both = concat_rows({images, turned});  // (B + R, C, S, S)
+  Tensor fc7 = pass == RotationPass::grouped ? model.forward_fc7_grouped(both, b)
+                                             : model.forward_fc7(both);  // (B + R, F)
+  out.logits = model.heads->forward_heads(slice_rows(fc7, 0, b));
+  out.turn_logits = rotation_head.forward(slice_rows(fc7, b, b + r));
   return out;
 }
 

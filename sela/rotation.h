@@ -11,15 +11,18 @@
 //     mean over heads of CE(head_t(fc7(x)), labels_t)  +  W · CE(rot(fc7(turned x)), turns).
 // Labels are still solved from the clustering heads' logits of the upright batch only.
 // The turned images either take a pass of their own (`--rotation-pass separate`, BatchNorm
-// statistics of their own) or are appended to the batch (`joint`, the default since the
-// tenth session: one pass of B + R images, about a quarter faster on the CPU because the
-// small second pass used the cores poorly; docs/perf.md).
+// statistics of their own), or are appended to the batch (`joint`, the default of the tenth
+// session: one pass of B + R images, about a quarter faster on the CPU because the small
+// second pass used the cores poorly; docs/perf.md; BatchNorm then normalises the B + R images
+// together), or are appended with BatchNorm statistics kept per group (`grouped`, the default
+// since the twelfth session: the separate pass's arithmetic in one pass).
 // docs/results.md measures it on Fashion-MNIST: no gain with dropout 0.5 in the classifier,
 // a gain in place of it (dropout 0), which is the default since the seventh session.
 #pragma once
 
 #include <cstdint>
 
+#include <string>
 #include <vector>
 
 #include "engine/data/loader.h"
@@ -39,15 +42,21 @@ struct RotationBatch {
 // page-locked when `pinned` (a GPU run uploads them without a wait).
 RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, bool pinned);
 
+enum class RotationPass { separate, joint, grouped };
+
+// The --rotation-pass value: "separate", "joint" or "grouped", else a clear error.
+RotationPass parse_rotation_pass(const std::string& name);
+
 // The clustering heads' logits of `images` (B, C, S, S) -> (B, K_t) per head, and the
-// rotation head's of `turned` (R, C, S, S) -> (R, 4), differentiable: `joint` runs the
-// network once over concat_rows(images, turned) and slices fc7 (B + R, F) into the two,
-// else twice. In eval mode (no batch statistics) the two give the same values.
+// rotation head's of `turned` (R, C, S, S) -> (R, 4), differentiable. `separate` runs the
+// network twice; `joint` once over concat_rows(images, turned), slicing fc7 (B + R, F) into
+// the two; `grouped` as joint, with the BatchNorm statistics of the B and the R rows kept
+// apart (the values of `separate`). In eval mode (no batch statistics) the three agree.
 struct RotationForward {
   std::vector<Tensor> logits;  // (B, K_t) per head
   Tensor turn_logits;          // (R, 4)
 };
 RotationForward forward_with_rotation(SelaNet& model, Linear& rotation_head, const Tensor& images,
-                                      const Tensor& turned, bool joint);
+                                      const Tensor& turned, RotationPass pass);
 
 }  // namespace sela

@@ -157,6 +157,7 @@ class Run {
   std::shared_ptr<SelaNet> model_;
   std::unique_ptr<Sgd> optimizer_;  // the model's parameters, then the rotation head's
   std::shared_ptr<Linear> rotation_head_;  // (4 x fc7) with --rotation-weight > 0, else null
+  RotationPass rotation_pass_ = RotationPass::grouped;  // --rotation-pass, parsed
   std::vector<std::vector<std::int64_t>> labels_;  // (T) x (N)
   std::vector<double> schedule_;
   std::size_t next_label_step_ = 0;
@@ -614,8 +615,7 @@ Run::StepTensors Run::forward_step(const Tensor& images, const std::vector<Tenso
   StepTensors out;
   RotationForward both;  // turn_logits only with the rotation task
   if (rotation_head_) {
-    both = forward_with_rotation(*model_, *rotation_head_, images, rotation.images,
-                                 config_.rotation_pass == "joint");
+    both = forward_with_rotation(*model_, *rotation_head_, images, rotation.images, rotation_pass_);
   } else {
     both.logits = model_->forward_heads(images);
   }
@@ -704,8 +704,7 @@ TrainSummary Run::go() {
     config_.sinkhorn_warm_start = device_.is_cpu() ? "on" : "off";
   }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
-  SELA_CHECK(config_.rotation_pass == "joint" || config_.rotation_pass == "separate", "sela train",
-             "--rotation-pass must be joint or separate, got '" << config_.rotation_pass << "'");
+  rotation_pass_ = parse_rotation_pass(config_.rotation_pass);
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
              "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");

@@ -73,8 +73,9 @@ struct TrainConfig {
   double rotation_weight = 1.0;
   std::int64_t rotation_batch = 32;
   // How the turned images go through the network: "separate" (a second, smaller forward and
-  // backward, each with its own BatchNorm statistics) or "joint" (appended to the batch: one
-  // pass of B + R images, BatchNorm statistics over all of them; fewer, larger kernels).
+  // backward, each with its own BatchNorm statistics), "joint" (appended to the batch: one
+  // pass of B + R images, BatchNorm statistics over all of them; fewer, larger kernels) or
+  // "grouped" (one pass as joint, BatchNorm statistics per group as separate).
   std::string rotation_pass = "joint";
   std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
   // Over-relaxation ω of the label steps' Sinkhorn (1: the published algorithm; sinkhorn.h):

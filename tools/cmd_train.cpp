@@ -74,8 +74,9 @@ int run_train(const Args& args) {
             "images of each batch the rotation task turns (a multiple of 4 keeps the turns "
             "balanced)");
   flags.add("rotation-pass", defaults.rotation_pass,
-            "how the turned images go through the network: joint (appended to the batch, one "
-            "pass) or separate (a second pass with its own BatchNorm statistics)");
+            "how the turned images go through the network: grouped (appended to the batch, one "
+            "pass, BatchNorm statistics per group), joint (appended, statistics over all) or "
+            "separate (a second pass with its own BatchNorm statistics)");
   flags.add("sinkhorn-max-iters", std::to_string(defaults.sinkhorn_max_iters),
             "Sinkhorn iteration cap per head and label step (reaching it is a warning)");
   flags.add("sinkhorn-omega", number(defaults.sinkhorn_omega),

@@ -109,12 +109,14 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
   sela::test::TempFolder folder;
   std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 7);
   // Without and with the rotation task (its turned sub-batch is a second static input),
-  // whose turned images take their own pass or join the batch's (concat_rows in the graph).
+  // whose turned images take their own pass or join the batch's (concat_rows in the graph),
+  // with BatchNorm over all rows or per group (slice_rows and concat_rows around each).
   struct Variant {
     double rotation_weight;
     const char* rotation_pass;
   };
-  for (Variant variant : {Variant{0.0, "separate"}, Variant{1.0, "separate"}, Variant{1.0, "joint"}}) {
+  for (Variant variant : {Variant{0.0, "separate"}, Variant{1.0, "separate"}, Variant{1.0, "joint"},
+                          Variant{1.0, "grouped"}}) {
     const double rotation_weight = variant.rotation_weight;
     CAPTURE(rotation_weight);
     CAPTURE(variant.rotation_pass);

@@ -248,8 +248,8 @@ TEST_CASE("sela train: out-of-range --jitter, --rotation-* and --label-history v
         std::string::npos);
   CHECK(with({"--rotation-batch", "17"}).find("--rotation-batch must be between 1 and "
                                               "--batch-size (16)") != std::string::npos);
-  CHECK(with({"--rotation-batch", "8", "--rotation-pass", "both"}).find("--rotation-pass must be joint or separate, got "
-                                               "'both'") != std::string::npos);
+  CHECK(with({"--rotation-batch", "8", "--rotation-pass", "both"}).find("--rotation-pass must be grouped, joint or "
+                                               "separate, got 'both'") != std::string::npos);
   CHECK(with({"--label-history", "yes"}).find("--label-history expects on or off, got 'yes'") !=
         std::string::npos);
   CHECK(!exists(folder.path + "/run/checkpoint.safetensors"));  // refused before any work
