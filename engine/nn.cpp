@@ -146,6 +146,14 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return batch_norm2d(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
 }
 
+Tensor BatchNorm2d::forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu) {
+  if (!is_training()) return relu ? forward_relu(x) : forward(x);
+  count_batch(x);
+  count_batch(x);
+  return batch_norm2d_grouped(x, weight, bias, running_mean, running_var, first_rows, relu,
+                              momentum, eps);
+}
+
 Tensor BatchNorm2d::forward_relu(const Tensor& x) {
   count_batch(x);
   return batch_norm_relu2d(x, weight, bias, running_mean, running_var, is_training(), momentum,
@@ -211,19 +219,12 @@ Tensor Sequential::run(const Tensor& x, std::int64_t first_rows) {
     const bool batch_norm = typeid(*layers_[i]) == typeid(BatchNorm2d);
     const bool with_relu = fuse && batch_norm && i + 1 < layers_.size() &&
                            typeid(*layers_[i + 1]) == typeid(ReLU);
-    if (!with_relu && !(batch_norm && first_rows > 0)) {
-      h = layers_[i]->forward(h);
-      continue;
-    }
-    auto& norm = static_cast<BatchNorm2d&>(*layers_[i]);
-    auto normalise = [&](const Tensor& rows) {
-      return with_relu ? norm.forward_relu(rows) : norm.forward(rows);
-    };
-    if (first_rows > 0) {
-      const std::int64_t n = h.size(0);
-      h = concat_rows({normalise(slice_rows(h, 0, first_rows)), normalise(slice_rows(h, first_rows, n))});
+    if (batch_norm && first_rows > 0) {
+      h = static_cast<BatchNorm2d&>(*layers_[i]).forward_grouped(h, first_rows, with_relu);
+    } else if (with_relu) {
+      h = static_cast<BatchNorm2d&>(*layers_[i]).forward_relu(h);
     } else {
-      h = normalise(h);
+      h = layers_[i]->forward(h);
     }
     if (with_relu) ++i;  // the ReLU ran inside
   }

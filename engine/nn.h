@@ -97,6 +97,10 @@ class BatchNorm2d : public Module {
   const char* type_name() const override { return "BatchNorm2d"; }
   Tensor forward(const Tensor& x) override;
   Tensor forward_relu(const Tensor& x);  // relu(forward(x)) as one op (batch_norm_relu2d)
+  // In training mode, forward (or forward_relu) with rows [0, first_rows) and the rest
+  // normalised by statistics of their own (batch_norm2d_grouped), counted as two batches
+  // (two calls would count two); in eval mode the same as forward / forward_relu.
+  Tensor forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu);
 
   Tensor weight, bias;                // (C) or undefined without affine
   Tensor running_mean, running_var;   // (C)
@@ -163,9 +167,10 @@ class Sequential : public Module {
   // forward(x) with the batch's rows in two groups, [0, first_rows) and [first_rows, N), as
   // far as BatchNorm is concerned: in training mode each BatchNorm2d normalises each group
   // with that group's own statistics and updates its running statistics from the first group,
-  // then the second; every other layer sees all N rows at once. The values and gradients are
-  // those of forward() run on the two groups one after the other (up to float rounding), with
-  // one pass of N rows through the convolutions and GEMMs. In eval mode, forward(x).
+  // then the second (BatchNorm2d::forward_grouped); every other layer sees all N rows at once.
+  // The values and gradients are those of forward() run on the two groups one after the other
+  // (up to float rounding), with one pass of N rows through the convolutions and GEMMs and
+  // no copy of either group. In eval mode, forward(x).
   Tensor forward_grouped(const Tensor& x, std::int64_t first_rows);
   template <typename M>
   std::shared_ptr<M> add(std::shared_ptr<M> layer) {

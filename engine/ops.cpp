@@ -22,6 +22,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops_cuda.h"
@@ -456,41 +459,66 @@ Tensor channel_vector(const Tensor& x, const char* op) {
   return Tensor::empty({x.size(1)}, x.dtype(), x.device(), op);
 }
 
+// The row ranges [begin, end) that training-mode batch norm takes its statistics over: all N
+// rows, or [0, first_rows) and [first_rows, N) (batch_norm2d_grouped).
+std::vector<std::pair<std::int64_t, std::int64_t>> batch_norm_groups(std::int64_t batch,
+                                                                     std::int64_t first_rows) {
+  if (first_rows == 0) return {{0, batch}};
+  return {{0, first_rows}, {first_rows, batch}};
+}
+
 struct BatchNormTrainBackward : Node {
-  Tensor x, gamma, save_mean, save_invstd;  // x (N, C, H, W); the rest (C)
+  Tensor x, gamma, save_mean, save_invstd;  // x (N, C, H, W); the statistics (G, C), G groups
   Tensor relu_output;  // batch_norm_relu2d: its output (the ReLU's mask); else undefined
+  std::int64_t first_rows = 0;  // batch_norm_groups
   const char* name() const override {
     return relu_output.defined() ? "batch_norm_relu2d" : "batch_norm2d";
   }
   std::vector<Tensor> backward(const Tensor& grad_in) override {
     Tensor grad = on_device(grad_in, x.device());
-    std::int64_t batch = x.size(0), channels = x.size(1), spatial = x.numel() / (batch * channels);
+    const std::int64_t channels = x.size(1);
     Tensor grad_x = empty_like(x, "batch_norm2d_backward");
     Tensor grad_gamma, grad_beta;
     if (inputs[1]) grad_gamma = channel_vector(x, "batch_norm2d_backward");
     if (inputs[2]) grad_beta = channel_vector(x, "batch_norm2d_backward");
-    if (on_cuda(grad)) {
-      if constexpr (kCuda) {
-        cuda_ops::batch_norm_backward_train(x, grad, gamma, save_mean, save_invstd, grad_x,
-                                            grad_gamma, grad_beta, relu_output);
-      }
-      return {grad_x, grad_gamma, grad_beta};
+    if (!on_cuda(grad) && relu_output.defined()) {  // the ReLU's backward first, as the composition does
+      Tensor masked = empty_like(grad, "relu_backward");
+      dispatch_floating(grad.dtype(), "relu_backward", [&](auto tag) {
+        using T = decltype(tag);
+        cpu::relu_backward<T>(grad.numel(), relu_output.data<T>(), grad.data<T>(), masked.data<T>());
+      });
+      grad = masked;
     }
-    dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
-      using T = decltype(tag);
-      if (relu_output.defined()) {  // the ReLU's backward first, as the composition does
-        Tensor masked = empty_like(grad, "relu_backward");
-        cpu::relu_backward<T>(grad.numel(), relu_output.data<T>(), grad.data<T>(),
-                              masked.data<T>());
-        grad = masked;
+    // Each group's backward through its own statistics; the parameter gradients add up.
+    const auto groups = batch_norm_groups(x.size(0), first_rows);
+    for (std::size_t g = 0; g < groups.size(); ++g) {
+      const auto [begin, end] = groups[g];
+      const std::int64_t group = static_cast<std::int64_t>(g);
+      Tensor x_g = x.rows(begin, end), grad_g = grad.rows(begin, end), grad_x_g = grad_x.rows(begin, end);
+      Tensor mean_g = save_mean.rows(group, group + 1).view({channels});
+      Tensor invstd_g = save_invstd.rows(group, group + 1).view({channels});
+      Tensor gamma_part = g == 0 || !grad_gamma.defined() ? grad_gamma : channel_vector(x, "batch_norm2d_backward");
+      Tensor beta_part = g == 0 || !grad_beta.defined() ? grad_beta : channel_vector(x, "batch_norm2d_backward");
+      if (on_cuda(grad)) {
+        if constexpr (kCuda) {
+          cuda_ops::batch_norm_backward_train(
+              x_g, grad_g, gamma, mean_g, invstd_g, grad_x_g, gamma_part, beta_part,
+              relu_output.defined() ? relu_output.rows(begin, end) : Tensor());
+        }
+      } else {
+        const std::int64_t spatial = x.numel() / (x.size(0) * channels);
+        dispatch_floating(grad.dtype(), "batch_norm2d_backward", [&](auto tag) {
+          using T = decltype(tag);
+          cpu::batch_norm_backward_train<T>(
+              end - begin, channels, spatial, x_g.data<T>(), grad_g.data<T>(),
+              gamma.defined() ? gamma.data<T>() : nullptr, mean_g.data<T>(), invstd_g.data<T>(),
+              grad_x_g.data<T>(), gamma_part.defined() ? gamma_part.data<T>() : nullptr,
+              beta_part.defined() ? beta_part.data<T>() : nullptr);
+        });
       }
-      cpu::batch_norm_backward_train<T>(
-          batch, channels, spatial, x.data<T>(), grad.data<T>(),
-          gamma.defined() ? gamma.data<T>() : nullptr, save_mean.data<T>(),
-          save_invstd.data<T>(), grad_x.data<T>(),
-          grad_gamma.defined() ? grad_gamma.data<T>() : nullptr,
-          grad_beta.defined() ? grad_beta.data<T>() : nullptr);
-    });
+      if (g > 0 && grad_gamma.defined()) add_into(grad_gamma, gamma_part);
+      if (g > 0 && grad_beta.defined()) add_into(grad_beta, beta_part);
+    }
     return {grad_x, grad_gamma, grad_beta};
   }
 };
@@ -1024,35 +1052,49 @@ void check_batch_norm_arguments(const char* op, const Tensor& x, const Tensor& g
              "weight and bias must both be given or both be absent");
 }
 
-// Training mode of batch_norm2d (relu false) and batch_norm_relu2d (relu true).
+// Training mode of batch_norm2d (relu false) and batch_norm_relu2d (relu true), with the
+// statistics of all rows (first_rows 0) or per group (batch_norm_groups): each group's
+// kernels run on row views of x and out, so no group is copied.
 Tensor batch_norm_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                         const Tensor& running_mean, const Tensor& running_var, double momentum,
-                        double eps, bool relu) {
+                        double eps, bool relu, std::int64_t first_rows) {
   const char* op = relu ? "batch_norm_relu2d" : "batch_norm2d";
   std::int64_t batch = x.size(0), channels = x.size(1);
   std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);
-  SELA_CHECK(batch * spatial > 1, op,
-             "training needs more than one value per channel, got input " << x.describe()
-                                                                         << " (use a batch > 1)");
+  const auto groups = batch_norm_groups(batch, first_rows);
+  for (const auto& [begin, end] : groups) {
+    SELA_CHECK((end - begin) * spatial > 1, op,
+               "training needs more than one value per channel, got input "
+                   << x.describe()
+                   << (groups.size() > 1 ? " in a group of " + std::to_string(end - begin) + " rows" : "")
+                   << " (use a batch > 1)");
+  }
+  const std::int64_t group_count = static_cast<std::int64_t>(groups.size());
   Tensor out = empty_like(x, op);
-  Tensor save_mean = Tensor::empty({channels}, x.dtype(), x.device(), op);
-  Tensor save_invstd = Tensor::empty({channels}, x.dtype(), x.device(), op);
-  if (on_cuda(x)) {
-    if constexpr (kCuda) {
-      cuda_ops::batch_norm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var,
-                                         out, save_mean, save_invstd, relu);
+  Tensor save_mean = Tensor::empty({group_count, channels}, x.dtype(), x.device(), op);
+  Tensor save_invstd = Tensor::empty({group_count, channels}, x.dtype(), x.device(), op);
+  for (std::int64_t g = 0; g < group_count; ++g) {
+    const auto [begin, end] = groups[static_cast<std::size_t>(g)];
+    Tensor x_g = x.rows(begin, end), out_g = out.rows(begin, end);
+    Tensor mean_g = save_mean.rows(g, g + 1).view({channels});
+    Tensor invstd_g = save_invstd.rows(g, g + 1).view({channels});
+    if (on_cuda(x)) {
+      if constexpr (kCuda) {
+        cuda_ops::batch_norm_forward_train(x_g, gamma, beta, eps, momentum, running_mean,
+                                           running_var, out_g, mean_g, invstd_g, relu);
+      }
+    } else {
+      dispatch_floating(x.dtype(), op, [&](auto tag) {
+        using T = decltype(tag);
+        cpu::batch_norm_forward_train<T>(
+            end - begin, channels, spatial, x_g.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
+            beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
+            static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
+            running_var.defined() ? running_var.data<T>() : nullptr, out_g.data<T>(),
+            mean_g.data<T>(), invstd_g.data<T>());
+        if (relu) cpu::relu_forward<T>(out_g.numel(), out_g.data<T>(), out_g.data<T>());  // in place
+      });
     }
-  } else {
-    dispatch_floating(x.dtype(), op, [&](auto tag) {
-      using T = decltype(tag);
-      cpu::batch_norm_forward_train<T>(
-          batch, channels, spatial, x.data<T>(), gamma.defined() ? gamma.data<T>() : nullptr,
-          beta.defined() ? beta.data<T>() : nullptr, static_cast<T>(eps),
-          static_cast<T>(momentum), running_mean.defined() ? running_mean.data<T>() : nullptr,
-          running_var.defined() ? running_var.data<T>() : nullptr, out.data<T>(),
-          save_mean.data<T>(), save_invstd.data<T>());
-      if (relu) cpu::relu_forward<T>(out.numel(), out.data<T>(), out.data<T>());  // in place
-    });
   }
   if (needs_grad({&x, &gamma, &beta})) {
     auto node = std::make_shared<BatchNormTrainBackward>();
@@ -1060,6 +1102,7 @@ Tensor batch_norm_train(const Tensor& x, const Tensor& gamma, const Tensor& beta
     node->gamma = gamma.defined() ? gamma.detach() : Tensor();
     node->save_mean = save_mean;
     node->save_invstd = save_invstd;
+    node->first_rows = first_rows;
     if (relu) node->relu_output = out.detach();
     attach_node(out, node, {&x, &gamma, &beta});
   }
@@ -1074,7 +1117,18 @@ Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
   if (!training) return relu(batch_norm2d(x, gamma, beta, running_mean, running_var, false,
                                           momentum, eps));
   check_batch_norm_arguments("batch_norm_relu2d", x, gamma, beta, running_mean, running_var);
-  return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, true);
+  return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, true, 0);
+}
+
+Tensor batch_norm2d_grouped(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                            const Tensor& running_mean, const Tensor& running_var,
+                            std::int64_t first_rows, bool relu, double momentum, double eps) {
+  const char* op = relu ? "batch_norm_relu2d" : "batch_norm2d";
+  check_batch_norm_arguments(op, x, gamma, beta, running_mean, running_var);
+  SELA_CHECK(1 <= first_rows && first_rows < x.size(0), op,
+             "row groups need 1 <= first_rows < N, got first_rows " << first_rows << " for "
+                                                                    << x.describe());
+  return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, relu, first_rows);
 }
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -1082,7 +1136,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                     double momentum, double eps) {
   check_batch_norm_arguments("batch_norm2d", x, gamma, beta, running_mean, running_var);
   if (training) {
-    return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, false);
+    return batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps, false, 0);
   }
   std::int64_t batch = x.size(0), channels = x.size(1);
   std::int64_t spatial = batch * channels == 0 ? 0 : x.numel() / (batch * channels);

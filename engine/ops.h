@@ -59,6 +59,14 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
 Tensor batch_norm_relu2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                          const Tensor& running_mean, const Tensor& running_var, bool training,
                          double momentum, double eps);
+// Training-mode batch_norm2d (or batch_norm_relu2d with `relu`) with the rows in two groups,
+// [0, first_rows) and [first_rows, N): each group normalised with its own batch statistics,
+// the running statistics updated from the first group, then from the second, as two calls
+// on the groups would (same values and gradients up to the order of the gamma/beta sums),
+// without copying either group. 1 <= first_rows < N.
+Tensor batch_norm2d_grouped(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                            const Tensor& running_mean, const Tensor& running_var,
+                            std::int64_t first_rows, bool relu, double momentum, double eps);
 // bf16 mixed precision on the GPU: while on, conv2d and linear on float32 CUDA tensors round
 // their input and weight to bfloat16, multiply on tensor cores with float32 accumulation
 // (cuDNN / cuBLAS), and return float32; their backward does the same with the output

@@ -381,6 +381,40 @@ void batch_norm_ops(bool fused) {
       }
     }
   }
+  // Two row groups with statistics of their own (batch_norm2d_grouped; the CPU op is checked
+  // against the ops on each group in tests/engine/test_batch_norm_relu.cpp).
+  for (const Shape& shape : {Shape{10, 5, 7, 3}, Shape{9, 4}, Shape{40, 3, 20, 20}}) {
+    const std::int64_t channels = shape[1], first_rows = shape[0] * 3 / 4;
+    const std::string tag = op_name + "grouped " + std::to_string(first_rows) + " + " +
+                            std::to_string(shape[0] - first_rows) + " " + sela::shape_str(shape) +
+                            type_name<T>();
+    Tensor running_mean = random_tensor<T>({channels}, ++seed, -0.5, 0.5);
+    Tensor running_var = random_tensor<T>({channels}, ++seed, 0.5, 2.0);
+    Tensor running_mean_gpu = running_mean.to(kGpu), running_var_gpu = running_var.to(kGpu);
+    std::vector<Tensor> cpu_inputs{random_tensor<T>(shape, ++seed, -2.0, 3.0).set_requires_grad(),
+                                   random_tensor<T>({channels}, ++seed, 0.5, 1.5).set_requires_grad(),
+                                   random_tensor<T>({channels}, ++seed).set_requires_grad()};
+    std::vector<Tensor> gpu_inputs;
+    for (const Tensor& t : cpu_inputs) gpu_inputs.push_back(gpu_twin(t));
+    Tensor y_cpu = sela::batch_norm2d_grouped(cpu_inputs[0], cpu_inputs[1], cpu_inputs[2],
+                                              running_mean, running_var, first_rows, fused, 0.1, 1e-5);
+    poison_cache({y_cpu});
+    Tensor y_gpu = sela::batch_norm2d_grouped(gpu_inputs[0], gpu_inputs[1], gpu_inputs[2],
+                                              running_mean_gpu, running_var_gpu, first_rows, fused,
+                                              0.1, 1e-5);
+    expect_close(y_gpu, y_cpu, sum_tolerance<T>(), tag + ": forward");
+    expect_close(running_mean_gpu, running_mean, sum_tolerance<T>(), "running mean " + tag);
+    expect_close(running_var_gpu, running_var, sum_tolerance<T>(), "running var " + tag);
+    Tensor grad_output = random_tensor<T>(shape, ++seed);
+    y_cpu.backward(grad_output);
+    poison_cache(cpu_inputs);
+    y_gpu.backward(grad_output.to(kGpu));
+    const char* names[] = {"x", "gamma", "beta"};
+    for (int i = 0; i < 3; ++i) {
+      expect_close(gpu_inputs[i].grad(), cpu_inputs[i].grad(), sum_tolerance<T>(),
+                   tag + ": gradient of " + names[i]);
+    }
+  }
   // affine off
   Tensor x = random_tensor<T>({3, 4, 5, 5}, ++seed).set_requires_grad();
   compare_op(
@@ -455,7 +489,7 @@ SELA_CUDA_TEST("engine ops on CUDA: max_pool2d, dropout", pooling_dropout_test) 
   pooling_and_dropout_ops<double>();
 }
 
-SELA_CUDA_TEST("engine ops on CUDA: batch_norm2d and batch_norm_relu2d, train and eval",
+SELA_CUDA_TEST("engine ops on CUDA: batch_norm2d and batch_norm_relu2d, train and eval, grouped",
                batch_norm_test) {
   for (bool fused : {false, true}) {
     batch_norm_ops<float>(fused);

@@ -4,9 +4,14 @@
 // without affine parameters; and Sequential's fusion of BatchNorm2d + ReLU (engine/nn.h):
 // the same bits with the switch on or off, one num_batches_tracked step per forward, and
 // the switch really taking the fused op (its graph node is named batch_norm_relu2d).
+// batch_norm2d_grouped (two row groups, each with its own statistics) against the ops run on
+// each group's rows (slice_rows, then concat_rows of the two outputs): the same bits for the
+// output, the running statistics and every gradient; and Sequential::forward_grouped.
 // The CUDA kernels are compared with this CPU op in tests/cuda/test_engine_ops.cpp.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -151,4 +156,163 @@ TEST_CASE("Sequential fuses BatchNorm2d + ReLU: same bits, one count per forward
       check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
     }
   }
+}
+
+namespace {
+
+// batch_norm2d_grouped(x, first_rows) against the composition concat_rows(op(x[0:g]),
+// op(x[g:N])) with independent copies of every input.
+template <typename T>
+void grouped_equals_composition(const Shape& shape, std::int64_t first_rows, bool relu,
+                                bool affine, std::uint64_t seed) {
+  const DType dtype = sizeof(T) == 4 ? DType::f32 : DType::f64;
+  const std::string tag = shape_str(shape) + " groups of " + std::to_string(first_rows) + " and " +
+                          std::to_string(shape[0] - first_rows) + (relu ? " relu" : "") +
+                          (affine ? " affine" : "") + (sizeof(T) == 4 ? " f32" : " f64");
+  const std::int64_t channels = shape[1];
+  Rng rng(seed);
+  // The second group shifted and scaled, so that statistics over all rows would differ.
+  Tensor x0 = randn(shape, rng, dtype);
+  T* values = x0.data<T>();
+  const std::int64_t row = x0.numel() / shape[0];
+  for (std::int64_t i = first_rows * row; i < x0.numel(); ++i) values[i] = T(3) * values[i] + T(2);
+  const Tensor gamma0 = randn({channels}, rng, dtype), beta0 = randn({channels}, rng, dtype);
+  const Tensor mean0 = randn({channels}, rng, dtype);
+  const Tensor var0 = add(mul(mean0, mean0), Tensor::full({channels}, 0.5, dtype));
+  const Tensor grad_output = randn(shape, rng, dtype);
+  struct Side {
+    Tensor x, gamma, beta, mean, var, y;
+  };
+  auto make_side = [&]() {
+    Side s{x0.clone().set_requires_grad(), Tensor(), Tensor(), mean0.clone(), var0.clone(), {}};
+    if (affine) {
+      s.gamma = gamma0.clone().set_requires_grad();
+      s.beta = beta0.clone().set_requires_grad();
+    }
+    return s;
+  };
+  Side grouped = make_side(), composed = make_side();
+  grouped.y = batch_norm2d_grouped(grouped.x, grouped.gamma, grouped.beta, grouped.mean,
+                                   grouped.var, first_rows, relu, 0.1, 1e-5);
+  auto op = [&](const Tensor& rows) {
+    return relu ? batch_norm_relu2d(rows, composed.gamma, composed.beta, composed.mean,
+                                    composed.var, true, 0.1, 1e-5)
+                : batch_norm2d(rows, composed.gamma, composed.beta, composed.mean, composed.var,
+                               true, 0.1, 1e-5);
+  };
+  Tensor first = op(slice_rows(composed.x, 0, first_rows));  // updates the running stats first
+  Tensor second = op(slice_rows(composed.x, first_rows, shape[0]));
+  composed.y = concat_rows({first, second});
+  check_same_bits<T>(grouped.y, composed.y, "output " + tag);
+  check_same_bits<T>(grouped.mean, composed.mean, "running mean " + tag);
+  check_same_bits<T>(grouped.var, composed.var, "running var " + tag);
+  // Statistics over all rows would give another output.
+  Tensor whole = batch_norm2d(x0, affine ? gamma0 : Tensor(), affine ? beta0 : Tensor(),
+                              mean0.clone(), var0.clone(), true, 0.1, 1e-5);
+  if (relu) whole = sela::relu(whole);
+  const std::vector<T> a = whole.template to_vector<T>(), b = grouped.y.template to_vector<T>();
+  double largest_difference = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    largest_difference = std::max(largest_difference, std::abs(double(a[i]) - double(b[i])));
+  }
+  CHECK(largest_difference > 0.1);
+
+  grouped.y.backward(grad_output);
+  composed.y.backward(grad_output);
+  check_same_bits<T>(grouped.x.grad(), composed.x.grad(), "gradient of x " + tag);
+  if (affine) {
+    check_same_bits<T>(grouped.gamma.grad(), composed.gamma.grad(), "gradient of gamma " + tag);
+    check_same_bits<T>(grouped.beta.grad(), composed.beta.grad(), "gradient of beta " + tag);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("batch_norm2d_grouped is the ops on each group's rows, bit for bit on the CPU") {
+  std::uint64_t seed = 400;
+  struct GroupCase {
+    Shape shape;
+    std::int64_t first_rows;
+  };
+  for (const GroupCase& c : {GroupCase{{10, 3, 5, 5}, 6}, GroupCase{{7, 4, 3, 2}, 1},
+                             GroupCase{{9, 5}, 4}, GroupCase{{20, 8, 12, 12}, 16}}) {
+    for (bool relu : {false, true}) {
+      for (bool affine : {true, false}) {
+        grouped_equals_composition<float>(c.shape, c.first_rows, relu, affine, ++seed);
+        grouped_equals_composition<double>(c.shape, c.first_rows, relu, affine, ++seed);
+      }
+    }
+  }
+  // Errors name the op, the rows and the shape.
+  Rng rng(5);
+  Tensor x = randn({6, 3, 4, 4}, rng), gamma = randn({3}, rng), beta = randn({3}, rng);
+  for (std::int64_t bad : {0, 6, -1}) {
+    CAPTURE(bad);
+    try {
+      batch_norm2d_grouped(x, gamma, beta, Tensor(), Tensor(), bad, false, 0.1, 1e-5);
+      FAIL("no error for first_rows " << bad);
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("first_rows " + std::to_string(bad)) != std::string::npos);
+      CHECK(std::string(e.what()).find("(6, 3, 4, 4)") != std::string::npos);
+    }
+  }
+  // A group of one row with one value per channel has no variance.
+  Tensor flat = randn({5, 3}, rng);
+  try {
+    batch_norm2d_grouped(flat, Tensor(), Tensor(), Tensor(), Tensor(), 4, true, 0.1, 1e-5);
+    FAIL("no error for a group of one value per channel");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("in a group of 1 rows") != std::string::npos);
+  }
+}
+
+TEST_CASE("Sequential::forward_grouped: per-group BatchNorm, two counts, eval mode unchanged") {
+  for (bool fuse : {true, false}) {
+    CAPTURE(fuse);
+    set_fuse_batch_norm_relu(fuse);
+    auto grouped_net = small_network(21), split_net = small_network(21);
+    Rng rng(22);
+    const Tensor images = randn({7, 3, 9, 9}, rng);
+    const Tensor grad_output = randn({7, 5, 4, 4}, rng);
+    Tensor y_grouped = grouped_net->forward_grouped(images, 3);
+    Tensor y_split = concat_rows({split_net->forward(slice_rows(images, 0, 3)),
+                                  split_net->forward(slice_rows(images, 3, 7))});
+    // The convolutions see 7 rows or 3 and 4: the same sums per row, so the same bits.
+    check_same_bits<float>(y_grouped, y_split, "output");
+    y_grouped.backward(grad_output);
+    y_split.backward(grad_output);
+    const NamedTensors a = grouped_net->named_parameters(), b = split_net->named_parameters();
+    REQUIRE(a.size() == b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      INFO("gradient of " << a[i].first);
+      const std::vector<float> ga = a[i].second.grad().to_vector<float>();
+      const std::vector<float> gb = b[i].second.grad().to_vector<float>();
+      double largest = 0, difference = 0;
+      for (std::size_t j = 0; j < ga.size(); ++j) {
+        largest = std::max(largest, std::abs(double(gb[j])));
+        difference = std::max(difference, std::abs(double(ga[j]) - double(gb[j])));
+      }
+      // Weight gradients sum over 7 rows or over 3 and then 4: rounding only. A conv bias
+      // before BatchNorm has a zero gradient in exact arithmetic: rounding noise on both sides.
+      const bool conv_bias_before_norm = a[i].first == "0.bias" || a[i].first == "4.bias";
+      CHECK(difference <= (conv_bias_before_norm ? 1e-5 : 1e-5 * largest));
+    }
+    const NamedTensors buffers_a = grouped_net->named_buffers(), buffers_b = split_net->named_buffers();
+    for (std::size_t i = 0; i < buffers_a.size(); ++i) {
+      if (buffers_a[i].second.dtype() == DType::i64) {
+        CHECK(buffers_a[i].second.item() == 2.0);  // two groups count as two batches
+        CHECK(buffers_b[i].second.item() == 2.0);
+      } else {
+        check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
+      }
+    }
+    // Eval mode: running statistics, no groups.
+    grouped_net->eval();
+    check_same_bits<float>(grouped_net->forward_grouped(images, 3), grouped_net->forward(images),
+                           "eval output");
+  }
+  set_fuse_batch_norm_relu(true);
+  auto net = small_network(23);
+  Rng rng(24);
+  CHECK_THROWS_AS(net->forward_grouped(randn({4, 3, 9, 9}, rng), 4), Error);
 }
