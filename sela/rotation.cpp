@@ -29,12 +29,12 @@ RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, 
   return out;
 }
 
-RotationPass parse_rotation_pass(const std::string& name) {
+RotationPass parse_rotation_pass(const std::string& name, const char* command) {
   if (name == "separate") return RotationPass::separate;
   if (name == "joint") return RotationPass::joint;
   if (name == "grouped") return RotationPass::grouped;
-  SELA_FAIL_HINT("sela train", "--rotation-pass must be grouped, joint or separate, got '" << name << "'",
-                 "grouped is the default (see sela train --help)");
+  SELA_FAIL_HINT(command, "--rotation-pass must be grouped, joint or separate, got '" << name << "'",
+                 "see `sela train --help`");
 }
 
 RotationForward forward_with_rotation(SelaNet& model, Linear& rotation_head, const Tensor& images,

@@ -44,8 +44,9 @@ RotationBatch make_rotation_batch(const data::Batch& batch, std::int64_t count, 
 
 enum class RotationPass { separate, joint, grouped };
 
-// The --rotation-pass value: "separate", "joint" or "grouped", else a clear error.
-RotationPass parse_rotation_pass(const std::string& name);
+// The --rotation-pass value: "separate", "joint" or "grouped", else a clear error naming
+// `command` (e.g. "sela train").
+RotationPass parse_rotation_pass(const std::string& name, const char* command);
 
 // The clustering heads' logits of `images` (B, C, S, S) -> (B, K_t) per head, and the
 // rotation head's of `turned` (R, C, S, S) -> (R, 4), differentiable. `separate` runs the

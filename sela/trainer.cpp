@@ -704,7 +704,7 @@ TrainSummary Run::go() {
     config_.sinkhorn_warm_start = device_.is_cpu() ? "on" : "off";
   }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
-  rotation_pass_ = parse_rotation_pass(config_.rotation_pass);
+  rotation_pass_ = parse_rotation_pass(config_.rotation_pass, "sela train");
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
              "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");

@@ -3,6 +3,8 @@
 // data, after warm-up; reports the median step. The PyTorch twin of exactly this step is
 // tools/bench/torch_train_step.py; tools/bench/compare_train_step.sh runs both in one
 // invocation and prints the ratio (tools/gpu_check.sh does the same on a GPU).
+// --rotation-batch R adds the rotation task of `sela train` (R more images, 4-way head on
+// fc7, in the --rotation-pass chosen), so the passes can be compared on the step alone.
 //
 // On a GPU (--device cuda[:N]) the model, the batch and the labels live on the device; each
 // step ends with loss.item(), which waits for the device, so the host clock around a step
@@ -35,6 +37,7 @@
 #include "kernels/cpu/parallel.h"
 #include "models/alexnet.h"
 #include "sela/device_choice.h"
+#include "sela/rotation.h"
 #include "tools/cli.h"
 #include "tools/commands.h"
 
@@ -49,11 +52,29 @@ namespace sela::tools {
 
 namespace {
 
-// The SeLa representation step: mean over heads of each head's cross-entropy.
+// The rotation task of `sela train` (sela/rotation.h), when --rotation-batch R > 0: R more
+// images (random, as the batch) through the network in the chosen pass, a 4-way head on fc7.
+struct RotationTask {
+  std::shared_ptr<Linear> head;  // (4, fc7)
+  Tensor turned;                 // (R, C, S, S)
+  Tensor turns;                  // (R) int64 in 0..3
+  RotationPass pass = RotationPass::grouped;
+};
+
+// The SeLa representation step's loss: mean over heads of each head's cross-entropy, plus
+// the rotation task's cross-entropy (weight 1, the trainer's default) when `rotation`.
+Tensor step_loss(SelaNet& model, const Tensor& images, const std::vector<Tensor>& targets,
+                 const RotationTask* rotation) {
+  if (!rotation) return sela_loss(model.forward_heads(images), targets);
+  RotationForward both =
+      forward_with_rotation(model, *rotation->head, images, rotation->turned, rotation->pass);
+  return add(sela_loss(both.logits, targets), cross_entropy(both.turn_logits, rotation->turns));
+}
+
 double train_step(SelaNet& model, Sgd& optimizer, const Tensor& images,
-                  const std::vector<Tensor>& targets) {
+                  const std::vector<Tensor>& targets, const RotationTask* rotation) {
   optimizer.zero_grad();
-  Tensor loss = sela_loss(model.forward_heads(images), targets);
+  Tensor loss = step_loss(model, images, targets, rotation);
   loss.backward();
   optimizer.step();
   return loss.item();
@@ -102,6 +123,11 @@ int run_bench_train_step(const Args& args) {
             "GPU: fp32, or bf16 (conv2d and linear multiply in bfloat16 with float32 "
             "accumulation; float32 weights, BatchNorm and loss; the PyTorch twin uses "
             "torch.autocast the same way)");
+  flags.add("rotation-batch", "0",
+            "images of the rotation task per step, as sela train --rotation-batch (0 = no "
+            "rotation task; the PyTorch twin has none)");
+  flags.add("rotation-pass", "grouped",
+            "with --rotation-batch: grouped, joint or separate, as sela train --rotation-pass");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
@@ -121,6 +147,11 @@ int run_bench_train_step(const Args& args) {
   SELA_CHECK(heads >= 1 && clusters >= 1, "sela bench train-step",
              "--heads and --clusters must be >= 1");
   SELA_CHECK(steps >= 1 && warmup >= 0, "sela bench train-step", "--steps must be >= 1");
+  const std::int64_t rotation_batch = flags.get_int("rotation-batch");
+  SELA_CHECK(rotation_batch >= 0 && rotation_batch <= batch, "sela bench train-step",
+             "--rotation-batch must be between 0 and --batch (" << batch << "), got " << rotation_batch);
+  const RotationPass rotation_pass =
+      parse_rotation_pass(flags.get("rotation-pass"), "sela bench train-step");
   const bool tf32_conv = flags.get_on_off("tf32-conv");
   const bool tf32_matmul = flags.get_on_off("tf32-matmul");
   const bool cudnn_benchmark = flags.get_on_off("cudnn-benchmark");
@@ -177,8 +208,19 @@ int run_bench_train_step(const Args& args) {
   auto model = make_model(config);
   model->train();
   if (device.is_cuda()) model->to(device);
+  std::unique_ptr<RotationTask> rotation;
+  std::vector<Tensor> parameters = model->parameters();
+  if (rotation_batch > 0) {
+    rotation = std::make_unique<RotationTask>();
+    rotation->head = std::make_shared<Linear>(model->feature_dim(), 4);
+    rotation->pass = rotation_pass;
+    Rng head_rng(config.seed + 54321);
+    fill_normal(rotation->head->weight, head_rng, 0.0, 0.01);
+    if (device.is_cuda()) rotation->head->to(device);
+    for (const Tensor& p : rotation->head->parameters()) parameters.push_back(p);
+  }
   SgdOptions sgd;  // lr 0.05, momentum 0.9, weight decay 5e-4 (the reference's defaults)
-  Sgd optimizer(model->parameters(), sgd);
+  Sgd optimizer(parameters, sgd);
 
   Rng rng(config.seed + 12345);
   std::int64_t size = model->input_size();
@@ -189,9 +231,19 @@ int run_bench_train_step(const Args& args) {
     for (auto& label : labels) label = static_cast<std::int64_t>(rng.below(clusters));
     targets.push_back(Tensor::from_vector(labels, {batch}));
   }
+  if (rotation) {
+    rotation->turned = randn({rotation_batch, config.in_channels, size, size}, rng);
+    std::vector<std::int64_t> turns(static_cast<std::size_t>(rotation_batch));
+    for (std::size_t j = 0; j < turns.size(); ++j) turns[j] = static_cast<std::int64_t>(j % 4);
+    rotation->turns = Tensor::from_vector(turns, {rotation_batch});
+  }
   if (device.is_cuda()) {
     images = images.to(device);
     for (Tensor& t : targets) t = t.to(device);
+    if (rotation) {
+      rotation->turned = rotation->turned.to(device);
+      rotation->turns = rotation->turns.to(device);
+    }
   }
 
   bool json = flags.get_switch("json");
@@ -199,13 +251,19 @@ int run_bench_train_step(const Args& args) {
             << ", batch " << batch << ", " << heads << " heads x " << clusters
             << " clusters, " << model->parameter_count() << " parameters, device "
             << device.str();
+  if (rotation) {
+    std::cout << ", rotation task on " << rotation_batch << " more images ("
+              << flags.get("rotation-pass") << " pass)";
+  }
   if (device.is_cpu()) {
     std::cout << ", " << cpu::num_threads() << " threads, gemm " << cpu::gemm_backend_name();
   }
   std::cout << "\n";
   if (device.is_cuda()) std::cout << report.banner << "\n" << report.math << "\n";
   double loss = 0;
-  for (std::int64_t i = 0; i < warmup; ++i) loss = train_step(*model, optimizer, images, targets);
+  for (std::int64_t i = 0; i < warmup; ++i) {
+    loss = train_step(*model, optimizer, images, targets, rotation.get());
+  }
   reset_host_peak();
 #if defined(SELA_HAVE_CUDA)
   std::uint64_t mallocs_before = 0;
@@ -223,7 +281,7 @@ int run_bench_train_step(const Args& args) {
     auto start = std::chrono::steady_clock::now();
     graph->capture([&]() {
       optimizer.zero_grad();
-      graph_loss = sela_loss(model->forward_heads(images), targets);
+      graph_loss = step_loss(*model, images, targets, rotation.get());
       graph_loss.backward();
       optimizer.step();
     });
@@ -243,7 +301,7 @@ int run_bench_train_step(const Args& args) {
       graph->replay();
       loss = graph_loss.item();  // waits for the device
     } else {
-      loss = train_step(*model, optimizer, images, targets);  // item() waits for the device
+      loss = train_step(*model, optimizer, images, targets, rotation.get());  // item() waits
     }
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!json) std::fprintf(stdout, "  step %lld: %.1f ms, loss %.4f\n", static_cast<long long>(i), seconds.back() * 1e3, loss);
@@ -284,9 +342,12 @@ int run_bench_train_step(const Args& args) {
 #endif
   SELA_CHECK(std::isfinite(loss), "sela bench train-step", "loss became " << loss);
   double step_s = median(seconds);
+  // Images of the clustering batch per second, as `sela train` reports them; the flops count
+  // the rotation task's images too.
   double images_per_s = static_cast<double>(batch) / step_s;
   // Forward multiply-adds x 2 flops x 3 (forward, backward-data, backward-weight).
-  double gflops = model->forward_macs_per_image() * 2 * 3 * static_cast<double>(batch) / step_s / 1e9;
+  double gflops = model->forward_macs_per_image() * 2 * 3 *
+                  static_cast<double>(batch + rotation_batch) / step_s / 1e9;
   double peak_mb = device.is_cuda()
                        ? report.peak_mib
                        : static_cast<double>(host_memory_stats().peak_bytes) / (1 << 20);
@@ -307,6 +368,8 @@ int run_bench_train_step(const Args& args) {
     std::ostringstream out;
     out << "{\"arch\": \"" << config.arch << "\", \"width_mult\": " << config.width_mult
         << ", \"batch\": " << batch << ", \"heads\": " << heads << ", \"clusters\": " << clusters
+        << ", \"rotation_batch\": " << rotation_batch << ", \"rotation_pass\": \""
+        << (rotation ? flags.get("rotation-pass") : "none") << "\""
         << ", \"device\": \"" << device.str() << "\", \"threads\": " << cpu::num_threads()
         << ", \"gemm\": \"" << cpu::gemm_backend_name() << "\", \"steps\": " << steps
         << ", \"step_ms\": " << step_s * 1e3 << ", \"images_per_s\": " << images_per_s
