@@ -10,7 +10,8 @@
 #      sides (--cuda-graph on; torch.cuda.graph), and eagerly in bf16 mixed precision
 #      (--precision bf16; torch.autocast), then a table: ours img/s, PyTorch img/s,
 #      ratios, peak device memory of both (the JSON lines, with reserved memory too, are kept
-#      in $OUT/train_step.jsonl)
+#      in $OUT/train_step.jsonl); then the default run's step with its rotation task in each
+#      --rotation-pass, eager and replayed ($OUT/rotation_step.jsonl; six short runs)
 #   4. `sela train --quick --device cuda`: the whole pipeline (label steps, Sinkhorn on the
 #      GPU, evaluation) on the card
 # Writes everything to $OUT/gpu_check.log (and CTest's full log of the CUDA tests to
@@ -153,6 +154,18 @@ widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
 PY
+
+  # The default run's step with its rotation task in each pass (sela/rotation.h; grouped keeps
+  # BatchNorm statistics per group on row views), eager and replayed.
+  echo "== the default run's step with the rotation task (32 turned images), by pass"
+  for pass in joint grouped separate; do
+    for graph in off on; do
+      # shellcheck disable=SC2086
+      with_sela_libs timeout 120 "$build/sela" bench train-step --width-mult 0.25 --batch 128 \
+        --heads 6 --clusters 30 --rotation-batch 32 --rotation-pass $pass --cuda-graph $graph \
+        $bench_flags | grep '^{' | tail -n 1 | tee -a "$out/rotation_step.jsonl" || true
+    done
+  done
 
   # What our step holds at its peak, by op (alexnet, the larger model).
   echo "== memory census of sela's alexnet step"
