@@ -148,10 +148,11 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
 
 Tensor BatchNorm2d::forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu) {
   if (!is_training()) return relu ? forward_relu(x) : forward(x);
+  Tensor out = batch_norm2d_grouped(x, weight, bias, running_mean, running_var, first_rows, relu,
+                                    momentum, eps);  // checks first_rows before anything counts
   count_batch(x);
   count_batch(x);
-  return batch_norm2d_grouped(x, weight, bias, running_mean, running_var, first_rows, relu,
-                              momentum, eps);
+  return out;
 }
 
 Tensor BatchNorm2d::forward_relu(const Tensor& x) {
