@@ -223,10 +223,14 @@ EvalReport evaluate(SelaNet& model, const data::Dataset& train, const data::Data
   if (train_out.n >= 2) {  // a PCA needs two samples; the figures stay -1 otherwise
     report.knn_pca_components =
         std::min({kKnnPcaComponents, train_out.n - 1, train_out.fc7_dim});
+    PcaBasis basis;
     std::vector<KnnResult> knn_pca = weighted_knn_top1_after_pca(
         train_out.fc7.data(), train_out.classes.data(), train_out.n, test_out.fc7.data(),
         test_out.classes.data(), test_out.n, train_out.fc7_dim, report.knn_pca_components,
-        {200, 10}, 0.1, classes);
+        {200, 10}, 0.1, classes, &basis);
+    report.knn_pca_passes = basis.passes;
+    report.knn_pca_residual = basis.residual;
+    report.knn_pca_converged = basis.converged;
     report.knn_pca_top1_k200 = knn_pca[0].top1;
     report.knn_pca_top1_k10 = knn_pca[1].top1;
   }
@@ -321,6 +325,9 @@ std::string EvalReport::to_json() const {
   j["knn_pca_components"] = knn_pca_components;
   j["knn_pca_top1_k200"] = knn_pca_top1_k200;
   j["knn_pca_top1_k10"] = knn_pca_top1_k10;
+  j["knn_pca_passes"] = knn_pca_passes;
+  j["knn_pca_residual"] = knn_pca_residual;
+  j["knn_pca_converged"] = knn_pca_converged;
   for (std::size_t t = 0; t < heads.size(); ++t) {
     const HeadReport& h = heads[t];
     nlohmann::json head = {{"head", t}, {"k", h.k},
@@ -389,6 +396,13 @@ std::string EvalReport::table() const {
                 static_cast<long long>(knn_pca_components), 100 * knn_pca_top1_k200,
                 100 * knn_pca_top1_k10);
   out << line;
+  if (!knn_pca_converged) {
+    std::snprintf(line, sizeof line,
+                  "WARNING: the PCA stopped after %lld passes with residual %.2g (tolerance 1e-9 of "
+                  "the top variance): the figures after PCA are approximate\n",
+                  static_cast<long long>(knn_pca_passes), knn_pca_residual);
+    out << line;
+  }
   return out.str();
 }
 

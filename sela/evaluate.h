@@ -86,6 +86,11 @@ struct EvalReport {
   double knn_top1_k200 = -1, knn_top1_k10 = -1;          // fc7 as it is
   double knn_pca_top1_k200 = -1, knn_pca_top1_k10 = -1;  // fc7 after PCA (see above)
   std::int64_t knn_pca_components = 0;  // min(128, train samples - 1, fc7 width); 0: not run
+  // The PCA's solve (sela/assign/pca.h): passes, final residual, and whether it met its
+  // tolerance (if not, the table says so; the figures above are then approximate).
+  std::int64_t knn_pca_passes = 0;
+  double knn_pca_residual = 0;
+  bool knn_pca_converged = true;
   std::int64_t train_samples = 0, test_samples = 0;
   std::string to_json() const;
   std::string table() const;  // the human-readable summary printed at the end of a run

@@ -17,7 +17,6 @@ namespace sela {
 namespace {
 
 constexpr std::int64_t kRowBlock = 512;       // rows of x converted to float64 at a time
-constexpr std::int64_t kMaxPasses = 300;      // subspace-iteration passes, at most
 constexpr std::int64_t kCheckEvery = 4;       // passes between Rayleigh-Ritz checks
 constexpr double kResidualTolerance = 1e-9;   // max ||S u - θ u|| / θ_1 to stop
 constexpr std::uint64_t kSeed = 0x5E1A0CA11ull;
@@ -168,8 +167,10 @@ void symmetric_eigen(const std::vector<double>& a_in, std::int64_t n, std::vecto
   }
 }
 
-PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components) {
+PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components,
+                 std::int64_t max_passes) {
   SELA_CHECK(x != nullptr, "fit_pca", "no feature rows given");
+  SELA_CHECK(max_passes >= 1, "fit_pca", "max_passes must be >= 1, got " << max_passes);
   SELA_CHECK(n >= 2 && d >= 1, "fit_pca",
              "needs at least 2 rows of width >= 1, got (" << n << ", " << d << ")");
   SELA_CHECK(components >= 1 && components <= std::min(n - 1, d), "fit_pca",
@@ -219,9 +220,9 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
     std::vector<double> qs(static_cast<std::size_t>(l * d));  // (l, d) = q S
     for (double& value : q) value = rng.normal();
     orthonormalise_rows(q, l, d, rng);
-    for (std::int64_t pass = 1; pass <= kMaxPasses; ++pass) {
+    for (std::int64_t pass = 1; pass <= max_passes; ++pass) {
       matmul(q.data(), covariance.data(), qs.data(), l, d, d);
-      if (pass % kCheckEvery == 0 || pass == kMaxPasses) {
+      if (pass % kCheckEvery == 0 || pass == max_passes) {
         basis.residual = rayleigh_ritz(q, qs, l, d, c, basis.axes, basis.variances);
         basis.passes = pass;
         if (basis.residual <= kResidualTolerance) break;
@@ -229,6 +230,7 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
       q = qs;
       orthonormalise_rows(q, l, d, rng);
     }
+    basis.converged = basis.residual <= kResidualTolerance;
   }
   for (std::int64_t i = 0; i < c; ++i) {  // a deterministic sign per axis
     double* axis = basis.axes.data() + i * d;
@@ -274,10 +276,11 @@ std::vector<float> project_pca(const PcaBasis& basis, const float* x, std::int64
 std::vector<KnnResult> weighted_knn_top1_after_pca(
     const float* memory, const std::int64_t* memory_classes, std::int64_t m, const float* queries,
     const std::int64_t* query_classes, std::int64_t q, std::int64_t d, std::int64_t components,
-    const std::vector<std::int64_t>& ks, double sigma, std::int64_t num_classes) {
+    const std::vector<std::int64_t>& ks, double sigma, std::int64_t num_classes, PcaBasis* fitted) {
   SELA_CHECK(components >= 1, "weighted_knn_after_pca",
              "needs components >= 1, got " << components);
   const PcaBasis basis = fit_pca(memory, m, d, std::min({components, m - 1, d}));
+  if (fitted) *fitted = basis;
   const std::vector<float> projected_memory = project_pca(basis, memory, m);   // (m, c)
   const std::vector<float> projected_queries = project_pca(basis, queries, q);  // (q, c)
   return weighted_knn_top1(projected_memory.data(), memory_classes, m, projected_queries.data(),

@@ -38,11 +38,16 @@ struct PcaBasis {
   std::vector<double> variances;  // (c) the covariance's eigenvalues along the axes
   std::int64_t passes = 0;        // subspace-iteration passes taken (0: direct Jacobi)
   double residual = 0;            // max_i ||S u_i - θ_i u_i|| / θ_1 at the end
+  bool converged = true;          // false: stopped at max_passes with residual above 1e-9
 };
 
+constexpr std::int64_t kPcaMaxPasses = 300;  // fit_pca's default cap on passes
+
 // x (n, d) float32 row-major. Errors (sela::Error, op "fit_pca"): n < 2, d < 1, components
-// outside [1, min(n - 1, d)], a non-finite value (named by row and column), null x.
-PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components);
+// outside [1, min(n - 1, d)], max_passes < 1, a non-finite value (named by row and column),
+// null x. Reaching max_passes is no error: the basis says so (converged false).
+PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t components,
+                 std::int64_t max_passes = kPcaMaxPasses);
 
 // (n, c) float32: (x - mean) . axes^T, computed in float64. x (n, d) must have the basis's d;
 // a non-finite value is an Error naming its row and column.
@@ -50,11 +55,13 @@ std::vector<float> project_pca(const PcaBasis& basis, const float* x, std::int64
 
 // The reference's final kNN protocol: fit_pca on the memory rows with min(components, m - 1,
 // d) components, memory and queries projected, then weighted_knn_top1 on the projections
-// (which L2-normalises them). Arguments and errors as weighted_knn_top1 and fit_pca.
+// (which L2-normalises them). Arguments and errors as weighted_knn_top1 and fit_pca; the
+// fitted basis is kept in *fitted when given (its passes, residual, convergence).
 std::vector<KnnResult> weighted_knn_top1_after_pca(
     const float* memory, const std::int64_t* memory_classes, std::int64_t m, const float* queries,
     const std::int64_t* query_classes, std::int64_t q, std::int64_t d, std::int64_t components,
-    const std::vector<std::int64_t>& ks, double sigma, std::int64_t num_classes);
+    const std::vector<std::int64_t>& ks, double sigma, std::int64_t num_classes,
+    PcaBasis* fitted = nullptr);
 
 // Eigen-decomposition of a symmetric (n, n) float64 matrix by the cyclic Jacobi method
 // (Golub and Van Loan, Matrix Computations, section 8.5): eigenvalues in decreasing order,

@@ -81,6 +81,7 @@ void check_basis_from_definitions(const sela::PcaBasis& basis, const std::vector
     CHECK(axis[largest] > 0);
   }
   CHECK(basis.residual <= 1e-9);  // the stopping rule of pca.h
+  CHECK(basis.converged);
   for (std::int64_t i = 0; i < c; ++i) {
     for (std::int64_t j = 0; j < c; ++j) {
       double dot = 0;
@@ -376,6 +377,30 @@ TEST_CASE("symmetric_eigen on a random symmetric matrix") {
                        doctest::Contains("entry [0, 1]"), sela::Error);
 }
 
+// A cap on the passes below what the solve needs: the basis says it did not converge, with
+// the passes it took and a residual above the tolerance; the same features with the default
+// cap converge.
+TEST_CASE("PCA stopped by its pass cap reports that it did not converge") {
+  const std::vector<float> x = planted_features(3000, 200, 200, 99);  // a slowly decaying spectrum
+  const sela::PcaBasis capped = sela::fit_pca(x.data(), 3000, 200, 30, 3);
+  CHECK(!capped.converged);
+  CHECK(capped.passes == 3);
+  CHECK(capped.residual > 1e-9);
+  const sela::PcaBasis full = sela::fit_pca(x.data(), 3000, 200, 30);
+  CHECK(full.converged);
+  CHECK(full.passes > 3);
+  CHECK(full.passes <= sela::kPcaMaxPasses);
+  CHECK(full.residual <= 1e-9);
+  // The kNN after PCA hands its basis out for these diagnostics.
+  std::vector<std::int64_t> classes(3000);
+  for (std::size_t i = 0; i < classes.size(); ++i) classes[i] = static_cast<std::int64_t>(i % 3);
+  sela::PcaBasis fitted;
+  sela::weighted_knn_top1_after_pca(x.data(), classes.data(), 3000, x.data(), classes.data(), 50,
+                                    200, 30, {10}, 0.1, 3, &fitted);
+  CHECK(fitted.passes == full.passes);
+  CHECK(fitted.residual == full.residual);
+}
+
 TEST_CASE("PCA rejects bad input with a clear message") {
   std::vector<float> x(20 * 5, 1.0f);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7);
@@ -396,6 +421,7 @@ TEST_CASE("PCA rejects bad input with a clear message") {
   says([&] { sela::fit_pca(x.data(), 20, 5, 6); }, "ask for 1 to min(n - 1, d) = 5");
   says([&] { sela::fit_pca(x.data(), 1, 5, 1); }, "at least 2 rows");
   says([&] { sela::fit_pca(nullptr, 20, 5, 1); }, "no feature rows");
+  says([&] { sela::fit_pca(x.data(), 20, 5, 1, 0); }, "max_passes must be >= 1, got 0");
   const sela::PcaBasis basis = sela::fit_pca(x.data(), 20, 5, 2);
   x[3 * 5 + 2] = std::numeric_limits<float>::quiet_NaN();
   says([&] { sela::fit_pca(x.data(), 20, 5, 2); }, "fit_pca: feature [3, 2]");

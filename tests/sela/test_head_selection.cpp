@@ -113,6 +113,18 @@ TEST_CASE("select_by_stability marks the most stable head of each K, and the rep
   CHECK(table.find("test NMI 0.600") != std::string::npos);
   CHECK(table.find("head4: the most stable of the 2 heads with K=30") != std::string::npos);
   CHECK(table.find("K=50") == std::string::npos);  // a lone head needs no choosing
+  // The PCA's solve: silent when it converged, a warning with its figures when it did not.
+  report.knn_pca_components = 128;
+  CHECK(report.table().find("WARNING") == std::string::npos);
+  report.knn_pca_converged = false;
+  report.knn_pca_passes = 300;
+  report.knn_pca_residual = 3.5e-7;
+  CHECK(report.table().find("WARNING: the PCA stopped after 300 passes with residual 3.5e-07") !=
+        std::string::npos);
+  json = nlohmann::json::parse(report.to_json());
+  CHECK(json["knn_pca_converged"] == false);
+  CHECK(json["knn_pca_passes"] == 300);
+  CHECK(json["knn_pca_residual"] == 3.5e-7);
 
   // Shorter stability lists (a run with fewer heads recorded) leave the rest unknown.
   report.select_by_stability({0.1});

@@ -129,6 +129,8 @@ TEST_CASE(
     CHECK(j["heads"][0].contains("test_accuracy"));
     CHECK_FALSE(j["heads"][1].contains("test_accuracy"));
     CHECK(j["knn_pca_components"] == 128);  // min(128, 160 - 1, fc7 width)
+    CHECK(j["knn_pca_converged"] == true);
+    CHECK(j["knn_pca_residual"].get<double>() <= 1e-9);
     for (const char* key : {"knn_top1_k200", "knn_top1_k10", "knn_pca_top1_k200", "knn_pca_top1_k10"}) {
       REQUIRE(j.contains(key));
       CHECK(j[key].get<double>() >= 0.0);
