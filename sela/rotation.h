@@ -11,11 +11,12 @@
 //     mean over heads of CE(head_t(fc7(x)), labels_t)  +  W · CE(rot(fc7(turned x)), turns).
 // Labels are still solved from the clustering heads' logits of the upright batch only.
 // The turned images either take a pass of their own (`--rotation-pass separate`, BatchNorm
-// statistics of their own), or are appended to the batch (`joint`, the default of the tenth
-// session: one pass of B + R images, about a quarter faster on the CPU because the small
-// second pass used the cores poorly; docs/perf.md; BatchNorm then normalises the B + R images
-// together), or are appended with BatchNorm statistics kept per group (`grouped`, the default
-// since the twelfth session: the separate pass's arithmetic in one pass).
+// statistics of their own), or are appended to the batch (`joint`, the tenth session's
+// default: one pass of B + R images, about a quarter faster on the CPU because the small
+// second pass used the cores poorly; docs/perf.md; but BatchNorm then normalises the B + R
+// images together, which cost about 0.6 points of kNN), or are appended with BatchNorm
+// statistics kept per group (`grouped`, the default since the twelfth session: the separate
+// pass's values at the joint pass's cost; batch_norm2d_grouped in engine/ops.h).
 // docs/results.md measures it on Fashion-MNIST: no gain with dropout 0.5 in the classifier,
 // a gain in place of it (dropout 0), which is the default since the seventh session.
 #pragma once

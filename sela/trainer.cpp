@@ -157,7 +157,7 @@ class Run {
   std::shared_ptr<SelaNet> model_;
   std::unique_ptr<Sgd> optimizer_;  // the model's parameters, then the rotation head's
   std::shared_ptr<Linear> rotation_head_;  // (4 x fc7) with --rotation-weight > 0, else null
-  RotationPass rotation_pass_ = RotationPass::grouped;  // --rotation-pass, parsed
+  RotationPass rotation_pass_ = RotationPass::grouped;  // --rotation-pass, parsed in go()
   std::vector<std::vector<std::int64_t>> labels_;  // (T) x (N)
   std::vector<double> schedule_;
   std::size_t next_label_step_ = 0;

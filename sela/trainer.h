@@ -75,8 +75,9 @@ struct TrainConfig {
   // How the turned images go through the network: "separate" (a second, smaller forward and
   // backward, each with its own BatchNorm statistics), "joint" (appended to the batch: one
   // pass of B + R images, BatchNorm statistics over all of them; fewer, larger kernels) or
-  // "grouped" (one pass as joint, BatchNorm statistics per group as separate).
-  std::string rotation_pass = "joint";
+  // "grouped" (one pass as joint, BatchNorm statistics per group as separate: the separate
+  // pass's values at the joint pass's cost; the default since the twelfth session).
+  std::string rotation_pass = "grouped";
   std::int64_t sinkhorn_max_iters = 10000;  // cap per head and label step (a warning if hit)
   // Over-relaxation ω of the label steps' Sinkhorn (1: the published algorithm; sinkhorn.h):
   // a sixth of the iterations at 1.8 on trained logits (a third of 1.4's), with a safeguard
