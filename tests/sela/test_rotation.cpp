@@ -86,6 +86,21 @@ double max_abs(const std::vector<float>& a) {
   return worst;
 }
 
+// Every head's logits and the turn logits of `a` within 1e-5 of `b`'s largest entry.
+void check_same_outputs(const RotationForward& a, const RotationForward& b) {
+  REQUIRE(a.logits.size() == b.logits.size());
+  for (std::size_t t = 0; t < a.logits.size(); ++t) {
+    REQUIRE(a.logits[t].shape() == b.logits[t].shape());
+    std::vector<float> values_a = a.logits[t].to_vector<float>(), values_b = b.logits[t].to_vector<float>();
+    CHECK(max_abs(values_b) > 0);
+    CHECK(max_abs_difference(values_a, values_b) <= 1e-5 * max_abs(values_b));
+  }
+  REQUIRE(a.turn_logits.shape() == b.turn_logits.shape());
+  std::vector<float> turns_a = a.turn_logits.to_vector<float>(), turns_b = b.turn_logits.to_vector<float>();
+  CHECK(max_abs(turns_b) > 0);
+  CHECK(max_abs_difference(turns_a, turns_b) <= 1e-5 * max_abs(turns_b));
+}
+
 }  // namespace
 
 TEST_CASE("make_rotation_batch: the first R images, image j turned (j + number) mod 4 times") {
@@ -214,16 +229,7 @@ TEST_CASE("forward_with_rotation: joint equals separate in eval mode, differs in
   RotationForward separate = forward_with_rotation(*model, head, images, turned, RotationPass::separate);
   REQUIRE(joint.logits.size() == 2);
   REQUIRE(joint.turn_logits.shape() == Shape{4, 4});
-  for (std::size_t t = 0; t < 2; ++t) {
-    REQUIRE(joint.logits[t].shape() == separate.logits[t].shape());
-    std::vector<float> a = joint.logits[t].to_vector<float>(), b = separate.logits[t].to_vector<float>();
-    CHECK(max_abs(b) > 0);
-    CHECK(max_abs_difference(a, b) <= 1e-5 * max_abs(b));
-  }
-  std::vector<float> turns_joint = joint.turn_logits.to_vector<float>();
-  std::vector<float> turns_separate = separate.turn_logits.to_vector<float>();
-  CHECK(max_abs(turns_separate) > 0);
-  CHECK(max_abs_difference(turns_joint, turns_separate) <= 1e-5 * max_abs(turns_separate));
+  check_same_outputs(joint, separate);
   auto grads_joint = gradients_of(*model, head, weighted_loss(joint, loss_rng_a));
   auto grads_separate = gradients_of(*model, head, weighted_loss(separate, loss_rng_b));
   REQUIRE(grads_joint.size() == grads_separate.size());
@@ -271,15 +277,7 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
           forward_with_rotation(*grouped_model, grouped_head, images, turned, RotationPass::grouped);
       RotationForward separate =
           forward_with_rotation(*separate_model, separate_head, images, turned, RotationPass::separate);
-      for (std::size_t t = 0; t < 2; ++t) {
-        std::vector<float> a = grouped.logits[t].to_vector<float>(), b = separate.logits[t].to_vector<float>();
-        CHECK(max_abs(b) > 0);
-        CHECK(max_abs_difference(a, b) <= 1e-5 * max_abs(b));
-      }
-      std::vector<float> turns_a = grouped.turn_logits.to_vector<float>();
-      std::vector<float> turns_b = separate.turn_logits.to_vector<float>();
-      CHECK(max_abs(turns_b) > 0);
-      CHECK(max_abs_difference(turns_a, turns_b) <= 1e-5 * max_abs(turns_b));
+      check_same_outputs(grouped, separate);
       auto grads_a = gradients_of(*grouped_model, grouped_head, weighted_loss(grouped, loss_rng_a));
       auto grads_b = gradients_of(*separate_model, separate_head, weighted_loss(separate, loss_rng_b));
       REQUIRE(grads_a.size() == grads_b.size());
