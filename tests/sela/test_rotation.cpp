@@ -86,6 +86,17 @@ double max_abs(const std::vector<float>& a) {
   return worst;
 }
 
+// alexnet-32 at width 1/16 on one channel, two heads, no dropout (the passes would draw
+// their masks for other row counts).
+ModelConfig small_model_config() {
+  ModelConfig config;
+  config.width_mult = 0.0625;
+  config.in_channels = 1;
+  config.clusters = {5, 3};
+  config.dropout = 0;
+  return config;
+}
+
 // Every head's logits and the turn logits of `a` within 1e-5 of `b`'s largest entry.
 void check_same_outputs(const RotationForward& a, const RotationForward& b) {
   REQUIRE(a.logits.size() == b.logits.size());
@@ -198,12 +209,7 @@ TEST_CASE("--rotation-weight: exact resume, the task in effect and logged, misma
 }
 
 TEST_CASE("forward_with_rotation: joint equals separate in eval mode, differs in train mode") {
-  ModelConfig model_config;
-  model_config.width_mult = 0.0625;
-  model_config.in_channels = 1;
-  model_config.clusters = {5, 3};
-  model_config.dropout = 0;
-  std::shared_ptr<SelaNet> model = make_model(model_config);
+  std::shared_ptr<SelaNet> model = make_model(small_model_config());
   Linear head(model->feature_dim(), 4);
   Rng rng(19);
   fill_normal(head.weight, rng, 0.0, 0.1);
@@ -251,13 +257,8 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
   for (bool fuse : {true, false}) {
     CAPTURE(fuse);
     set_fuse_batch_norm_relu(fuse);
-    ModelConfig model_config;
-    model_config.width_mult = 0.0625;
-    model_config.in_channels = 1;
-    model_config.clusters = {5, 3};
-    model_config.dropout = 0;
-    std::shared_ptr<SelaNet> grouped_model = make_model(model_config);
-    std::shared_ptr<SelaNet> separate_model = make_model(model_config);  // same seed, same weights
+    std::shared_ptr<SelaNet> grouped_model = make_model(small_model_config());
+    std::shared_ptr<SelaNet> separate_model = make_model(small_model_config());  // same weights
     Linear grouped_head(grouped_model->feature_dim(), 4), separate_head(grouped_model->feature_dim(), 4);
     Rng rng(fuse ? 29 : 31);
     fill_normal(grouped_head.weight, rng, 0.0, 0.1);
