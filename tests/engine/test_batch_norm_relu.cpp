@@ -283,19 +283,24 @@ TEST_CASE("Sequential::forward_grouped: per-group BatchNorm, two counts, eval mo
     y_split.backward(grad_output);
     const NamedTensors a = grouped_net->named_parameters(), b = split_net->named_parameters();
     REQUIRE(a.size() == b.size());
+    std::vector<double> largest(a.size(), 0.0), difference(a.size(), 0.0);  // per parameter
     for (std::size_t i = 0; i < a.size(); ++i) {
-      INFO("gradient of " << a[i].first);
       const std::vector<float> ga = a[i].second.grad().to_vector<float>();
       const std::vector<float> gb = b[i].second.grad().to_vector<float>();
-      double largest = 0, difference = 0;
       for (std::size_t j = 0; j < ga.size(); ++j) {
-        largest = std::max(largest, std::abs(double(gb[j])));
-        difference = std::max(difference, std::abs(double(ga[j]) - double(gb[j])));
+        largest[i] = std::max(largest[i], std::abs(double(gb[j])));
+        difference[i] = std::max(difference[i], std::abs(double(ga[j]) - double(gb[j])));
       }
-      // Weight gradients sum over 7 rows or over 3 and then 4: rounding only. A conv bias
-      // before BatchNorm has a zero gradient in exact arithmetic: rounding noise on both sides.
+    }
+    const double overall = *std::max_element(largest.begin(), largest.end());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      INFO("gradient of " << a[i].first);
+      // Weight gradients sum over 7 rows or over 3 and then 4: rounding only (measured: within
+      // 4e-7 of their largest entry). A conv bias before BatchNorm has a zero gradient in exact
+      // arithmetic, so both sides are rounding noise, compared with the largest gradient of
+      // the network (measured: 3.4e-7 against 6.3).
       const bool conv_bias_before_norm = a[i].first == "0.bias" || a[i].first == "4.bias";
-      CHECK(difference <= (conv_bias_before_norm ? 1e-5 : 1e-5 * largest));
+      CHECK(difference[i] <= 1e-5 * (conv_bias_before_norm ? 0.1 * overall : largest[i]));
     }
     const NamedTensors buffers_a = grouped_net->named_buffers(), buffers_b = split_net->named_buffers();
     for (std::size_t i = 0; i < buffers_a.size(); ++i) {
