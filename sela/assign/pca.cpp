@@ -230,8 +230,8 @@ PcaBasis fit_pca(const float* x, std::int64_t n, std::int64_t d, std::int64_t co
       q = qs;
       orthonormalise_rows(q, l, d, rng);
     }
-    basis.converged = basis.residual <= kResidualTolerance;
   }
+  basis.converged = basis.residual <= kResidualTolerance;  // the direct solve is checked too
   for (std::int64_t i = 0; i < c; ++i) {  // a deterministic sign per axis
     double* axis = basis.axes.data() + i * d;
     std::int64_t largest = 0;

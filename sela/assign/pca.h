@@ -38,7 +38,7 @@ struct PcaBasis {
   std::vector<double> variances;  // (c) the covariance's eigenvalues along the axes
   std::int64_t passes = 0;        // subspace-iteration passes taken (0: direct Jacobi)
   double residual = 0;            // max_i ||S u_i - θ_i u_i|| / θ_1 at the end
-  bool converged = true;          // false: stopped at max_passes with residual above 1e-9
+  bool converged = true;          // residual <= 1e-9 (false: stopped at max_passes above it)
 };
 
 constexpr std::int64_t kPcaMaxPasses = 300;  // fit_pca's default cap on passes
