@@ -20,7 +20,11 @@
 # CPU suite (not timed there; 28-65 s with ctest -j2 on the 2-core dev machine) and step 4
 # (about 35 s in the sixth session) come on top.
 # CPU_TESTS=0 skips the CPU suite (CI runs it) and QUICK_RUN=0 step 4 (tests/cuda's
-# trainer test already runs a tiny pipeline on the GPU), when device time is short.
+# trainer test already runs a tiny pipeline on the GPU), when device time is short; BENCH=0
+# skips step 3 (the benchmarks, the memory census and the kernel profile), so that a session
+# with 15 minutes of device time can build, run the CUDA tests and then tools/gpu_full_run.sh
+# (which times the recipe's own step) in one call:
+#   OUT=$OUT BENCH=0 CPU_TESTS=0 QUICK_RUN=0 tools/gpu_check.sh; OUT=$OUT tools/gpu_full_run.sh
 # The Sinkhorn goals of issue 4 are a second call on the same warm machine (about 2.5
 # minutes; it reuses build-gpu): OUT=$OUT SINKHORN_TESTS=0 tools/gpu_sinkhorn_check.sh
 # Headers the GPU machine lacks travel in third_party_headers/ (tools/prepare_gpu_carry.sh):
@@ -79,6 +83,8 @@ source "$root/tools/gpu_lib.sh"
     echo "than the toolkit?): $(grep Skipped "$build/cuda_tests.txt" | tr -s ' ' | head -n 5)"
   fi
 
+  # Step 3, to the matching "fi" after the kernel times (not indented: it holds a heredoc).
+  if [ "${BENCH:-1}" != 0 ]; then
   echo "== benchmarks: sela and PyTorch eager fp32 (TF32 for cuDNN convolutions on, for matmul off)"
   results="$out/train_step.jsonl"
   : > "$results"
@@ -194,6 +200,9 @@ PY
     head -n 25 "$out/kernels_sela.txt" "$out/kernels_torch.txt" 2>/dev/null
   else
     echo "== kernel times: no nsys on this machine (or NSYS=0)"
+  fi
+  else
+    echo "== benchmarks skipped (BENCH=0)"
   fi
 
   if [ "${CPU_TESTS:-1}" != 0 ]; then

@@ -7,8 +7,10 @@
 # after FULL_RUN_S seconds (default 300): a run cut short keeps its last checkpoint's
 # metrics, and the log says so. FULL_RUN_FLAGS adds flags to `sela train` (e.g.
 # "--cuda-graph on"). Before the run, the training step of this recipe (alexnet-32 width 1,
-# batch 128, 6 heads, here all of K = 30) is timed eagerly and as a CUDA-graph replay, in one
-# call each (`sela bench train-step`), into $OUT/full_run.log.
+# batch 128, 6 heads, here all of K = 300, the rotation task on 32 turned images) is timed
+# in one call each (`sela bench train-step`): the default --rotation-pass grouped eagerly and
+# as a CUDA-graph replay, then joint and separate replayed, into $OUT/full_run.log and
+# $OUT/full_step.jsonl. STEP_TIMES=0 skips them.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${OUT:-$root/gpu_check_out}"
@@ -25,12 +27,19 @@ source "$root/tools/gpu_lib.sh"
   fi
   [ -e /tmp/fashion-mnist/train-images-idx3-ubyte ] ||
     unpack_fashion_mnist "$root/third_party_headers/datasets/fashion-mnist" /tmp/fashion-mnist
-  echo "== the recipe's training step, eager and as a CUDA graph"
-  for graph in off on; do
-    LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout 60 "$build/sela" bench train-step \
-      --device cuda --arch alexnet-32 --width-mult 1 --batch 128 --heads 6 --clusters 30 \
-      --warmup 5 --steps 50 --cuda-graph "$graph" --json | grep "median step\|^{"
-  done
+  if [ "${STEP_TIMES:-1}" != 0 ]; then
+    echo "== the recipe's training step (rotation task on 32 images), by pass, eager / CUDA graph"
+    : > "$out/full_step.jsonl"
+    for pass_graph in grouped:off grouped:on joint:on separate:on; do
+      echo "-- --rotation-pass ${pass_graph%:*} --cuda-graph ${pass_graph#*:}"
+      step=$(LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout 60 "$build/sela" bench train-step \
+        --device cuda --arch alexnet-32 --width-mult 1 --batch 128 --heads 6 --clusters 300 \
+        --rotation-batch 32 --rotation-pass "${pass_graph%:*}" --cuda-graph "${pass_graph#*:}" \
+        --warmup 5 --steps 50 --json)
+      echo "$step" | grep "median step"
+      echo "$step" | grep '^{' | tee -a "$out/full_step.jsonl"
+    done
+  fi
   rm -rf /tmp/sela-full-gpu
   start=$(date +%s)
   # shellcheck disable=SC2086
