@@ -583,7 +583,8 @@ struct SinkhornSolver::DeviceBuffers {
   std::vector<DeviceBlock*> blocks() {
     return {&matrix,    &logits,      &staging,   &workspace,     &c,        &row_log_mass,
             &labels,    &r,           &r_prev,    &r_at_check,    &col_sums, &r_rel,
-            &potential, &potential_f, &row_shift, &row_shift_new, &state,    &first_bad};
+            &potential, &potential_f, &row_shift, &row_shift_new, &state,    &first_bad,
+            &potential_at_check};
   }
   std::uint64_t bytes() const {
     std::uint64_t total = 0;
@@ -599,6 +600,7 @@ struct SinkhornSolver::DeviceBuffers {
     v.r_rel = r_rel.as<float>();
     v.column_potential = potential.as<double>();
     v.column_potential_f = potential_f.as<float>();
+    v.potential_at_check = potential_at_check.as<double>();
     return v;
   }
 
@@ -613,7 +615,7 @@ struct SinkhornSolver::DeviceBuffers {
   DeviceBlock labels;        // (N) int64
   DeviceBlock r, r_prev, r_at_check, col_sums;  // (K) double
   DeviceBlock r_rel;                            // (stride) float, padding 0
-  DeviceBlock potential;                        // (K) double G
+  DeviceBlock potential, potential_at_check;    // (K) double G, and G at the last check
   DeviceBlock potential_f;                      // (stride) float G, padding 0
   DeviceBlock row_shift, row_shift_new;         // (N) double M
   DeviceBlock state;                            // SinkhornDeviceState
@@ -699,9 +701,11 @@ SinkhornMemoryPlan SinkhornSolver::plan_for(std::int64_t n, std::int64_t k, bool
       static_cast<std::uint64_t>(plan.row_stride) * (4 * sizeof(double) + sizeof(float));
   plan.workspace_bytes = sinkhorn_workspace_bytes(n, plan.row_stride);
   if (options_.absorb) {
+    // Row shifts M (old and new), the column potentials G (and G at the last check), G as
+    // float32.
     plan.logits_bytes =
         static_cast<std::uint64_t>(n) * 2 * sizeof(double) +
-        static_cast<std::uint64_t>(plan.row_stride) * (sizeof(double) + sizeof(float));
+        static_cast<std::uint64_t>(plan.row_stride) * (2 * sizeof(double) + sizeof(float));
     if (keep_logits) {
       plan.logits_bytes +=
           static_cast<std::uint64_t>(n) * static_cast<std::uint64_t>(k) * sizeof(float);
@@ -974,13 +978,30 @@ void SinkhornSolver::run(SinkhornResult* result) {
   // Over-relaxation (options.over_relaxation = ω > 1): c ← c^(1−ω) c_new^ω, r likewise,
   // with a safeguard: when the stopping value grows from one check to the next (or stops
   // being finite), r goes back to its value at the previous check and ω to 1 for good.
+  // A diverging relaxed r is also what sets off absorptions (its range grows), so the check's
+  // r is kept with the column potentials G it was measured under: after an absorption, the
+  // restored r would be r_check / r_now in the new A's units, a range as wide as the
+  // divergence (seen: e^182, all rows of A r_rel lost in float32), so the safeguard then
+  // restores G too and folds r into A again before the next pass.
   double omega = options_.over_relaxation;
   double last_check_error = std::numeric_limits<double>::infinity();
   std::vector<double> r_at_check = b.r;
+  std::vector<double> potential_at_check;  // G at the check (set below, with G)
+  bool absorbed_since_check = false;
+  bool absorb_restored = false;  // the safeguard restored G: re-store A before the next pass
+  auto record_check = [&]() {
+    r_at_check = b.r;
+    potential_at_check = b.column_potential;
+    absorbed_since_check = false;
+  };
   auto stop_relaxation = [&](std::int64_t iteration) {
     omega = 1.0;  // the safeguard: back to the last good r, plain steps from now on
     result->over_relaxation_stopped_at = iteration;
     b.r = r_at_check;
+    if (absorbed_since_check) {
+      b.column_potential = potential_at_check;
+      absorb_restored = true;
+    }
   };
   // r is handed to the float32 kernels as r_rel = r / r_scale with r_scale the geometric
   // middle of r's range, so that r_rel spans at most e^±87 around 1 before it would leave
@@ -1003,6 +1024,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
                                        : static_cast<double>(sinkhorn_storage_floor<Store>());
   const double scale = static_cast<double>(sinkhorn_storage_scale<Store>());
   b.column_potential.assign(static_cast<std::size_t>(k), 0.0);
+  potential_at_check = b.column_potential;
   b.row_shift.clear();
   bool absorbed_last_iteration = false;
   const double absorb_above = sinkhorn_absorb_floor_share(options_.storage);
@@ -1037,7 +1059,6 @@ void SinkhornSolver::run(SinkhornResult* result) {
       b.column_potential_f[jj] = g;
       const double factor = std::exp(b.column_potential[jj] - static_cast<double>(g));
       b.r[jj] *= factor;  // ≈ e^top for every k: r is reset to a constant
-      r_at_check[jj] *= factor;
       b.column_potential[jj] = static_cast<double>(g);
     }
     b.row_shift_new.resize(static_cast<std::size_t>(n));
@@ -1053,6 +1074,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     b.row_shift.swap(b.row_shift_new);
     ++result->absorptions;
     result->last_absorption_at = iteration;
+    absorbed_since_check = true;
   };
   if (absorb) b.column_potential_f.assign(static_cast<std::size_t>(stride), 0.0f);
 
@@ -1060,7 +1082,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     if (absorb && iteration == 0 && warm) {
       // A warm r is kept: folded into A once where the floor would hide what it weighs.
       if (floored_share_bound(0) > absorb_above) {
-        absorb_scaling(0);  // rescales r_at_check (= the warm r) with r
+        absorb_scaling(0);  // r_at_check stays the warm r, under G = 0
         absorbed_last_iteration = true;
       }
     } else if (absorb && iteration == 0) {
@@ -1073,9 +1095,13 @@ void SinkhornSolver::run(SinkhornResult* result) {
         sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
                                     b.col_sums.data());
         update_r(&b.r, 0);
-        r_at_check = b.r;
+        record_check();
         absorbed_last_iteration = true;
       }
+    } else if (absorb_restored) {
+      absorb_scaling(iteration);  // the safeguard's restored (G, r) folded into A
+      absorb_restored = false;
+      absorbed_last_iteration = true;
     } else if (absorb) {
       // Never twice in a row: right after an absorption the bound is K·floor/scale, so a
       // second one could not help (an extreme K with f16), and would only cost time.
@@ -1121,7 +1147,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     if (measure) {
       result->stop_error = change;
       last_check_error = change;
-      r_at_check = b.r;
+      record_check();
       if (change <= options_.tol) {
         result->converged = true;
         break;
@@ -1145,6 +1171,9 @@ void SinkhornSolver::run(SinkhornResult* result) {
     }
     b.r.swap(b.r_next);
   }
+  // A safeguard stop at the cap restored G without a pass after it: A from G, as the labels
+  // below read A with r.
+  if (absorb_restored) absorb_scaling(result->iterations);
   // Column marginal of (c_t, r_t): K r_t,k (Aᵀ c_t)_k − 1.
   for (std::int64_t j = 0; j < k; ++j) {
     result->col_marginal_error =
@@ -1194,7 +1223,8 @@ void SinkhornSolver::open_device_head(const SinkhornMemoryPlan& memory, const st
   d.c.ensure(n * 8, "c");
   d.row_log_mass.ensure(n * 4, "row log-masses");
   d.labels.ensure(n * 8, "labels");
-  for (DeviceBlock* vector : {&d.r, &d.r_prev, &d.r_at_check, &d.col_sums, &d.potential})
+  for (DeviceBlock* vector :
+       {&d.r, &d.r_prev, &d.r_at_check, &d.col_sums, &d.potential, &d.potential_at_check})
     vector->ensure(k * 8, "r");
   d.r_rel.ensure(stride * 4, "r_rel");
   d.potential_f.ensure(stride * 4, "r");
@@ -1409,6 +1439,8 @@ void SinkhornSolver::run_device(SinkhornResult* result) {
         if (seen.status == kc::kSinkhornHalted) {
           absorb_scaling(seen.halted_at);
           kc::sinkhorn_control_resume(params, v, state, stream);
+          // The safeguard's restoring absorption can come at the cap: then no pass is left.
+          finished = seen.halted_at >= cap;
           next = seen.halted_at;
           pending = -1;
           continue;

@@ -844,7 +844,9 @@ __global__ void __launch_bounds__(kControlThreads)
     const double r = inv_k / v.col_sums[j];
     v.r[j] = r;
     v.r_at_check[j] = r;
+    if (params.absorb) v.potential_at_check[j] = v.column_potential[j];
   }
+  if (threadIdx.x == 0) state->absorbed_since_check = 0;
   __syncthreads();
   const double bound = floored_share_bound(params, v, 0.0, 0);
   if (threadIdx.x == 0) state->bound = bound;
@@ -865,8 +867,30 @@ __global__ void __launch_bounds__(kControlThreads)
   const double last_check_error = state->last_check_error;
   const int absorbed_last = state->absorbed_last;
   const double c_max = state->pass.c_max;
+  int absorbed_since_check = state->absorbed_since_check;
   __syncthreads();
   const bool lead = threadIdx.x == 0;
+  // The safeguard: back to the r of the last check, plain steps from now on. After an
+  // absorption since that check, G goes back too, and the host stores A from it again
+  // (kSinkhornHalted) before the next pass: in the new A's units the checked r would be
+  // r_check / r_now, as wide a range as the divergence that set off the absorption
+  // (sinkhorn.cpp, where the CPU solver does the same). Returns true when halted for that.
+  auto stop_relaxation = [&]() {
+    if (lead) {
+      state->omega = 1.0;
+      state->omega_stopped_at = iteration;
+    }
+    for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
+      v.r[j] = v.r_at_check[j];
+      if (absorbed_since_check) v.column_potential[j] = v.potential_at_check[j];
+    }
+    if (!absorbed_since_check) return false;
+    if (lead) {
+      state->status = kSinkhornHalted;
+      state->halted_at = iteration + 1;
+    }
+    return true;
+  };
 
   if (omega != 1.0) {
     // A diverging relaxed iteration leaves float32's or float64's range: caught as NaN.
@@ -888,12 +912,7 @@ __global__ void __launch_bounds__(kControlThreads)
   if (lead) state->iterations = iterations;
   bool update = true;
   if (omega != 1.0 && (measured || !isfinite(change)) && !(change < last_check_error)) {
-    // The safeguard: back to the r of the last check, plain steps from now on.
-    if (lead) {
-      state->omega = 1.0;
-      state->omega_stopped_at = iteration;
-    }
-    for (long long j = threadIdx.x; j < params.k; j += blockDim.x) v.r[j] = v.r_at_check[j];
+    if (stop_relaxation()) return;
     if (iterations >= params.max_iters) {
       if (lead) state->status = kSinkhornCapReached;
       return;
@@ -906,7 +925,12 @@ __global__ void __launch_bounds__(kControlThreads)
         state->stop_error = change;
         state->last_check_error = change;
       }
-      for (long long j = threadIdx.x; j < params.k; j += blockDim.x) v.r_at_check[j] = v.r[j];
+      for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
+        v.r_at_check[j] = v.r[j];
+        if (params.absorb) v.potential_at_check[j] = v.column_potential[j];
+      }
+      if (lead) state->absorbed_since_check = 0;
+      absorbed_since_check = 0;
       if (change <= params.tol) {
         if (lead) state->status = kSinkhornConverged;
         return;
@@ -923,11 +947,26 @@ __global__ void __launch_bounds__(kControlThreads)
       return;
     }
     const double inv_k = 1.0 / static_cast<double>(params.k);
-    for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
-      double r_new = inv_k / v.col_sums[j];
-      if (omega != 1.0) r_new *= relaxation_factor(v.r[j], r_new, omega);
-      v.r_prev[j] = v.r[j];
-      v.r[j] = r_new;
+    // A diverging relaxed r can also leave float64's range between two checks (the CPU
+    // solver's range test): then the safeguard, before r is overwritten.
+    double out_of_range = 0.0;
+    if (omega != 1.0) {
+      for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
+        const double plain = inv_k / v.col_sums[j];
+        const double r_new = plain * relaxation_factor(v.r[j], plain, omega);
+        if (!(r_new > 0.0) || !isfinite(r_new)) out_of_range = 1.0;
+      }
+      out_of_range = control_max(out_of_range);
+    }
+    if (out_of_range > 0.0) {
+      if (stop_relaxation()) return;
+    } else {
+      for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
+        double r_new = inv_k / v.col_sums[j];
+        if (omega != 1.0) r_new *= relaxation_factor(v.r[j], r_new, omega);
+        v.r_prev[j] = v.r[j];
+        v.r[j] = r_new;
+      }
     }
   }
   __syncthreads();
@@ -955,6 +994,7 @@ __global__ void __launch_bounds__(kControlThreads)
   if (threadIdx.x == 0) {
     state->status = kSinkhornRunning;
     state->absorbed_last = 1;
+    state->absorbed_since_check = 1;
     state->halted_at = -1;
   }
   set_relative(params, v, state);
@@ -981,8 +1021,7 @@ __global__ void __launch_bounds__(kControlThreads)
     const float g = static_cast<float>(v.column_potential[j] + log(v.r[j]) - top);
     v.column_potential_f[j] = g;
     const double factor = exp(v.column_potential[j] - static_cast<double>(g));
-    v.r[j] *= factor;
-    v.r_at_check[j] *= factor;
+    v.r[j] *= factor;  // r_at_check stays in the units of potential_at_check
     v.column_potential[j] = static_cast<double>(g);
   }
 }

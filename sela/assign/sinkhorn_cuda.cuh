@@ -65,7 +65,8 @@ enum SinkhornRunStatus : int {
   kSinkhornConverged = 1,  // the stopping rule was met
   kSinkhornCapReached = 2,
   kSinkhornFailed = 3,  // see error_kind
-  kSinkhornHalted = 4,  // absorption wanted before iteration halted_at: the host acts
+  kSinkhornHalted = 4,  // absorption wanted before iteration halted_at: the host acts (also
+                        // after the safeguard restored G: A must be stored from it again)
 };
 
 enum SinkhornErrorKind : int {
@@ -78,7 +79,7 @@ struct SinkhornDeviceState {
   int status = kSinkhornRunning;
   int error_kind = kSinkhornNoError;
   int absorbed_last = 0;  // absorption happened right before the last pass
-  int padding = 0;
+  int absorbed_since_check = 0;  // an absorption since r_at_check was taken (the safeguard)
   long long error_iteration = -1;
   long long error_index = -1;  // column (kSinkhornBadColumn) or row count (kSinkhornBadRows)
   double error_value = 0.0;
@@ -100,6 +101,7 @@ struct SinkhornDeviceVectors {
   double* r = nullptr;                  // the r of the next pass
   double* r_prev = nullptr;             // the r of the last pass (absorption bound)
   double* r_at_check = nullptr;         // r at the last check (over-relaxation safeguard)
+  double* potential_at_check = nullptr; // G at the last check (absorption and the safeguard)
   double* col_sums = nullptr;           // s_k of the last pass (scaled: Σ_i A_ik c_i)
   float* r_rel = nullptr;               // (stride) r / r_scale in float32, padding 0
   double* column_potential = nullptr;   // G (absorption)

@@ -1,5 +1,11 @@
-// Random logits for the Sinkhorn tests (CPU reference, fast path, kernels, CUDA twins):
-// i.i.d. N(0, spread²), row-major (N, K), reproducible from the seed.
+// Random logits for the Sinkhorn tests (CPU reference, fast path, kernels, CUDA twins),
+// row-major (N, K), reproducible from the seed:
+//   random_logits     i.i.d. N(0, spread²);
+//   clustered_logits  a network's logits in miniature: samples around K/3 latent centres in
+//                     16 dimensions (within-centre noise `noise`), mapped to K logits by a
+//                     random linear map, plus a per-column bias N(0, bias²) that makes some
+//                     clusters far more popular than others (as a head's logits early in
+//                     training). Large biases make over-relaxed Sinkhorn diverge.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +20,36 @@ inline std::vector<float> random_logits(std::int64_t n, std::int64_t k, float sp
   std::normal_distribution<float> normal(0.0f, spread);
   std::vector<float> z(static_cast<std::size_t>(n * k));
   for (float& v : z) v = normal(gen);
+  return z;
+}
+
+inline std::vector<float> clustered_logits(std::int64_t n, std::int64_t k, double noise,
+                                           double bias, std::uint32_t seed) {
+  constexpr std::int64_t kLatent = 16;
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const std::int64_t centres = k > 30 ? k / 3 : k;
+  std::vector<double> centre(static_cast<std::size_t>(centres * kLatent));
+  for (double& v : centre) v = normal(gen);
+  std::vector<double> map(static_cast<std::size_t>(kLatent * k));  // (16, K)
+  for (double& v : map) v = normal(gen) / 4.0;
+  std::vector<double> column_bias(static_cast<std::size_t>(k));
+  for (double& v : column_bias) v = bias * normal(gen);
+  std::uniform_int_distribution<std::int64_t> pick(0, centres - 1);
+  std::vector<float> z(static_cast<std::size_t>(n * k));
+  std::vector<double> latent(kLatent);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t c = pick(gen);
+    for (std::int64_t d = 0; d < kLatent; ++d)
+      latent[static_cast<std::size_t>(d)] =
+          centre[static_cast<std::size_t>(c * kLatent + d)] + noise * normal(gen);
+    for (std::int64_t j = 0; j < k; ++j) {
+      double v = column_bias[static_cast<std::size_t>(j)];
+      for (std::int64_t d = 0; d < kLatent; ++d)
+        v += latent[static_cast<std::size_t>(d)] * map[static_cast<std::size_t>(d * k + j)];
+      z[static_cast<std::size_t>(i * k + j)] = static_cast<float>(v);
+    }
+  }
   return z;
 }
 

@@ -530,6 +530,51 @@ TEST_CASE("over-relaxation whose r leaves float64's range between two checks: pl
   }
 }
 
+TEST_CASE("over-relaxation diverging through absorptions: the safeguard restores the checked "
+          "potentials too, the reference's answer") {
+  // A diverging relaxed r widens its range, which sets off absorptions (every other pass
+  // here); when the safeguard then went back to the checked r, that r was rescaled into the
+  // new A's units, r_check / r_now, a range as wide as the divergence (e^182 in one case),
+  // and the next plain pass lost every row: "N rows lost all their mass". Seen on a GPU run
+  // (K = 300, omega 1.8, cold start); the cases below are from a scan of clustered logits
+  // (biases 2-6, seeds 1-30, omega 1.8-1.9): each threw that Error before the fix (checked
+  // by reverting it), none of the 1,080 solves of the scan does after.
+  struct Case {
+    std::int64_t n;
+    double noise, bias, omega;
+    std::uint32_t seed;
+  };
+  for (const Case& c : {Case{2000, 1.0, 2.0, 1.9, 3}, Case{4000, 1.0, 4.0, 1.9, 4},
+                        Case{6000, 2.0, 6.0, 1.85, 22}}) {
+    const std::int64_t k = 300;
+    CAPTURE(c.n);
+    CAPTURE(c.seed);
+    const auto z = sela::test::clustered_logits(c.n, k, c.noise, c.bias, c.seed);
+    std::ostringstream log;
+    SinkhornOptions options = quiet_options(&log);
+    options.lambda = 10.0;
+    options.tol = 0.01;  // a tenth of the default, so that both marginals are within 1e-3
+    options.max_iters = 20000;
+    const SinkhornResult ref = sinkhorn_reference(z.data(), c.n, k, options);
+    REQUIRE(ref.converged);
+    options.over_relaxation = c.omega;
+    SinkhornSolver solver(options);
+    const SinkhornResult result = solver.solve(z.data(), c.n, k, "h0");
+    MESSAGE("N " << c.n << ": stopped at " << result.over_relaxation_stopped_at << ", "
+                 << result.absorptions << " absorptions, " << result.iterations
+                 << " iterations (reference " << ref.iterations << "), column marginal error "
+                 << result.col_marginal_error << " (reference " << ref.col_marginal_error << ")");
+    CHECK(result.converged);
+    CHECK(result.over_relaxation_stopped_at >= 0);
+    CHECK(result.absorptions >= 2);  // the divergence's absorptions, then the restoring one
+    const Comparison cmp = compare(z, c.n, k, options.lambda, result, ref, 0.02);
+    CHECK(cmp.clear_rows * 2 >= c.n);
+    CHECK(cmp.clear_agree * 1000 >= cmp.clear_rows * 999);
+    CHECK(result.col_marginal_error <= 1e-3);
+    CHECK(result.row_marginal_error <= 1e-3);
+  }
+}
+
 namespace {
 
 // N(0, 1) logits plus `lean` on one cluster per sample, drawn with weights decay^j.

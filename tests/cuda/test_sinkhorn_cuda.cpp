@@ -42,6 +42,7 @@ using sela::test::poisoned;
 using sela::test::TestStream;
 using sela::test::Tolerance;
 
+using sela::test::clustered_logits;
 using sela::test::random_logits;
 
 // Confident, unbalanced logits like a trained network's (tools/bench/sinkhorn_numpy.py
@@ -567,9 +568,9 @@ SELA_CUDA_TEST("over-relaxation and absorption follow the CPU path", test_relaxa
 SELA_CUDA_TEST("over-relaxation whose r leaves float64's range between checks follows the CPU",
                test_relaxation_out_of_range) {
   // The CPU case of tests/assign/test_sinkhorn.cpp: at omega 1.95 the relaxed r underflows a
-  // few passes after a check; the CPU path returns to the last checked r (a range test on
-  // every relaxed r), the device control kernel catches the same divergence as NaN column
-  // sums. Both must end on the same answer, and the GPU must say that it stopped omega.
+  // few passes after a check; both paths return to the last checked r (the same range test
+  // on every relaxed r, in the control kernel on the device). Both must end on the same
+  // answer, and the GPU must say that it stopped omega.
   std::ostringstream log;
   const std::int64_t n = 10000, k = 300;
   const auto z = random_logits(n, k, 3.0f, 78);
@@ -582,6 +583,38 @@ SELA_CUDA_TEST("over-relaxation whose r leaves float64's range between checks fo
     const SinkhornResult got = gpu.solve(z.data(), n, k, "h");
     CHECK(got.converged);
     CHECK(got.over_relaxation_stopped_at >= 0);
+  }
+}
+
+SELA_CUDA_TEST("over-relaxation diverging through absorptions: the safeguard restores G and "
+               "follows the CPU",
+               test_relaxation_restores_potentials) {
+  // The CPU cases of tests/assign/test_sinkhorn.cpp ("restores the checked potentials too"):
+  // a diverging relaxed r sets off absorptions, then the safeguard returns to the checked r
+  // and G and has A stored from them again (kSinkhornHalted). Before that, the restored r
+  // was rescaled into the diverged A's units, and a full-width GPU run (K = 300, omega 1.8)
+  // failed with "60000 rows lost all their mass".
+  std::ostringstream log;
+  struct Case {
+    std::int64_t n;
+    double noise, bias, omega;
+    std::uint32_t seed;
+  };
+  for (const Case& c : {Case{2000, 1.0, 2.0, 1.9, 3}, Case{4000, 1.0, 4.0, 1.9, 4},
+                        Case{6000, 2.0, 6.0, 1.85, 22}}) {
+    const std::int64_t k = 300;
+    const auto z = clustered_logits(c.n, k, c.noise, c.bias, c.seed);
+    SinkhornOptions options = quiet(&log, SinkhornStorage::bf16, 10.0);
+    options.tol = 0.01;
+    options.max_iters = 20000;
+    options.over_relaxation = c.omega;
+    compare_solves(z, c.n, k, options, "clustered logits, N " + std::to_string(c.n));
+    options.device = sela::Device::cuda(0);
+    SinkhornSolver gpu(options);
+    const SinkhornResult got = gpu.solve(z.data(), c.n, k, "h");
+    CHECK(got.converged);
+    CHECK(got.over_relaxation_stopped_at >= 0);
+    CHECK(got.absorptions >= 2);
   }
 }
 
