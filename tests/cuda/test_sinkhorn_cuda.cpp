@@ -451,8 +451,10 @@ double log_spread(const std::vector<double>& x, const std::vector<double>& y) {
   return worst;
 }
 
+// spread_factor widens the bound on r and c after the same passes (below) for sequences that
+// amplify the devices' rounding differences (a diverging over-relaxed start).
 void compare_solves(const std::vector<float>& z, std::int64_t n, std::int64_t k,
-                    SinkhornOptions options, const std::string& tag) {
+                    SinkhornOptions options, const std::string& tag, double spread_factor = 1.0) {
   INFO(tag);
   SinkhornSolver cpu(options);
   const SinkhornResult want = cpu.solve(z.data(), n, k, "h");
@@ -500,7 +502,7 @@ void compare_solves(const std::vector<float>& z, std::int64_t n, std::int64_t k,
     // 4.5e-3 at λ = 25 (with identical labels and marginals equal to 5 digits), under 1e-3
     // at λ ≤ 10. Bound: 1e-3 up to λ = 2.5, growing with λ to 1e-2 at λ = 25. A wrong
     // kernel moves r or c by O(1).
-    const double spread_bound = 1e-3 * std::max(1.0, options.lambda / 2.5);
+    const double spread_bound = spread_factor * 1e-3 * std::max(1.0, options.lambda / 2.5);
     CHECK(log_spread(got.r, want.r) <= spread_bound);
     CHECK(log_spread(got.c, want.c) <= spread_bound);
   }
@@ -608,7 +610,12 @@ SELA_CUDA_TEST("over-relaxation diverging through absorptions: the safeguard res
     options.tol = 0.01;
     options.max_iters = 20000;
     options.over_relaxation = c.omega;
-    compare_solves(z, c.n, k, options, "clustered logits, N " + std::to_string(c.n));
+    // The relaxed passes before the safeguard diverge, and amplify the devices' rounding
+    // differences on the way: an H200 took the same passes and absorptions as the CPU, equal
+    // labels and column marginal errors equal to 3 digits, but c spread 5.6e-3 to 7.4e-3 from
+    // the CPU's (r within the usual 4e-3 at lambda 10). Bound 2e-2; a wrong restore moves
+    // them by O(1) or loses rows.
+    compare_solves(z, c.n, k, options, "clustered logits, N " + std::to_string(c.n), 5.0);
     options.device = sela::Device::cuda(0);
     SinkhornSolver gpu(options);
     const SinkhornResult got = gpu.solve(z.data(), c.n, k, "h");
