@@ -88,8 +88,9 @@ struct TrainConfig {
   // a few samples in 60,000 (docs/perf.md); at K = 10 it is no slower.
   std::string storage = "bf16";
   // Start each head's Sinkhorn solve from its previous label step's column scaling
-  // (sinkhorn.h, "Warm start"): auto (on for a CPU run; the GPU solver has no warm start
-  // yet) | on | off (every solve from the reference's start).
+  // (sinkhorn.h, "Warm start"): auto (on for a CPU run; off on a GPU, where the solver's
+  // warm start is new and not yet measured in a run) | on | off (every solve from the
+  // reference's start).
   std::string sinkhorn_warm_start = "auto";
   std::string device = "auto";  // auto (a GPU when present, else cpu) | cpu | cuda[:N]
   // GPU: run each training step as a replay of a captured CUDA graph (engine/cuda_graph.h);

@@ -26,7 +26,7 @@
 // and reports floor_ratio = ms_per_iter / (N·K·element bytes / copy_gbps): how far one
 // pass is from the time needed to read A once at the copy's rate (the goal: ≤ 1.25).
 //
-// --warm-from EARLIER.npy (CPU): the logits of an earlier label step of the same head (same
+// --warm-from EARLIER.npy (CPU or GPU): the logits of an earlier label step of the same head (same
 // N and K). They are solved first, from the reference's start (not timed; its iteration
 // count is printed), and every timed solve then starts from that answer's r
 // (SinkhornSolver::warm_start), as `sela train --sinkhorn-warm-start on` does.
@@ -166,7 +166,7 @@ int run_bench_sinkhorn(const Args& args) {
   flags.add("save-logits", "", "write the logits used (float32, N x K) to this .npy file");
   flags.add("repeat", "1", "solve this many times and report the median");
   flags.add("warm-from", "",
-            "CPU: solve these earlier logits of the same head (.npy, N x K) first and start "
+            "solve these earlier logits of the same head (.npy, N x K) first and start "
             "every timed solve from that answer's column scaling (a warm start)");
   flags.add("verbose", "0", "1: print the memory plan and a summary per solve");
   flags.add_switch("reference",
@@ -296,8 +296,6 @@ int run_bench_sinkhorn(const Args& args) {
   std::int64_t warm_from_iterations = -1;
   if (!flags.get("warm-from").empty()) {
     const std::string path = flags.get("warm-from");
-    SELA_CHECK(!on_device, "sela bench sinkhorn",
-               "--warm-from: the GPU solver has no warm start; use --device cpu");
     std::vector<std::int64_t> shape;
     const std::vector<float> earlier = assign::read_npy_f32(path, &shape);
     SELA_CHECK(shape.size() == 2 && shape[0] == n && shape[1] == k, "sela bench sinkhorn",

@@ -87,8 +87,8 @@ int run_train(const Args& args) {
   flags.add("sinkhorn-storage", defaults.storage, "storage of the transport matrix: f32 | f16 | bf16");
   flags.add("sinkhorn-warm-start", defaults.sinkhorn_warm_start,
             "start each head's solve from its previous label step's column scaling (far fewer "
-            "iterations, the same stopping rule): auto (on for a CPU run; the GPU solver has "
-            "no warm start yet) | on | off");
+            "iterations, the same stopping rule): auto (on for a CPU run, off on a GPU until "
+            "measured there) | on | off");
   flags.add("device", defaults.device,
             "auto (the first GPU when this build has CUDA and the machine a GPU, else cpu) | "
             "cpu | cuda[:N]");

@@ -952,23 +952,7 @@ void SinkhornSolver::run(SinkhornResult* result) {
     }
   };
   if (warm) {
-    // r up to a constant factor: centred on 1 (geometric middle of its range).
-    const auto [r_min_at, r_max_at] =
-        std::minmax_element(head_warm_r_.begin(), head_warm_r_.end());
-    const double middle = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
-    // Without absorption r reaches the kernels as float32 around that middle (set_r_rel).
-    if (!absorb && std::log(*r_max_at) - std::log(*r_min_at) > 160.0) {
-      head_warm_r_.clear();
-      SELA_FAIL_HINT("sinkhorn",
-                     "head '" << head_ << "': the warm start's r spans e^"
-                              << std::log(*r_max_at) - std::log(*r_min_at)
-                              << ", beyond float32's range, and absorption is off",
-                     "enable absorption (options.absorb) or start cold");
-    }
-    for (std::int64_t j = 0; j < k; ++j) {
-      b.r[static_cast<std::size_t>(j)] = head_warm_r_[static_cast<std::size_t>(j)] / middle;
-    }
-    head_warm_r_.clear();
+    b.r = take_warm_r(absorb);
   } else {
     sinkhorn_column_sums<Store>(a, n, k, stride, b.c.data(), workspace, workspace_bytes,
                                 b.col_sums.data());
@@ -1370,6 +1354,10 @@ void SinkhornSolver::run_device(SinkhornResult* result) {
     result->last_absorption_at = iteration;
   };
 
+  // A warm start (warm_start()) begins from the given r, as on the CPU (run): c_0 is then a
+  // placeholder that the first pass, plain and not measured, replaces.
+  const bool warm = !head_warm_r_.empty();
+  result->warm_started = warm;
   iterate_start.record(stream);
   // c_0 = 1/N in the reference's row scaling, r_1 from the column sums of A with c_0.
   const double c0_factor =
@@ -1385,18 +1373,32 @@ void SinkhornSolver::run_device(SinkhornResult* result) {
   // r_prev is read by the absorption bound before any update has written it when the
   // over-relaxation safeguard fires at the first check: 0, as the CPU's r_next starts.
   SELA_CUDA_CHECK(cudaMemsetAsync(v.r_prev, 0, static_cast<std::size_t>(k) * 8, stream));
-  kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
-                                  stream);
-  kc::sinkhorn_control_start(params, true, v, state, stream);
+  if (warm) {
+    // (A copy from pageable memory returns once the source has been read.)
+    const std::vector<double> warm_r = take_warm_r(absorb);
+    SELA_CUDA_CHECK(cudaMemcpyAsync(v.r, warm_r.data(), static_cast<std::size_t>(k) * 8,
+                                    cudaMemcpyHostToDevice, stream));
+  } else {
+    kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
+                                    stream);
+  }
+  kc::sinkhorn_control_start(params, true, warm, v, state, stream);
   State current = read_state();
   check_failed(current);
+  // As the CPU: a warm r is folded into A once where the floor would hide what it weighs
+  // (r_at_check stays the warm r, under G = 0).
+  if (warm && absorb && current.bound > params.absorb_above) {
+    absorb_scaling(0);
+    kc::sinkhorn_control_resume(params, v, state, stream);
+  }
   // As the CPU: where A misses floored entries before the first pass, absorb and compute r_1
   // again from the new A (a few rounds).
-  for (int round = 0; absorb && round < 4 && current.bound > params.absorb_above; ++round) {
+  for (int round = 0; absorb && !warm && round < 4 && current.bound > params.absorb_above;
+       ++round) {
     absorb_scaling(0);
     kc::sinkhorn_column_sums<Store>(a, n, k, stride, c, workspace, workspace_bytes, v.col_sums,
                                     stream);
-    kc::sinkhorn_control_start(params, false, v, state, stream);
+    kc::sinkhorn_control_start(params, false, false, v, state, stream);
     current = read_state();
     check_failed(current);
   }
@@ -1409,7 +1411,7 @@ void SinkhornSolver::run_device(SinkhornResult* result) {
                                   ? first
                                   : std::min(cap - 1, (first / check_every + 1) * check_every);
     for (std::int64_t t = first; t <= last; ++t) {
-      const bool measure = t % check_every == 0;
+      const bool measure = t % check_every == 0 && !(warm && t == 0);
       kc::sinkhorn_pass<Store>(a, n, k, stride, n, v.r_rel, &state->r_scale, &state->omega, c,
                                v.col_sums, measure, workspace, workspace_bytes, &state->pass,
                                &state->status, stream);
@@ -1515,6 +1517,24 @@ SinkhornResult SinkhornSolver::finish(SinkhornResult* result) const {
   return std::move(*result);
 }
 
+std::vector<double> SinkhornSolver::take_warm_r(bool absorb) {
+  std::vector<double> r = std::move(head_warm_r_);
+  head_warm_r_.clear();
+  // r up to a constant factor: centred on 1 (geometric middle of its range).
+  const auto [r_min_at, r_max_at] = std::minmax_element(r.begin(), r.end());
+  const double middle = std::sqrt(*r_max_at) * std::sqrt(*r_min_at);
+  // Without absorption r reaches the kernels as float32 around that middle (set_r_rel).
+  if (!absorb && std::log(*r_max_at) - std::log(*r_min_at) > 160.0) {
+    SELA_FAIL_HINT("sinkhorn",
+                   "head '" << head_ << "': the warm start's r spans e^"
+                            << std::log(*r_max_at) - std::log(*r_min_at)
+                            << ", beyond float32's range, and absorption is off",
+                   "enable absorption (options.absorb) or start cold");
+  }
+  for (double& value : r) value /= middle;
+  return r;
+}
+
 void SinkhornSolver::warm_start(std::vector<double> r) {
   // Between begin_head and solve it is for the open head, else for the next one opened.
   std::vector<double>& pending = head_open_ ? head_warm_r_ : warm_r_;
@@ -1534,19 +1554,13 @@ SinkhornResult SinkhornSolver::solve() {
              "solve before begin_head (or after a failed append or a solve)");
   if (!head_warm_r_.empty()) {
     const std::size_t given = head_warm_r_.size();
-    if (given != static_cast<std::size_t>(k_) || options_.device.is_cuda()) {
+    if (given != static_cast<std::size_t>(k_)) {
       head_warm_r_.clear();
       head_open_ = false;
-      if (given != static_cast<std::size_t>(k_)) {
-        SELA_FAIL_HINT("sinkhorn",
-                       "head '" << head_ << "': warm start r has " << given
-                                << " values, the head has K = " << k_ << " clusters",
-                       "warm-start a head only from a previous result of the same K");
-      }
       SELA_FAIL_HINT("sinkhorn",
-                     "head '" << head_ << "': a warm start is implemented on the CPU only, the "
-                              << "solver runs on " << options_.device.str(),
-                     "solve without warm_start() on a GPU");
+                     "head '" << head_ << "': warm start r has " << given
+                              << " values, the head has K = " << k_ << " clusters",
+                     "warm-start a head only from a previous result of the same K");
     }
   }
   SELA_CHECK(

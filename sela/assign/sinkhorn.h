@@ -63,7 +63,7 @@
 // marginals follow the CPU fast path up to float32 summation order; results are
 // bit-identical between runs on the same GPU (sinkhorn_cuda.cuh says why).
 //
-// Warm start (CPU path): warm_start(r) before a solve makes it start from a column scaling
+// Warm start: warm_start(r) before a solve makes it start from a column scaling
 // r (K values, e.g. the previous label step's result.r for the same head) instead of the
 // reference's start: r is taken as given (folded into A by absorption where its range needs
 // it), the first pass computes c from it without over-relaxation, and the iteration and its
@@ -236,8 +236,8 @@ class SinkhornSolver {
 
   // The next solve starts from column scaling r (K positive finite values, in the units of
   // result.r: a previous result of the same K and storage) instead of the reference's start;
-  // consumed by that solve (see "Warm start" above). CPU only: a solve on a GPU with a warm
-  // start pending is an Error. An empty r cancels it.
+  // consumed by that solve (see "Warm start" above), on the CPU and on a GPU alike. An empty
+  // r cancels it.
   void warm_start(std::vector<double> r);
 
  private:
@@ -260,6 +260,10 @@ class SinkhornSolver {
   void run_device(SinkhornResult* result);
   // Times, cluster sizes, warnings and the summary line, shared by the host and device paths.
   SinkhornResult finish(SinkhornResult* result) const;
+  // The open head's warm-start r, centred on 1 (divided by the geometric middle of its
+  // range), taken (head_warm_r_ is cleared); an Error without absorption when r spans more
+  // than float32 can hold. Shared by the host and device paths.
+  std::vector<double> take_warm_r(bool absorb);
 
   SinkhornOptions options_;
   std::unique_ptr<Buffers> buffers_;

@@ -819,31 +819,34 @@ __device__ long long first_bad_column(const SinkhornControlParams& params, const
 }
 
 __global__ void __launch_bounds__(kControlThreads)
-    control_start_kernel(SinkhornControlParams params, bool initialise, SinkhornDeviceVectors v,
-                         SinkhornDeviceState* state) {
+    control_start_kernel(SinkhornControlParams params, bool initialise, bool warm,
+                         SinkhornDeviceVectors v, SinkhornDeviceState* state) {
   if (!initialise && state->status == kSinkhornFailed) return;
   __syncthreads();
   if (threadIdx.x == 0) {
     if (initialise) {
       *state = SinkhornDeviceState{};
-      state->omega = params.omega;
+      state->omega = warm ? 1.0 : params.omega;
+      state->warm_first = warm ? 1 : 0;
       state->last_check_error = INFINITY;
+      if (warm) state->stop_error = NAN;
     } else {
       state->status = kSinkhornRunning;
       state->absorbed_last = 1;
       state->halted_at = -1;
     }
   }
-  const long long bad = first_bad_column(params, v.col_sums);
-  if (bad != LLONG_MAX) {
-    if (threadIdx.x == 0) fail_state(state, kSinkhornBadColumn, 0, bad, v.col_sums[bad]);
-    return;
+  if (!warm) {
+    const long long bad = first_bad_column(params, v.col_sums);
+    if (bad != LLONG_MAX) {
+      if (threadIdx.x == 0) fail_state(state, kSinkhornBadColumn, 0, bad, v.col_sums[bad]);
+      return;
+    }
   }
   const double inv_k = 1.0 / static_cast<double>(params.k);
   for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {
-    const double r = inv_k / v.col_sums[j];
-    v.r[j] = r;
-    v.r_at_check[j] = r;
+    if (!warm) v.r[j] = inv_k / v.col_sums[j];
+    v.r_at_check[j] = v.r[j];
     if (params.absorb) v.potential_at_check[j] = v.column_potential[j];
   }
   if (threadIdx.x == 0) state->absorbed_since_check = 0;
@@ -863,13 +866,20 @@ __global__ void __launch_bounds__(kControlThreads)
   // Everything read from the state before thread 0 writes to it.
   double change = state->pass.change;
   long long bad = state->pass.bad_rows;
-  const double omega = state->omega;
+  double omega = state->omega;
   const double last_check_error = state->last_check_error;
   const int absorbed_last = state->absorbed_last;
+  // After a warm start's plain first pass: ω from here on (the CPU relaxes r at iteration 0).
+  const int warm_first = state->warm_first;
+  if (warm_first) omega = params.omega;
   const double c_max = state->pass.c_max;
   int absorbed_since_check = state->absorbed_since_check;
   __syncthreads();
   const bool lead = threadIdx.x == 0;
+  if (warm_first && lead) {
+    state->warm_first = 0;
+    state->omega = omega;
+  }
   // The safeguard: back to the r of the last check, plain steps from now on. After an
   // absorption since that check, G goes back too, and the host stores A from it again
   // (kSinkhornHalted) before the next pass: in the new A's units the checked r would be
@@ -1426,10 +1436,11 @@ void sinkhorn_start_c(const float* row_log_mass, std::int64_t n, double lambda, 
   SELA_CUDA_CHECK_LAUNCH("sinkhorn_start_c");
 }
 
-void sinkhorn_control_start(const SinkhornControlParams& params, bool initialise,
+void sinkhorn_control_start(const SinkhornControlParams& params, bool initialise, bool warm,
                             SinkhornDeviceVectors vectors, SinkhornDeviceState* state,
                             cudaStream_t stream) {
-  control_start_kernel<<<1, kControlThreads, 0, stream>>>(params, initialise, vectors, state);
+  control_start_kernel<<<1, kControlThreads, 0, stream>>>(params, initialise, warm, vectors,
+                                                          state);
   SELA_CUDA_CHECK_LAUNCH("sinkhorn_control_start");
 }
 

@@ -80,6 +80,8 @@ struct SinkhornDeviceState {
   int error_kind = kSinkhornNoError;
   int absorbed_last = 0;  // absorption happened right before the last pass
   int absorbed_since_check = 0;  // an absorption since r_at_check was taken (the safeguard)
+  int warm_first = 0;  // a warm start's first pass is plain (omega 1): ω from the next one
+  int padding = 0;
   long long error_iteration = -1;
   long long error_index = -1;  // column (kSinkhornBadColumn) or row count (kSinkhornBadRows)
   double error_value = 0.0;
@@ -180,8 +182,10 @@ void sinkhorn_start_c(const float* row_log_mass, std::int64_t n, double lambda, 
 // After column sums with c_0: r = (1/K)/s (an out-of-range sum fails the state), r_at_check
 // = r, the iteration-0 absorption bound, r_scale and r_rel. `initialise` resets the state
 // (first call of a solve, with params.omega); otherwise it marks an absorption round
-// (absorbed_last = 1).
-void sinkhorn_control_start(const SinkhornControlParams& params, bool initialise,
+// (absorbed_last = 1). `warm`: r already holds a warm start's scaling (copied in by the
+// host; the column sums are not read): the state is reset, the first pass will be plain
+// (warm_first) and the stopping value is NaN until the first check, as on the CPU.
+void sinkhorn_control_start(const SinkhornControlParams& params, bool initialise, bool warm,
                             SinkhornDeviceVectors vectors, SinkhornDeviceState* state,
                             cudaStream_t stream);
 
@@ -192,7 +196,8 @@ void sinkhorn_control_step(const SinkhornControlParams& params, std::int64_t ite
                            cudaStream_t stream);
 
 // Absorption, part 1 (before re-storing A with sinkhorn_store_rows_absorbed): G ← float32(G +
-// log r − max), r and r_at_check multiplied by e^{G_old − G_new}, column_potential_f set.
+// log r − max), r multiplied by e^{G_old − G_new}, column_potential_f set (r_at_check stays
+// in the units of potential_at_check).
 void sinkhorn_absorb_columns(std::int64_t k, SinkhornDeviceVectors vectors, cudaStream_t stream);
 // Absorption, part 2: c_i ← c_i · exp(new_shift_i − old_shift_i) (old_shift null: 0).
 void sinkhorn_absorb_rows(std::int64_t n, const double* new_shift, const double* old_shift,

@@ -452,15 +452,21 @@ double log_spread(const std::vector<double>& x, const std::vector<double>& y) {
 }
 
 // spread_factor widens the bound on r and c after the same passes (below) for sequences that
-// amplify the devices' rounding differences (a diverging over-relaxed start).
+// amplify the devices' rounding differences (a diverging over-relaxed start). warm_r: both
+// solves start from it (SinkhornSolver::warm_start).
 void compare_solves(const std::vector<float>& z, std::int64_t n, std::int64_t k,
-                    SinkhornOptions options, const std::string& tag, double spread_factor = 1.0) {
+                    SinkhornOptions options, const std::string& tag, double spread_factor = 1.0,
+                    const std::vector<double>* warm_r = nullptr) {
   INFO(tag);
   SinkhornSolver cpu(options);
+  if (warm_r != nullptr) cpu.warm_start(*warm_r);
   const SinkhornResult want = cpu.solve(z.data(), n, k, "h");
   options.device = sela::Device::cuda(0);
   SinkhornSolver gpu(options);
+  if (warm_r != nullptr) gpu.warm_start(*warm_r);
   const SinkhornResult got = gpu.solve(z.data(), n, k, "h");
+  CHECK(want.warm_started == (warm_r != nullptr));
+  CHECK(got.warm_started == (warm_r != nullptr));
   REQUIRE(got.labels.size() == static_cast<std::size_t>(n));
   REQUIRE(got.r.size() == static_cast<std::size_t>(k));
   REQUIRE(got.c.size() == static_cast<std::size_t>(n));
@@ -622,6 +628,59 @@ SELA_CUDA_TEST("over-relaxation diverging through absorptions: the safeguard res
     CHECK(got.converged);
     CHECK(got.over_relaxation_stopped_at >= 0);
     CHECK(got.absorptions >= 2);
+  }
+}
+
+SELA_CUDA_TEST("warm start follows the CPU's warm start, in fewer passes than a cold solve",
+               test_warm_start) {
+  // The next label step's logits: the earlier ones nudged by N(0, 0.05²) (as the CPU tests
+  // of the warm start, tests/assign/test_sinkhorn.cpp). Two kinds: clustered K = 300 logits
+  // with popular columns (the scaling travels far from the reference's start), and peaked,
+  // imbalanced K = 10 logits whose r spans about e^80, folded into A before the first pass.
+  std::ostringstream log;
+  auto nudged = [](std::vector<float> z, float step, std::uint32_t seed) {
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> noise(0.0f, step);
+    for (float& v : z) v += noise(gen);
+    return z;
+  };
+  struct Case {
+    const char* name;
+    std::int64_t n, k;
+    std::vector<float> before;
+    std::int64_t min_absorptions;
+  };
+  const Case cases[] = {{"clustered K = 300", 4000, 300, clustered_logits(4000, 300, 1.0, 1.0, 5), 0},
+                        {"peaked K = 10", 6000, 10, peaked_logits(6000, 10, 12.0f, 20.0, 2024), 1}};
+  for (const Case& c : cases) {
+    const auto after = nudged(c.before, 0.05f, 77);
+    for (double omega : {1.0, 1.8}) {
+      const std::string tag = std::string(c.name) + ", omega " + std::to_string(omega);
+      SinkhornOptions options = quiet(&log, SinkhornStorage::bf16, 10.0);
+      options.tol = 1e-5 * static_cast<double>(c.n);
+      options.max_iters = 20000;
+      options.over_relaxation = omega;
+      SinkhornSolver cpu(options);
+      const SinkhornResult previous = cpu.solve(c.before.data(), c.n, c.k, "h");
+      REQUIRE(previous.converged);
+      compare_solves(after, c.n, c.k, options, tag + ", warm", 1.0, &previous.r);
+      options.device = sela::Device::cuda(0);
+      SinkhornSolver gpu(options);
+      const SinkhornResult cold = gpu.solve(after.data(), c.n, c.k, "h");
+      gpu.warm_start(previous.r);
+      const SinkhornResult warm = gpu.solve(after.data(), c.n, c.k, "h");
+      INFO(tag << ": gpu cold " << cold.iterations << " passes, warm " << warm.iterations);
+      CHECK_FALSE(cold.warm_started);
+      CHECK(warm.warm_started);
+      CHECK(warm.converged);
+      CHECK(warm.absorptions >= c.min_absorptions);
+      CHECK(warm.iterations < cold.iterations);
+      // The warm start is consumed: the next solve is the cold one, bit for bit.
+      const SinkhornResult again = gpu.solve(after.data(), c.n, c.k, "h");
+      CHECK_FALSE(again.warm_started);
+      CHECK(again.iterations == cold.iterations);
+      CHECK(again.labels == cold.labels);
+    }
   }
 }
 
