@@ -13,11 +13,15 @@
 //   * the run folder is complete and weights.safetensors holds float32 tensors on disk
 //     (device tensors are copied to the host to be written);
 //   * --resume of a GPU run continues without error and finishes the schedule.
+// Then --cuda-graph against eager steps, and --sinkhorn-warm-start on a GPU (below).
 // Skipped, loudly and by name, without a GPU.
 #include <cmath>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/safetensors.h"
 #include "kernels/cuda/cublas_gemm.h"
@@ -155,4 +159,60 @@ SELA_CUDA_TEST("sela train --cuda-graph on follows the eager GPU run", trainer_c
       CHECK(same >= 0.97);
     }
   }
+}
+
+// --sinkhorn-warm-start on a GPU run: auto leaves it off there (not yet measured in a GPU
+// run), on hands each head its previous r (the solver's own test against the CPU warm start
+// is in test_sinkhorn_cuda.cpp). Compared: which solves started warm, that every warm solve
+// converged, and that a run stopped after epoch 1 and resumed starts its next solves warm
+// from the checkpointed r.
+SELA_CUDA_TEST("sela train --sinkhorn-warm-start on a GPU: off by default, on hands each head "
+               "its previous r",
+               trainer_warm_start_cuda) {
+  using nlohmann::json;
+  sela::test::TempFolder folder;
+  std::string spec = sela::test::write_synthetic_idx(folder.path, "train", 160, 7);
+  auto config_for = [&](const std::string& out, const std::string& warm_start) {
+    TrainConfig config = sela::test::tiny_train_config(spec, folder.path + "/" + out, 3, 3);
+    config.device = "cuda:0";
+    config.label_steps = 6;  // at 0, 0.8, 1.6 and 2.4 epochs: two after a stop at epoch 1
+    config.label_spacing = "linear";
+    config.sinkhorn_warm_start = warm_start;
+    return config;
+  };
+  // {warm_started, converged} of every solve, in order, from a run's metrics.jsonl.
+  auto solves_of = [&](const std::string& out) {
+    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
+    std::vector<std::pair<bool, bool>> solves;
+    for (std::string line; std::getline(metrics, line);) {
+      json entry = json::parse(line);
+      if (entry["event"] != "label_step") continue;
+      for (const json& head : entry["heads"])
+        solves.emplace_back(head["warm_started"].get<bool>(), head["converged"].get<bool>());
+    }
+    return solves;
+  };
+  sela::train(config_for("auto", "auto"));
+  std::ifstream auto_config(folder.path + "/auto/config.json");
+  CHECK(json::parse(auto_config)["sinkhorn_warm_start"].get<std::string>() == "off");
+  for (const auto& solve : solves_of("auto")) CHECK_FALSE(solve.first);
+
+  TrainSummary whole = sela::train(config_for("on", "on"));
+  REQUIRE(whole.label_steps_done == 4);
+  const auto solves = solves_of("on");
+  REQUIRE(solves.size() == 8);  // 4 steps x 2 heads
+  for (std::size_t i = 0; i < solves.size(); ++i) {
+    CAPTURE(i);
+    CHECK(solves[i].first == (i >= 2));  // each head's first solve starts cold
+    CHECK(solves[i].second);
+  }
+  TrainConfig part = config_for("split", "on");
+  part.stop_after_epoch = 1;
+  sela::train(part);
+  part.stop_after_epoch = -1;
+  part.resume = true;
+  sela::train(part);
+  const auto resumed = solves_of("split");
+  REQUIRE(resumed.size() == 8);
+  for (std::size_t i = 2; i < resumed.size(); ++i) CHECK(resumed[i].first);
 }
