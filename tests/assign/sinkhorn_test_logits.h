@@ -53,4 +53,15 @@ inline std::vector<float> clustered_logits(std::int64_t n, std::int64_t k, doubl
   return z;
 }
 
+// Clustered logits (K = 300, lambda 10) on which over-relaxation diverges through absorptions
+// before the safeguard stops it (tests/assign/test_sinkhorn.cpp says how they were found);
+// the CPU test and its CUDA twin solve the same ones.
+struct DivergingRelaxationCase {
+  std::int64_t n;
+  double noise, bias, omega;
+  std::uint32_t seed;
+};
+inline constexpr DivergingRelaxationCase kDivergingRelaxationCases[] = {
+    {2000, 1.0, 2.0, 1.9, 3}, {4000, 1.0, 4.0, 1.9, 4}, {6000, 2.0, 6.0, 1.85, 22}};
+
 }  // namespace sela::test

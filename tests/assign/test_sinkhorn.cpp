@@ -539,13 +539,7 @@ TEST_CASE("over-relaxation diverging through absorptions: the safeguard restores
   // (K = 300, omega 1.8, cold start); the cases below are from a scan of clustered logits
   // (biases 2-6, seeds 1-30, omega 1.8-1.9): each threw that Error before the fix (checked
   // by reverting it), none of the 1,080 solves of the scan does after.
-  struct Case {
-    std::int64_t n;
-    double noise, bias, omega;
-    std::uint32_t seed;
-  };
-  for (const Case& c : {Case{2000, 1.0, 2.0, 1.9, 3}, Case{4000, 1.0, 4.0, 1.9, 4},
-                        Case{6000, 2.0, 6.0, 1.85, 22}}) {
+  for (const auto& c : sela::test::kDivergingRelaxationCases) {
     const std::int64_t k = 300;
     CAPTURE(c.n);
     CAPTURE(c.seed);

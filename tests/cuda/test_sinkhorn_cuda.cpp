@@ -603,13 +603,7 @@ SELA_CUDA_TEST("over-relaxation diverging through absorptions: the safeguard res
   // was rescaled into the diverged A's units, and a full-width GPU run (K = 300, omega 1.8)
   // failed with "60000 rows lost all their mass".
   std::ostringstream log;
-  struct Case {
-    std::int64_t n;
-    double noise, bias, omega;
-    std::uint32_t seed;
-  };
-  for (const Case& c : {Case{2000, 1.0, 2.0, 1.9, 3}, Case{4000, 1.0, 4.0, 1.9, 4},
-                        Case{6000, 2.0, 6.0, 1.85, 22}}) {
+  for (const auto& c : sela::test::kDivergingRelaxationCases) {
     const std::int64_t k = 300;
     const auto z = clustered_logits(c.n, k, c.noise, c.bias, c.seed);
     SinkhornOptions options = quiet(&log, SinkhornStorage::bf16, 10.0);

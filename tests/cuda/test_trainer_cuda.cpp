@@ -180,16 +180,11 @@ SELA_CUDA_TEST("sela train --sinkhorn-warm-start on a GPU: off by default, on ha
     config.sinkhorn_warm_start = warm_start;
     return config;
   };
-  // {warm_started, converged} of every solve, in order, from a run's metrics.jsonl.
+  // {warm_started, converged} of every solve of a run, in order.
   auto solves_of = [&](const std::string& out) {
-    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
     std::vector<std::pair<bool, bool>> solves;
-    for (std::string line; std::getline(metrics, line);) {
-      json entry = json::parse(line);
-      if (entry["event"] != "label_step") continue;
-      for (const json& head : entry["heads"])
-        solves.emplace_back(head["warm_started"].get<bool>(), head["converged"].get<bool>());
-    }
+    for (const json& head : sela::test::label_step_solves(folder.path + "/" + out))
+      solves.emplace_back(head["warm_started"].get<bool>(), head["converged"].get<bool>());
     return solves;
   };
   sela::train(config_for("auto", "auto"));

@@ -6,10 +6,13 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <unistd.h>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/data/idx.h"
 #include "engine/safetensors.h"
@@ -110,6 +113,20 @@ inline void check_same_tensors(const std::string& path_a, const std::string& pat
     if (!skip_prefix.empty() && name.rfind(skip_prefix, 0) == 0) continue;
     CHECK_MESSAGE(a.get(name).bytes == b.get(name).bytes, name);
   }
+}
+
+// Every Sinkhorn solve of a run, in order: the "heads" entries of the label_step lines of
+// its metrics.jsonl (iterations, converged, warm_started, ...).
+inline std::vector<nlohmann::json> label_step_solves(const std::string& run_folder) {
+  std::ifstream metrics(run_folder + "/metrics.jsonl");
+  REQUIRE(metrics.good());
+  std::vector<nlohmann::json> solves;
+  for (std::string line; std::getline(metrics, line);) {
+    nlohmann::json entry = nlohmann::json::parse(line);
+    if (entry["event"] != "label_step") continue;
+    for (const nlohmann::json& head : entry["heads"]) solves.push_back(head);
+  }
+  return solves;
 }
 
 }  // namespace sela::test

@@ -201,18 +201,11 @@ TEST_CASE("--sinkhorn-warm-start: later solves start from the last answer; resum
     config.sinkhorn_warm_start = warm_start;
     return config;
   };
-  // (step, head) -> {iterations, warm_started} of every solve in a run's metrics.jsonl.
+  // {iterations, warm_started} of every solve of a run, in order.
   auto solves_of = [&](const std::string& out) {
-    std::ifstream metrics(folder.path + "/" + out + "/metrics.jsonl");
     std::vector<std::pair<std::int64_t, bool>> solves;
-    for (std::string line; std::getline(metrics, line);) {
-      json entry = json::parse(line);
-      if (entry["event"] != "label_step") continue;
-      for (const json& head : entry["heads"]) {
-        solves.emplace_back(head["iterations"].get<std::int64_t>(),
-                            head["warm_started"].get<bool>());
-      }
-    }
+    for (const json& head : sela::test::label_step_solves(folder.path + "/" + out))
+      solves.emplace_back(head["iterations"].get<std::int64_t>(), head["warm_started"].get<bool>());
     return solves;
   };
   TrainSummary whole = train(config_for("whole", "auto"));
