@@ -23,8 +23,10 @@
 // kernel, so the host only queues passes and reads the device state at check iterations,
 // queueing the next stretch of iterations before it waits for the last one's state (the
 // GPU never idles on the host; a queued stretch that turns out to be after the stop does
-// nothing). When the control kernel wants an absorption it halts; the host then absorbs
-// (three kernels) and resumes at that iteration, so the sequence is the CPU's.
+// nothing). When the control kernel wants an absorption (the floor bound, or the
+// over-relaxation safeguard having restored the checked column potentials) it halts; the
+// host then absorbs (three kernels) and resumes at that iteration, so the sequence is the
+// CPU's.
 #include "sela/assign/sinkhorn.h"
 
 #include <algorithm>
@@ -1149,6 +1151,9 @@ void SinkhornSolver::run(SinkhornResult* result) {
       // A diverging relaxed r can also leave float64's range between two checks (seen with
       // bf16 storage and a warm start at K = 300, N = 10,000).
       if (!in_range) {
+        // The next absorption bound compares r with the r of the pass before: this pass's
+        // (as the device's r_prev), not the out-of-range values just computed.
+        b.r_next = b.r;
         stop_relaxation(iteration);
         continue;
       }
@@ -1156,7 +1161,8 @@ void SinkhornSolver::run(SinkhornResult* result) {
     b.r.swap(b.r_next);
   }
   // A safeguard stop at the cap restored G without a pass after it: A from G, as the labels
-  // below read A with r.
+  // below read A with r. (The marginal errors then describe the diverged last pass: the cap
+  // warning's figures are not those of the labels' r.)
   if (absorb_restored) absorb_scaling(result->iterations);
   // Column marginal of (c_t, r_t): K r_t,k (Aᵀ c_t)_k − 1.
   for (std::int64_t j = 0; j < k; ++j) {
@@ -1207,12 +1213,13 @@ void SinkhornSolver::open_device_head(const SinkhornMemoryPlan& memory, const st
   d.c.ensure(n * 8, "c");
   d.row_log_mass.ensure(n * 4, "row log-masses");
   d.labels.ensure(n * 8, "labels");
-  for (DeviceBlock* vector :
-       {&d.r, &d.r_prev, &d.r_at_check, &d.col_sums, &d.potential, &d.potential_at_check})
+  for (DeviceBlock* vector : {&d.r, &d.r_prev, &d.r_at_check, &d.col_sums})
     vector->ensure(k * 8, "r");
   d.r_rel.ensure(stride * 4, "r_rel");
-  d.potential_f.ensure(stride * 4, "r");
-  if (options_.absorb) {
+  if (options_.absorb) {  // (the memory plan counts these under absorption)
+    d.potential.ensure(k * 8, "column potentials");
+    d.potential_at_check.ensure(k * 8, "column potentials");
+    d.potential_f.ensure(stride * 4, "column potentials");
     d.row_shift.ensure(n * 8, "row shifts");
     d.row_shift_new.ensure(n * 8, "row shifts");
   }

@@ -969,6 +969,8 @@ __global__ void __launch_bounds__(kControlThreads)
       out_of_range = control_max(out_of_range);
     }
     if (out_of_range > 0.0) {
+      // The next absorption bound compares r with this pass's r (as the CPU's r_next).
+      for (long long j = threadIdx.x; j < params.k; j += blockDim.x) v.r_prev[j] = v.r[j];
       if (stop_relaxation()) return;
     } else {
       for (long long j = threadIdx.x; j < params.k; j += blockDim.x) {

@@ -179,10 +179,11 @@ void sinkhorn_labels(const Store* a, std::int64_t n, std::int64_t k, std::int64_
 void sinkhorn_start_c(const float* row_log_mass, std::int64_t n, double lambda, double c0_factor,
                       double* c, cudaStream_t stream);
 
-// After column sums with c_0: r = (1/K)/s (an out-of-range sum fails the state), r_at_check
-// = r, the iteration-0 absorption bound, r_scale and r_rel. `initialise` resets the state
-// (first call of a solve, with params.omega); otherwise it marks an absorption round
-// (absorbed_last = 1). `warm`: r already holds a warm start's scaling (copied in by the
+// After column sums with c_0: r = (1/K)/s (an out-of-range sum fails the state), the check
+// state (r_at_check = r, potential_at_check = G, absorbed_since_check = 0), the iteration-0
+// absorption bound, r_scale and r_rel. `initialise` resets the state (first call of a solve,
+// with params.omega, or 1 for a warm start's first pass); otherwise it marks an absorption
+// round (absorbed_last = 1). `warm`: r already holds a warm start's scaling (copied in by the
 // host; the column sums are not read): the state is reset, the first pass will be plain
 // (warm_first) and the stopping value is NaN until the first check, as on the CPU.
 void sinkhorn_control_start(const SinkhornControlParams& params, bool initialise, bool warm,
@@ -202,8 +203,9 @@ void sinkhorn_absorb_columns(std::int64_t k, SinkhornDeviceVectors vectors, cuda
 // Absorption, part 2: c_i ← c_i · exp(new_shift_i − old_shift_i) (old_shift null: 0).
 void sinkhorn_absorb_rows(std::int64_t n, const double* new_shift, const double* old_shift,
                           double* c, cudaStream_t stream);
-// After an absorption: back to kSinkhornRunning with absorbed_last = 1, r_scale and r_rel
-// from the new r.
+// After an absorption (the floor bound's, the safeguard's restoring one, or a warm r folded
+// in at iteration 0): back to kSinkhornRunning with absorbed_last = 1 and
+// absorbed_since_check = 1, r_scale and r_rel from the new r.
 void sinkhorn_control_resume(const SinkhornControlParams& params, SinkhornDeviceVectors vectors,
                              SinkhornDeviceState* state, cudaStream_t stream);
 // After the last pass: the column marginal error, then r_scale and r_rel from the final r

@@ -566,6 +566,22 @@ TEST_CASE("over-relaxation diverging through absorptions: the safeguard restores
     CHECK(cmp.clear_agree * 1000 >= cmp.clear_rows * 999);
     CHECK(result.col_marginal_error <= 1e-3);
     CHECK(result.row_marginal_error <= 1e-3);
+
+    // The same solve capped right after the safeguard: it stops there (the restored r and,
+    // after an absorption since the check, G folded into A with no pass after them), not
+    // converged, with a warning that says so, and labels of every row in range.
+    options.max_iters = result.over_relaxation_stopped_at + 1;
+    SinkhornSolver capped_solver(options);
+    const SinkhornResult capped = capped_solver.solve(z.data(), c.n, k, "h0");
+    MESSAGE("capped at " << options.max_iters << ": " << capped.absorptions
+                         << " absorptions, the last at " << capped.last_absorption_at);
+    CHECK_FALSE(capped.converged);
+    CHECK(capped.iterations == options.max_iters);
+    CHECK(capped.last_absorption_at == options.max_iters);  // the restoring one, at the cap
+    CHECK(capped.over_relaxation_stopped_at == result.over_relaxation_stopped_at);
+    CHECK(capped.warning.find("cap") != std::string::npos);
+    REQUIRE(capped.labels.size() == static_cast<std::size_t>(c.n));
+    for (std::int64_t label : capped.labels) CHECK((label >= 0 && label < k));
   }
 }
 
