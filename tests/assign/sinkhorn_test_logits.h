@@ -5,7 +5,9 @@
 //                     16 dimensions (within-centre noise `noise`), mapped to K logits by a
 //                     random linear map, plus a per-column bias N(0, bias²) that makes some
 //                     clusters far more popular than others (as a head's logits early in
-//                     training). Large biases make over-relaxed Sinkhorn diverge.
+//                     training). Large biases make over-relaxed Sinkhorn diverge;
+//   nudged            z + N(0, step²): the logits of the next label step, a little further
+//                     trained (for warm starts).
 #pragma once
 
 #include <cstdint>
@@ -51,6 +53,14 @@ inline std::vector<float> clustered_logits(std::int64_t n, std::int64_t k, doubl
     }
   }
   return z;
+}
+
+inline std::vector<float> nudged(const std::vector<float>& z, float step, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> noise(0.0f, step);
+  std::vector<float> out = z;
+  for (float& v : out) v += noise(gen);
+  return out;
 }
 
 // Clustered logits (K = 300, lambda 10) on which over-relaxation diverges through absorptions

@@ -737,15 +737,7 @@ TEST_CASE("absorption: batches, at once and repeated runs give bit-identical res
 
 namespace {
 
-
-// z + N(0, step²) noise: the logits of the next label step, a little further trained.
-std::vector<float> nudged(const std::vector<float>& z, float step, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> noise(0.0f, step);
-  std::vector<float> out = z;
-  for (float& v : out) v += noise(gen);
-  return out;
-}
+using sela::test::nudged;
 
 // Solves `before`, then `after` cold and warm-started from the first answer's r, and checks
 // the warm answer against the float64 reference on `after` (labels on clear rows, r, both

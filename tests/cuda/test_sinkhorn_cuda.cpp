@@ -43,6 +43,7 @@ using sela::test::TestStream;
 using sela::test::Tolerance;
 
 using sela::test::clustered_logits;
+using sela::test::nudged;
 using sela::test::random_logits;
 
 // Confident, unbalanced logits like a trained network's (tools/bench/sinkhorn_numpy.py
@@ -650,15 +651,11 @@ SELA_CUDA_TEST("warm start follows the CPU's warm start, in fewer passes than a 
                test_warm_start) {
   // The next label step's logits: the earlier ones nudged by N(0, 0.05²) (as the CPU tests
   // of the warm start, tests/assign/test_sinkhorn.cpp). Two kinds: clustered K = 300 logits
-  // with popular columns (the scaling travels far from the reference's start), and peaked,
-  // imbalanced K = 10 logits whose r spans about e^80, folded into A before the first pass.
+  // with popular columns, and peaked, imbalanced K = 10 logits whose r spans about e^80,
+  // folded into A before the first pass. The CPU solver on the same inputs (bf16): cold 71
+  // and 61 passes, warm 41 and 41 at K = 300 (omega 1, 1.8); cold 2,391 and 2,401, warm 531
+  // and 101 at K = 10; one absorption each, all converged.
   std::ostringstream log;
-  auto nudged = [](std::vector<float> z, float step, std::uint32_t seed) {
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> noise(0.0f, step);
-    for (float& v : z) v += noise(gen);
-    return z;
-  };
   struct Case {
     const char* name;
     std::int64_t n, k;
