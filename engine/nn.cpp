@@ -147,7 +147,8 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
 }
 
 Tensor BatchNorm2d::forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu) {
-  if (!is_training()) return relu ? forward_relu(x) : forward(x);
+  // Qualified calls: a BatchNorm1d passes its (N, C, 1, 1) view here.
+  if (!is_training()) return relu ? BatchNorm2d::forward_relu(x) : BatchNorm2d::forward(x);
   Tensor out = batch_norm2d_grouped(x, weight, bias, running_mean, running_var, first_rows, relu,
                                     momentum, eps);  // checks first_rows before anything counts
   count_batch(x);
@@ -159,6 +160,24 @@ Tensor BatchNorm2d::forward_relu(const Tensor& x) {
   count_batch(x);
   return batch_norm_relu2d(x, weight, bias, running_mean, running_var, is_training(), momentum,
                            eps);
+}
+
+Tensor BatchNorm1d::as_4d(const Tensor& x) const {
+  SELA_CHECK(x.dim() == 2 && x.size(1) == running_mean.size(0), "BatchNorm1d",
+             "expects (N, " << running_mean.size(0) << ") rows, got " << x.describe());
+  return reshape(x, {x.size(0), x.size(1), 1, 1});
+}
+
+Tensor BatchNorm1d::forward(const Tensor& x) {
+  return reshape(BatchNorm2d::forward(as_4d(x)), {x.size(0), x.size(1)});
+}
+
+Tensor BatchNorm1d::forward_relu(const Tensor& x) {
+  return reshape(BatchNorm2d::forward_relu(as_4d(x)), {x.size(0), x.size(1)});
+}
+
+Tensor BatchNorm1d::forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu) {
+  return reshape(BatchNorm2d::forward_grouped(as_4d(x), first_rows, relu), {x.size(0), x.size(1)});
 }
 
 Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool with_bias) {
@@ -216,8 +235,9 @@ Tensor Sequential::run(const Tensor& x, std::int64_t first_rows) {
   const bool fuse = fuse_batch_norm_relu();
   Tensor h = x;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    // Exactly these two types: a subclass may override forward().
-    const bool batch_norm = typeid(*layers_[i]) == typeid(BatchNorm2d);
+    // Exactly these types: a further subclass may override forward().
+    const bool batch_norm = typeid(*layers_[i]) == typeid(BatchNorm2d) ||
+                            typeid(*layers_[i]) == typeid(BatchNorm1d);
     const bool with_relu = fuse && batch_norm && i + 1 < layers_.size() &&
                            typeid(*layers_[i + 1]) == typeid(ReLU);
     if (batch_norm && first_rows > 0) {

@@ -10,7 +10,7 @@
 // forward() maps one tensor to one tensor; multi-output modules (MultiHead, the SeLa models)
 // offer their own forward returning several.
 //
-// Sequential runs a BatchNorm2d directly followed by a ReLU as one batch_norm_relu2d (the
+// Sequential runs a BatchNorm2d (or BatchNorm1d) directly followed by a ReLU as one batch_norm_relu2d (the
 // same values and gradients; on CUDA one pass and one tensor less per block). The modules
 // and their names stay as they are, so state dicts do not change. On by default;
 // set_fuse_batch_norm_relu(false) runs them one by one (for A/B measurements).
@@ -96,11 +96,12 @@ class BatchNorm2d : public Module {
                        bool affine = true);
   const char* type_name() const override { return "BatchNorm2d"; }
   Tensor forward(const Tensor& x) override;
-  Tensor forward_relu(const Tensor& x);  // relu(forward(x)) as one op (batch_norm_relu2d)
+  // relu(forward(x)) as one op (batch_norm_relu2d)
+  virtual Tensor forward_relu(const Tensor& x);
   // In training mode, forward (or forward_relu) with rows [0, first_rows) and the rest
   // normalised by statistics of their own (batch_norm2d_grouped), counted as two batches
   // (two calls would count two); in eval mode the same as forward / forward_relu.
-  Tensor forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu);
+  virtual Tensor forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu);
 
   Tensor weight, bias;                // (C) or undefined without affine
   Tensor running_mean, running_var;   // (C)
@@ -109,6 +110,22 @@ class BatchNorm2d : public Module {
 
  private:
   void count_batch(const Tensor& x);
+};
+
+// BatchNorm over the features of (N, C) rows (PyTorch's BatchNorm1d on 2-D input): the
+// BatchNorm2d kernels on an (N, C, 1, 1) view, so the same parameters, buffers, state-dict
+// names, fused ReLU and row groups. Used by the AlexNets' classifier with
+// ModelConfig::fc_batch_norm (RotNet's AlexNet, Gidaris et al. 2018, normalises its fc layers).
+class BatchNorm1d : public BatchNorm2d {
+ public:
+  using BatchNorm2d::BatchNorm2d;
+  const char* type_name() const override { return "BatchNorm1d"; }
+  Tensor forward(const Tensor& x) override;
+  Tensor forward_relu(const Tensor& x) override;
+  Tensor forward_grouped(const Tensor& x, std::int64_t first_rows, bool relu) override;
+
+ private:
+  Tensor as_4d(const Tensor& x) const;  // (N, C) -> (N, C, 1, 1), else a clear error
 };
 
 class Linear : public Module {

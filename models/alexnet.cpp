@@ -73,9 +73,11 @@ SelaNet::SelaNet(const ModelConfig& config) : config_(config) {
   classifier = register_module("classifier", std::make_shared<Sequential>());
   classifier->add(std::make_shared<Dropout>(config.dropout, config.seed * 2 + 1));
   classifier->add(std::make_shared<Linear>(flat, fc_width_));
+  if (config.fc_batch_norm) classifier->add(std::make_shared<BatchNorm1d>(fc_width_));
   classifier->add(std::make_shared<ReLU>());
   classifier->add(std::make_shared<Dropout>(config.dropout, config.seed * 2 + 2));
   classifier->add(std::make_shared<Linear>(fc_width_, fc_width_));
+  if (config.fc_batch_norm) classifier->add(std::make_shared<BatchNorm1d>(fc_width_));
   classifier->add(std::make_shared<ReLU>());
   heads = register_module("", std::make_shared<MultiHead>(fc_width_, config.clusters));
 
@@ -98,8 +100,7 @@ Tensor SelaNet::forward_fc7(const Tensor& x) {
 
 Tensor SelaNet::forward_fc7_grouped(const Tensor& x, std::int64_t first_rows) {
   check_input(x);
-  // Only the features hold BatchNorm layers; the classifier is per-row already.
-  return classifier->forward(flatten(features->forward_grouped(x, first_rows)));
+  return classifier->forward_grouped(flatten(features->forward_grouped(x, first_rows)), first_rows);
 }
 
 std::vector<Tensor> SelaNet::forward_heads(const Tensor& x) {

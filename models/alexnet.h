@@ -2,6 +2,8 @@
 //
 //   features   conv+BN+ReLU blocks and max-pools  (names features.0 ... features.17)
 //   classifier Dropout, Linear(flat, fc), ReLU, Dropout, Linear(fc, fc), ReLU   (classifier.*)
+//              with fc_batch_norm a BatchNorm1d after each Linear (classifier.2 and .6; the
+//              ReLUs and the second Linear move to .3, .5, .7)
 //   heads      top_layer0 ... top_layer{T-1}: Linear(fc, K_t)
 // The names and layer indices match the PyTorch twin in tests/golden/make_golden.py and
 // tools/bench/torch_train_step.py, so weights move both ways through safetensors.
@@ -25,6 +27,7 @@ struct ModelConfig {
   std::int64_t in_channels = 3;
   std::vector<std::int64_t> clusters{128};      // K_t of each head
   double dropout = 0.5;
+  bool fc_batch_norm = false;                    // BatchNorm1d after both fc layers
   std::uint64_t seed = 0;                        // initial weights and dropout masks
 };
 

@@ -84,6 +84,7 @@ RunFolder read_run_folder(const std::string& path, const std::string& command) {
   run.model.clusters = field<std::vector<std::int64_t>>(config, "clusters", run, command);
   SELA_CHECK(!run.model.clusters.empty(), command, run.config_path() << ": \"clusters\" is empty");
   run.model.dropout = field_or<double>(config, "dropout", 0.5);
+  run.model.fc_batch_norm = field_or<bool>(config, "fc_batch_norm", false);
   run.data = field_or<std::string>(config, "data", "");
   run.test_data = field_or<std::string>(config, "test_data", "");
   run.lambda = field_or<double>(config, "lambda", 10.0);

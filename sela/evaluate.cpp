@@ -45,9 +45,16 @@ data::ImageAllocator batch_allocator_for(Device device) {
 
 std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset& dataset,
                                              std::int64_t batch_size, int workers) {
-  std::vector<BatchNorm2d*> norms;
+  std::vector<BatchNorm2d*> norms;  // BatchNorm1d too (the classifier's, with fc_batch_norm)
+  bool classifier_norms = false;
   for (const auto& layer : model.features->layers()) {
     if (auto* norm = dynamic_cast<BatchNorm2d*>(layer.get())) norms.push_back(norm);
+  }
+  for (const auto& layer : model.classifier->layers()) {
+    if (auto* norm = dynamic_cast<BatchNorm2d*>(layer.get())) {
+      norms.push_back(norm);
+      classifier_norms = true;
+    }
   }
   if (norms.empty()) return 0;
   SELA_CHECK(dataset.size() >= 2 && batch_size >= 2, "precise BatchNorm",
@@ -74,6 +81,9 @@ std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset
     restore.tracked.push_back(*norm->num_batches_tracked.data<std::int64_t>());
   }
   model.train();  // batch statistics in the BatchNorms (the features have no dropout)
+  for (const auto& layer : model.classifier->layers()) {
+    if (dynamic_cast<Dropout*>(layer.get())) layer->train(false);  // no masks drawn or counted
+  }
   data::AugmentConfig augment =
       data::default_augment(dataset.info(), false, static_cast<int>(model.input_size()));
   data::LoaderConfig config;
@@ -89,7 +99,12 @@ std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset
   std::int64_t batches = 0;
   while (loader.next(&batch)) {
     for (BatchNorm2d* norm : norms) norm->momentum = 1.0 / static_cast<double>(batches + 1);
-    (void)model.features->forward(batch_images_on(batch, model.device()));  // updates the statistics
+    Tensor images = batch_images_on(batch, model.device());
+    if (classifier_norms) {
+      (void)model.forward_fc7(images);  // updates the statistics
+    } else {
+      (void)model.features->forward(images);
+    }
     if (!model.device().is_cpu()) synchronize(model.device());  // before the batch is reused
     ++batches;
     progress.update(batches, "");

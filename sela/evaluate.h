@@ -58,8 +58,9 @@ NetworkOutputs run_network(SelaNet& model, const data::Dataset& dataset, std::in
 // batch b enters with momentum 1 / (b + 1), so the result is the plain mean of the batch
 // means and of the unbiased batch variances). Training keeps exponential averages of
 // statistics of augmented batches while the weights still move; evaluation sees
-// unaugmented images through the final weights. Only the feature extractor runs (the
-// classifier has no BatchNorm). Leaves the batches-tracked counters, the momenta and the
+// unaugmented images through the final weights. Only the feature extractor runs, unless
+// the classifier has BatchNorm too (ModelConfig::fc_batch_norm): then the classifier as
+// well, its dropout off. Leaves the batches-tracked counters, the momenta and the
 // train/eval mode as they were. Returns the number of batches used.
 std::int64_t recompute_batch_norm_statistics(SelaNet& model, const data::Dataset& dataset,
                                              std::int64_t batch_size, int workers);

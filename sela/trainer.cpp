@@ -89,7 +89,8 @@ json fingerprint(const TrainConfig& config, std::int64_t n, std::int64_t in_chan
   return {{"arch", config.arch}, {"width_mult", config.width_mult},
           {"clusters", config.clusters}, {"samples", n}, {"in_channels", in_channels},
           {"data", config.data}, {"rotation_weight", config.rotation_weight},
-          {"rotation_batch", config.rotation_batch}, {"rotation_pass", config.rotation_pass}};
+          {"rotation_batch", config.rotation_batch}, {"rotation_pass", config.rotation_pass},
+          {"fc_batch_norm", config.fc_batch_norm}};
 }
 
 json config_json(const TrainConfig& c, std::int64_t in_channels) {
@@ -99,7 +100,7 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"label_logits", c.label_logits},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
-          {"dropout", c.dropout}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
+          {"dropout", c.dropout}, {"fc_batch_norm", c.fc_batch_norm}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
           {"rotation_weight", c.rotation_weight}, {"rotation_batch", c.rotation_batch},
           {"rotation_pass", c.rotation_pass},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
@@ -209,6 +210,7 @@ void Run::build_model() {
   mc.in_channels = train_->info().channels;
   mc.clusters = config_.clusters;
   mc.dropout = config_.dropout;
+  mc.fc_batch_norm = config_.fc_batch_norm;
   mc.seed = config_.seed;
   model_ = make_model(mc);
   if (!device_.is_cpu()) model_->to(device_);  // before the optimiser takes its handles
@@ -310,6 +312,7 @@ void Run::resume_from_checkpoint() {
   if (!saved.contains("rotation_weight")) saved["rotation_weight"] = 0.0;
   if (!saved.contains("rotation_batch")) saved["rotation_batch"] = TrainConfig().rotation_batch;
   if (!saved.contains("rotation_pass")) saved["rotation_pass"] = "separate";  // the only one then
+  if (!saved.contains("fc_batch_norm")) saved["fc_batch_norm"] = false;  // nor BatchNorm in the fc layers
   std::ostringstream differences;
   for (auto& item : expected.items()) {
     if (saved[item.key()] != item.value()) {

@@ -128,6 +128,9 @@ int run_bench_train_step(const Args& args) {
             "rotation task; the PyTorch twin has none)");
   flags.add("rotation-pass", "grouped",
             "with --rotation-batch: grouped, joint or separate, as sela train --rotation-pass");
+  flags.add("fc-batch-norm", "off",
+            "BatchNorm after both fc layers, as sela train --fc-batch-norm (on|off; the "
+            "PyTorch twin has none)");
   flags.add("warmup", "2", "untimed steps first");
   flags.add("steps", "6", "timed steps");
   flags.add("seed", "0", "seed of weights and data");
@@ -205,6 +208,7 @@ int run_bench_train_step(const Args& args) {
   config.width_mult = flags.get_double("width-mult");
   config.clusters.assign(static_cast<std::size_t>(heads), clusters);
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
+  config.fc_batch_norm = flags.get_on_off("fc-batch-norm");
   auto model = make_model(config);
   model->train();
   if (device.is_cuda()) model->to(device);
@@ -255,6 +259,7 @@ int run_bench_train_step(const Args& args) {
     std::cout << ", rotation task on " << rotation_batch << " more images ("
               << flags.get("rotation-pass") << " pass)";
   }
+  if (config.fc_batch_norm) std::cout << ", BatchNorm in the fc layers";
   if (device.is_cpu()) {
     std::cout << ", " << cpu::num_threads() << " threads, gemm " << cpu::gemm_backend_name();
   }
@@ -370,6 +375,7 @@ int run_bench_train_step(const Args& args) {
         << ", \"batch\": " << batch << ", \"heads\": " << heads << ", \"clusters\": " << clusters
         << ", \"rotation_batch\": " << rotation_batch << ", \"rotation_pass\": \""
         << (rotation ? flags.get("rotation-pass") : "none") << "\""
+        << ", \"fc_batch_norm\": " << (config.fc_batch_norm ? "true" : "false")
         << ", \"device\": \"" << device.str() << "\", \"threads\": " << cpu::num_threads()
         << ", \"gemm\": \"" << cpu::gemm_backend_name() << "\", \"steps\": " << steps
         << ", \"step_ms\": " << step_s * 1e3 << ", \"images_per_s\": " << images_per_s

@@ -62,6 +62,8 @@ int run_train(const Args& args) {
   flags.add("wd", number(defaults.weight_decay), "weight decay");
   flags.add("lr-drops", "", "epochs at which the lr is multiplied by 0.1, e.g. 150,300");
   flags.add("dropout", number(defaults.dropout), "dropout probability in the classifier");
+  flags.add("fc-batch-norm", defaults.fc_batch_norm ? "on" : "off",
+            "BatchNorm after both fc layers, before their ReLUs, as RotNet's AlexNet (on|off)");
   flags.add("crop-min-scale", "0", "random-resized-crop minimum area share, in (0, 1] (0 = the "
                                    "data source's default: 0.2 for 32x32 sources, 0.08 for folders)");
   flags.add("jitter", "-1",
@@ -141,6 +143,7 @@ int run_train(const Args& args) {
   config.weight_decay = flags.get_double("wd");
   if (!flags.get("lr-drops").empty()) config.lr_drops = flags.get_int_list("lr-drops");
   config.dropout = flags.get_double("dropout");
+  config.fc_batch_norm = flags.get_on_off("fc-batch-norm");
   config.storage = flags.get("sinkhorn-storage");
   config.sinkhorn_warm_start = flags.get("sinkhorn-warm-start");
   config.crop_min_scale = flags.get_double("crop-min-scale");

@@ -3,7 +3,9 @@
 // clusters, batch 6, dropout 0.5 with equal seeds (the Philox masks are the same on both
 // devices), SGD with momentum 0.9, weight decay 5e-4, lr 0.05. Compared: every head's logits,
 // the loss, the gradient of every parameter, every parameter after the update, and the
-// BatchNorm running statistics. Then the steady state of the caching allocator: three steps
+// BatchNorm running statistics; again with BatchNorm1d after both fc layers
+// (ModelConfig::fc_batch_norm: the BatchNorm kernels on (N, C, 1, 1) views; the fc biases
+// before them have zero gradients, as the conv biases). Then the steady state of the caching allocator: three steps
 // on the GPU, and no cudaMalloc after the first. Skipped, loudly and by name, without a GPU.
 //
 // TF32 is off for convolutions and matmuls in this test: TF32 rounds every product's inputs
@@ -55,7 +57,11 @@ const Device kGpu = Device::cuda(0);
 constexpr std::int64_t kBatch = 6, kHeads = sela::test::kSmallHeads,
                        kClusters = sela::test::kSmallClusters;
 
-sela::ModelConfig small_config() { return sela::test::small_alexnet32(5, 0.5); }
+sela::ModelConfig small_config(bool fc_batch_norm = false) {
+  sela::ModelConfig config = sela::test::small_alexnet32(5, 0.5);
+  config.fc_batch_norm = fc_batch_norm;
+  return config;
+}
 
 sela::SgdOptions sgd_options() {
   sela::SgdOptions options;  // the reference's: lr 0.05, momentum 0.9, weight decay 5e-4
@@ -130,14 +136,15 @@ std::vector<Tensor> make_targets(sela::Rng& rng) {
 }
 
 template <typename T>
-void whole_step(double scale, double rtol) {
+void whole_step(double scale, double rtol, bool fc_batch_norm = false) {
   sela::cuda::set_conv_tf32(false);
   sela::cuda::set_matmul_tf32(false);
   const DType dtype = sizeof(T) == 4 ? DType::f32 : DType::f64;
-  const std::string tag = sizeof(T) == 4 ? " (float32)" : " (float64)";
+  const std::string tag = std::string(sizeof(T) == 4 ? " (float32" : " (float64") +
+                          (fc_batch_norm ? ", fc BatchNorm)" : ")");
 
-  auto cpu_model = sela::make_model(small_config());
-  auto gpu_model = sela::make_model(small_config());  // same seed: same weights
+  auto cpu_model = sela::make_model(small_config(fc_batch_norm));
+  auto gpu_model = sela::make_model(small_config(fc_batch_norm));  // same seed: same weights
   cpu_model->to(dtype);
   gpu_model->to(dtype);
   gpu_model->to(kGpu);
@@ -182,7 +189,7 @@ void whole_step(double scale, double rtol) {
     zero_gradient_atol[i] = scale * max_abs_grad_of(cpu_parameters, weight);
     ++zero_gradient_biases;
   }
-  CHECK(zero_gradient_biases == 5);  // conv1..conv5 of alexnet-32
+  CHECK(zero_gradient_biases == (fc_batch_norm ? 7 : 5));  // conv1..conv5 of alexnet-32 (fc6, fc7)
   for (std::size_t i = 0; i < cpu_parameters.size(); ++i) {
     REQUIRE(cpu_parameters[i].first == gpu_parameters[i].first);
     const std::string what = "gradient of " + cpu_parameters[i].first + tag;
@@ -229,6 +236,16 @@ SELA_CUDA_TEST("whole training step: alexnet-32 x 10 heads, CPU vs CUDA (float64
 SELA_CUDA_TEST("whole training step: alexnet-32 x 10 heads, CPU vs CUDA (float32, TF32 off)",
                whole_step_float) {
   whole_step<float>(5e-4, 5e-3);
+}
+
+SELA_CUDA_TEST("whole training step with BatchNorm in the fc layers, CPU vs CUDA (float64)",
+               whole_step_fc_batch_norm_double) {
+  whole_step<double>(1e-10, 1e-9, true);
+}
+
+SELA_CUDA_TEST("whole training step with BatchNorm in the fc layers, CPU vs CUDA (float32)",
+               whole_step_fc_batch_norm_float) {
+  whole_step<float>(5e-4, 5e-3, true);
 }
 
 SELA_CUDA_TEST("caching allocator steady state: no cudaMalloc after the first training step",

@@ -1,11 +1,15 @@
 #!/usr/bin/python3
 """Writes tests/golden/alexnet32_golden.safetensors: PyTorch reference numbers for sela.
 
+With --fc-batch-norm it writes tests/golden/alexnet32_fcbn_golden.safetensors instead: the
+same run for the network with BatchNorm1d after both fc layers (sela's --fc-batch-norm on),
+at width multiplier 0.03125 so that the file stays near 1 MB.
+
 How to run (from the repository root; Debian's /usr/bin/python3 has torch (python3-torch);
 the `safetensors` package comes from PyPI:
     /usr/bin/python3 -m pip install --break-system-packages safetensors
 ):
-    /usr/bin/python3 tests/golden/make_golden.py [--out PATH]
+    /usr/bin/python3 tests/golden/make_golden.py [--fc-batch-norm] [--out PATH]
 It is deterministic (fixed seeds, one thread, deterministic algorithms): running it twice on
 one machine gives the same bytes (it prints the file's sha256).
 
@@ -24,6 +28,9 @@ seed only makes the file reproducible; sela does not re-create PyTorch's random 
     )                                            # flatten: 16 * 3 * 3 = 144
     classifier = Sequential(0 Dropout(p) 1 Linear(144, 256) 2 ReLU 3 Dropout(p)
                             4 Linear(256, 256) 5 ReLU)
+    with --fc-batch-norm (width 0.03125: conv widths 2, 6, 12, 8, 8, fc 128):
+    classifier = Sequential(0 Dropout(p) 1 Linear(72, 128) 2 BatchNorm1d 3 ReLU 4 Dropout(p)
+                            5 Linear(128, 128) 6 BatchNorm1d 7 ReLU)
     top_layer0 = Linear(256, 10); top_layer1 = Linear(256, 16); top_layer2 = Linear(256, 7)
 
 The width is 0.0625 (not 0.125) so that the committed file stays under 5 MB.
@@ -93,7 +100,7 @@ def width(channels):
 
 
 class AlexNet32(nn.Module):
-    def __init__(self, in_channels, heads, dropout):
+    def __init__(self, in_channels, heads, dropout, fc_batch_norm):
         super().__init__()
         w64, w192, w384, w256, w4096 = (width(c) for c in (64, 192, 384, 256, 4096))
         self.features = nn.Sequential(
@@ -108,9 +115,11 @@ class AlexNet32(nn.Module):
             nn.Conv2d(w256, w256, 3, padding=1),  # 14
             nn.BatchNorm2d(w256), nn.ReLU(), nn.MaxPool2d(3, 2),  # 15 16 17
         )
+        def fc_norm():  # BatchNorm1d after each fc layer, or nothing
+            return [nn.BatchNorm1d(w4096)] if fc_batch_norm else []
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(w256 * 3 * 3, w4096), nn.ReLU(),  # 0 1 2
-            nn.Dropout(dropout), nn.Linear(w4096, w4096), nn.ReLU(),  # 3 4 5
+            nn.Dropout(dropout), nn.Linear(w256 * 3 * 3, w4096), *fc_norm(), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(w4096, w4096), *fc_norm(), nn.ReLU(),
         )
         self.heads = len(heads)
         for t, k in enumerate(heads):
@@ -131,7 +140,7 @@ def initialise(model, generator):
                 std = math.sqrt(2.0 / (kh * kw * module.out_channels))
                 module.weight.normal_(0.0, std, generator=generator)
                 module.bias.zero_()
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
                 module.running_mean.zero_()
@@ -187,11 +196,19 @@ def run(model, inputs, targets, prefix):
 
 
 def main():
-    default_out = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "alexnet32_golden.safetensors")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=default_out, help="output file (default: %(default)s)")
+    parser.add_argument("--fc-batch-norm", action="store_true",
+                        help="BatchNorm1d after both fc layers, width 0.03125")
+    parser.add_argument("--out", help="output file (default: alexnet32_golden.safetensors or, "
+                                      "with --fc-batch-norm, alexnet32_fcbn_golden.safetensors "
+                                      "beside this script)")
     args = parser.parse_args()
+    name = "alexnet32_fcbn_golden.safetensors" if args.fc_batch_norm else "alexnet32_golden.safetensors"
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    if args.fc_batch_norm:
+        CONFIG["width_multiplier"] = 0.03125
+        CONFIG["fc_batch_norm"] = True
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -199,7 +216,7 @@ def main():
     generator = torch.Generator().manual_seed(CONFIG["seed"])
 
     heads = CONFIG["heads"]
-    model32 = AlexNet32(CONFIG["in_channels"], heads, CONFIG["dropout"])
+    model32 = AlexNet32(CONFIG["in_channels"], heads, CONFIG["dropout"], args.fc_batch_norm)
     initialise(model32, generator)
     model64 = copy.deepcopy(model32).double()  # same initial weights, cast exactly
 

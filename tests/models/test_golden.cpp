@@ -17,6 +17,10 @@
 //            noise; the bound is 20x that, and still far below what any wrong index or
 //            missing term gives.
 // The float64 run starts from the float32 initial weights and batch converted exactly.
+//
+// alexnet32_fcbn_golden.safetensors (make_golden.py --fc-batch-norm) is the same run for the
+// network with BatchNorm1d after both fc layers (ModelConfig::fc_batch_norm) at width
+// 0.03125, held to the same tolerances.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -70,19 +74,28 @@ std::vector<Tensor> per_head(const Tensor& targets) {
   return heads;
 }
 
-void run_golden(DType dtype, const std::string& prefix, Tolerance tol) {
-  SafetensorsFile golden(std::string(SELA_SOURCE_DIR) + "/tests/golden/alexnet32_golden.safetensors");
+struct Golden {
+  const char* file;  // in tests/golden
+  double width_mult;
+  bool fc_batch_norm;
+};
+const Golden kPlain{"alexnet32_golden.safetensors", 0.0625, false};
+const Golden kFcBatchNorm{"alexnet32_fcbn_golden.safetensors", 0.03125, true};
+
+void run_golden(const Golden& which, DType dtype, const std::string& prefix, Tolerance tol) {
+  SafetensorsFile golden(std::string(SELA_SOURCE_DIR) + "/tests/golden/" + which.file);
   ModelConfig config;
   config.arch = "alexnet-32";
-  config.width_mult = 0.0625;
+  config.width_mult = which.width_mult;
   config.clusters = {10, 16, 7};
   config.dropout = 0.0;  // the golden data has no dropout: our mask RNG is not PyTorch's
+  config.fc_batch_norm = which.fc_batch_norm;
   SelaNet model(config);
   model.to(dtype);
   LoadOptions load;
   load.prefix = "init/";
   load.convert_dtype = true;
-  load_state(model, golden, load);
+  load_state(model, golden, load);  // strict: every name of the model in the file, and back
   model.train();
 
   Tensor input = tensor_from_file(golden, "input").to(dtype);  // (8, 3, 32, 32)
@@ -133,9 +146,17 @@ void run_golden(DType dtype, const std::string& prefix, Tolerance tol) {
 }  // namespace
 
 TEST_CASE("alexnet-32 matches PyTorch in float64: logits, loss, gradients, 3 SGD steps") {
-  run_golden(DType::f64, "f64/", Tolerance{1e-7, 1e-9, 1e-15});
+  run_golden(kPlain, DType::f64, "f64/", Tolerance{1e-7, 1e-9, 1e-15});
 }
 
 TEST_CASE("alexnet-32 matches PyTorch in float32: logits, loss, gradients, 3 SGD steps") {
-  run_golden(DType::f32, "", Tolerance{2e-3, 2e-4, 1e-7});
+  run_golden(kPlain, DType::f32, "", Tolerance{2e-3, 2e-4, 1e-7});
+}
+
+TEST_CASE("alexnet-32 with BatchNorm in the fc layers matches PyTorch's BatchNorm1d, float64") {
+  run_golden(kFcBatchNorm, DType::f64, "f64/", Tolerance{1e-7, 1e-9, 1e-15});
+}
+
+TEST_CASE("alexnet-32 with BatchNorm in the fc layers matches PyTorch's BatchNorm1d, float32") {
+  run_golden(kFcBatchNorm, DType::f32, "", Tolerance{2e-3, 2e-4, 1e-7});
 }

@@ -7,7 +7,9 @@
 // a BatchNorm normalises with the batch's own statistics, so the layers after it see the
 // same values whatever the running statistics are: the reference needs no second pass.
 // Tolerance: 1e-5 relative plus 1e-6 absolute (float32 statistics of 32 x 24 x 24 values
-// per channel and batch, against float64).
+// per channel and batch, against float64). With BatchNorm in the fc layers
+// (ModelConfig::fc_batch_norm) the reference walks on through the classifier, skipping its
+// dropout (the pass must draw no masks: the dropout counters stay as they were).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -18,6 +20,7 @@
 #include "engine/data/augment.h"
 #include "engine/data/dataset.h"
 #include "engine/data/loader.h"
+#include "engine/ops.h"
 #include "models/alexnet.h"
 #include "sela/evaluate.h"
 #include "tests/sela/synthetic_run.h"
@@ -26,9 +29,9 @@ namespace {
 
 using sela::Tensor;
 
-// Channel means and unbiased variances of x (N, C, H, W), in float64.
+// Channel means and unbiased variances of x (N, C, H, W) or (N, C), in float64.
 void channel_statistics(const Tensor& x, std::vector<double>* mean, std::vector<double>* var) {
-  const std::int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const std::int64_t n = x.size(0), c = x.size(1), hw = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
   const std::vector<double> values = x.to_vector<double>();
   mean->assign(static_cast<std::size_t>(c), 0.0);
   var->assign(static_cast<std::size_t>(c), 0.0);
@@ -49,9 +52,8 @@ void channel_statistics(const Tensor& x, std::vector<double>* mean, std::vector<
   }
 }
 
-}  // namespace
-
-TEST_CASE("precise BatchNorm: running statistics become the mean of the batch statistics") {
+void check_precise_batch_norm(bool fc_batch_norm) {
+  CAPTURE(fc_batch_norm);
   sela::test::TempFolder folder;
   auto dataset = sela::data::open_dataset(
       sela::test::write_synthetic_idx(folder.path, "train", 150, 3));
@@ -61,7 +63,14 @@ TEST_CASE("precise BatchNorm: running statistics become the mean of the batch st
   config.in_channels = 1;
   config.clusters = {4};
   config.seed = 9;
+  config.fc_batch_norm = fc_batch_norm;
+  config.dropout = fc_batch_norm ? 0.5 : 0.0;
   auto model = sela::make_model(config);
+  std::vector<sela::Module*> layers;  // the reference's walk: features, then the classifier
+  for (const auto& layer : model->features->layers()) layers.push_back(layer.get());
+  if (fc_batch_norm) {
+    for (const auto& layer : model->classifier->layers()) layers.push_back(layer.get());
+  }
   model->eval();
   const std::int64_t batch_size = 32;  // 150 images: 4 full batches, the rest left out
 
@@ -82,8 +91,10 @@ TEST_CASE("precise BatchNorm: running statistics become the mean of the batch st
     while (loader.next(&batch)) {
       Tensor h = sela::batch_images_on(batch, sela::Device::cpu());
       std::size_t norm = 0;
-      for (const auto& layer : model->features->layers()) {
-        if (dynamic_cast<sela::BatchNorm2d*>(layer.get()) != nullptr) {
+      for (sela::Module* layer : layers) {
+        if (dynamic_cast<sela::Dropout*>(layer) != nullptr) continue;
+        if (h.dim() == 4 && dynamic_cast<sela::Linear*>(layer) != nullptr) h = sela::flatten(h);
+        if (dynamic_cast<sela::BatchNorm2d*>(layer) != nullptr) {
           std::vector<double> mean, var;
           channel_statistics(h, &mean, &var);
           if (mean_sum.size() <= norm) {
@@ -103,15 +114,23 @@ TEST_CASE("precise BatchNorm: running statistics become the mean of the batch st
     model->eval();
   }
   REQUIRE(batches == 4);
-  REQUIRE(mean_sum.size() == 5);  // conv1..conv5
+  REQUIRE(mean_sum.size() == (fc_batch_norm ? 7u : 5u));  // conv1..conv5 (fc6, fc7)
 
   std::vector<sela::BatchNorm2d*> norms;
-  for (const auto& layer : model->features->layers())
-    if (auto* norm = dynamic_cast<sela::BatchNorm2d*>(layer.get())) norms.push_back(norm);
+  for (sela::Module* layer : layers)
+    if (auto* norm = dynamic_cast<sela::BatchNorm2d*>(layer)) norms.push_back(norm);
   for (sela::BatchNorm2d* norm : norms) *norm->num_batches_tracked.data<std::int64_t>() = 17;
+  std::vector<std::uint64_t> dropout_calls;
+  for (sela::Module* layer : layers) {
+    if (auto* dropout = dynamic_cast<sela::Dropout*>(layer)) dropout_calls.push_back(dropout->calls);
+  }
 
   CHECK(sela::recompute_batch_norm_statistics(*model, *dataset, batch_size, 1) == 4);
   CHECK_FALSE(model->is_training());  // the mode it had
+  std::size_t d = 0;
+  for (sela::Module* layer : layers) {
+    if (auto* dropout = dynamic_cast<sela::Dropout*>(layer)) CHECK(dropout->calls == dropout_calls[d++]);
+  }
   for (std::size_t b = 0; b < norms.size(); ++b) {
     INFO("BatchNorm " << b);
     CHECK(norms[b]->momentum == 0.1);  // restored
@@ -126,4 +145,14 @@ TEST_CASE("precise BatchNorm: running statistics become the mean of the batch st
       CHECK(std::fabs(var[ch] - want_var) <= 1e-6 + 1e-5 * std::fabs(want_var));
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("precise BatchNorm: running statistics become the mean of the batch statistics") {
+  check_precise_batch_norm(false);
+}
+
+TEST_CASE("precise BatchNorm: the classifier's BatchNorm too, with its dropout off") {
+  check_precise_batch_norm(true);
 }

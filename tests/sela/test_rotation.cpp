@@ -88,8 +88,9 @@ double max_abs(const std::vector<float>& a) {
 
 // alexnet-32 at width 1/16 on one channel, two heads, no dropout (the passes would draw
 // their masks for other row counts).
-ModelConfig small_model_config() {
+ModelConfig small_model_config(bool fc_batch_norm = false) {
   ModelConfig config;
+  config.fc_batch_norm = fc_batch_norm;
   config.width_mult = 0.0625;
   config.in_channels = 1;
   config.clusters = {5, 3};
@@ -252,13 +253,16 @@ TEST_CASE("forward_with_rotation: joint equals separate in eval mode, differs in
 // with and without the fused BatchNorm + ReLU. Rounding only: the weight gradients sum over
 // 10 rows at once or over 6 and then 4. Measured: logits, turn logits and buffers equal to
 // the bit, gradients within 1.9e-6 of their largest entry (tolerance 1e-5).
+// With fc_batch_norm the classifier's two BatchNorm1d take statistics per group as well.
 TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNorm buffers too") {
   const bool fused_before = fuse_batch_norm_relu();
+  for (bool fc_batch_norm : {false, true})
   for (bool fuse : {true, false}) {
+    CAPTURE(fc_batch_norm);
     CAPTURE(fuse);
     set_fuse_batch_norm_relu(fuse);
-    std::shared_ptr<SelaNet> grouped_model = make_model(small_model_config());
-    std::shared_ptr<SelaNet> separate_model = make_model(small_model_config());  // same weights
+    std::shared_ptr<SelaNet> grouped_model = make_model(small_model_config(fc_batch_norm));
+    std::shared_ptr<SelaNet> separate_model = make_model(small_model_config(fc_batch_norm));
     Linear grouped_head(grouped_model->feature_dim(), 4), separate_head(grouped_model->feature_dim(), 4);
     Rng rng(fuse ? 29 : 31);
     fill_normal(grouped_head.weight, rng, 0.0, 0.1);
@@ -290,8 +294,9 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
         if (scale_b < 1e-6 * largest) {
           // A convolution's bias just before a BatchNorm: its gradient is zero in exact
           // arithmetic (the batch mean absorbs it), so both are rounding noise; measured
-          // within 1e-8 of the largest gradient.
-          CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= 1e-7 * largest);
+          // within 1e-8 of the largest gradient, 2.2e-7 with BatchNorm in the fc layers
+          // (whose larger gradients reach the first conv layer).
+          CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= 1e-6 * largest);
           continue;
         }
         CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= 1e-5 * scale_b);
@@ -301,7 +306,7 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
     // the batch counters.
     NamedTensors buffers_a = grouped_model->named_buffers(), buffers_b = separate_model->named_buffers();
     REQUIRE(buffers_a.size() == buffers_b.size());
-    REQUIRE(buffers_a.size() == 15);  // 5 BatchNorm layers x (mean, var, count)
+    REQUIRE(buffers_a.size() == (fc_batch_norm ? 21u : 15u));  // 5 or 7 BatchNorms x (mean, var, count)
     for (std::size_t i = 0; i < buffers_a.size(); ++i) {
       CAPTURE(buffers_a[i].first);
       if (buffers_a[i].second.dtype() == DType::i64) {

@@ -381,3 +381,43 @@ TEST_CASE("--label-history keeps every label step's labels; resumed runs write t
   train(plain);
   CHECK_FALSE(std::ifstream(folder.path + "/plain/labels/step_001.csv").good());
 }
+
+// BatchNorm in the fc layers (--fc-batch-norm on): the run resumes exactly (the classifier's
+// running statistics are in the checkpoint), trains differently from the plain network, is
+// recorded in config.json so that `sela eval`/`label`/`viz` rebuild the same network from
+// the run folder, and a checkpoint of the other kind is refused with the setting named.
+TEST_CASE("--fc-batch-norm: exact resume, recorded for the run folder's readers, mismatches refused") {
+  TempFolder folder;
+  std::string spec = write_synthetic_idx(folder.path, "train", 160, 5);
+  auto normed = [&](const std::string& out) {
+    TrainConfig config = tiny_config(spec, folder.path + "/" + out);
+    config.fc_batch_norm = true;
+    return config;
+  };
+  TrainSummary whole = train(normed("whole"));
+  TrainSummary plain = train(tiny_config(spec, folder.path + "/plain"));
+  REQUIRE(whole.epoch_losses.size() == 3);
+  CHECK(whole.epoch_losses[0] != plain.epoch_losses[0]);
+  sela::test::check_resumed_run_matches(normed("split"), whole);
+  sela::test::check_same_tensors(folder.path + "/whole/checkpoint.safetensors",
+                                 folder.path + "/split/checkpoint.safetensors");
+  {
+    SafetensorsFile weights(folder.path + "/whole/weights.safetensors");
+    CHECK(weights.contains("classifier.2.running_var"));  // fc6's BatchNorm1d
+    CHECK(weights.contains("classifier.6.weight"));       // fc7's
+    CHECK(weights.contains("classifier.5.weight"));       // the second Linear, moved
+  }
+  nlohmann::json config;
+  std::ifstream(folder.path + "/whole/config.json") >> config;
+  CHECK(config["fc_batch_norm"] == true);
+  RunFolder run = read_run_folder(folder.path + "/whole", "sela eval");
+  CHECK(run.model.fc_batch_norm);
+  std::shared_ptr<SelaNet> model = load_run_model(run, "sela eval");  // strict: all names
+  CHECK(model->config().fc_batch_norm);
+  CHECK_FALSE(read_run_folder(folder.path + "/plain", "sela eval").model.fc_batch_norm);
+
+  TrainConfig other = tiny_config(spec, folder.path + "/split");  // without the flag
+  other.resume = true;
+  std::string message = sela::test::train_error(other);
+  CHECK(message.find("fc_batch_norm: checkpoint true, flags false") != std::string::npos);
+}
