@@ -10,10 +10,11 @@
 // forward() maps one tensor to one tensor; multi-output modules (MultiHead, the SeLa models)
 // offer their own forward returning several.
 //
-// Sequential runs a BatchNorm2d (or BatchNorm1d) directly followed by a ReLU as one batch_norm_relu2d (the
-// same values and gradients; on CUDA one pass and one tensor less per block). The modules
-// and their names stay as they are, so state dicts do not change. On by default;
-// set_fuse_batch_norm_relu(false) runs them one by one (for A/B measurements).
+// Sequential runs a BatchNorm2d (or BatchNorm1d) directly followed by a ReLU as one
+// batch_norm_relu2d (the same values and gradients; on CUDA one pass and one tensor less
+// per block). The modules and their names stay as they are, so state dicts do not change.
+// On by default; set_fuse_batch_norm_relu(false) runs them one by one (for A/B
+// measurements).
 #pragma once
 
 #include <cstdint>

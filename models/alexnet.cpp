@@ -100,7 +100,8 @@ Tensor SelaNet::forward_fc7(const Tensor& x) {
 
 Tensor SelaNet::forward_fc7_grouped(const Tensor& x, std::int64_t first_rows) {
   check_input(x);
-  return classifier->forward_grouped(flatten(features->forward_grouped(x, first_rows)), first_rows);
+  Tensor flat = flatten(features->forward_grouped(x, first_rows));
+  return classifier->forward_grouped(flat, first_rows);  // per group too, with fc_batch_norm
 }
 
 std::vector<Tensor> SelaNet::forward_heads(const Tensor& x) {

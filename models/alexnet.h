@@ -2,8 +2,9 @@
 //
 //   features   conv+BN+ReLU blocks and max-pools  (names features.0 ... features.17)
 //   classifier Dropout, Linear(flat, fc), ReLU, Dropout, Linear(fc, fc), ReLU   (classifier.*)
-//              with fc_batch_norm a BatchNorm1d after each Linear (classifier.2 and .6; the
-//              ReLUs and the second Linear move to .3, .5, .7)
+//              with fc_batch_norm: 0 Dropout, 1 Linear, 2 BatchNorm1d, 3 ReLU, 4 Dropout,
+//              5 Linear, 6 BatchNorm1d, 7 ReLU (the Linear biases stay, though the BatchNorm
+//              after them cancels them, so that classifier.1 is the same in both variants)
 //   heads      top_layer0 ... top_layer{T-1}: Linear(fc, K_t)
 // The names and layer indices match the PyTorch twin in tests/golden/make_golden.py and
 // tools/bench/torch_train_step.py, so weights move both ways through safetensors.

@@ -100,7 +100,8 @@ json config_json(const TrainConfig& c, std::int64_t in_channels) {
           {"label_logits", c.label_logits},
           {"epochs", c.epochs}, {"batch_size", c.batch_size}, {"lr", c.lr},
           {"momentum", c.momentum}, {"weight_decay", c.weight_decay}, {"lr_drops", c.lr_drops},
-          {"dropout", c.dropout}, {"fc_batch_norm", c.fc_batch_norm}, {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
+          {"dropout", c.dropout}, {"fc_batch_norm", c.fc_batch_norm},
+          {"crop_min_scale", c.crop_min_scale}, {"jitter", c.jitter},
           {"rotation_weight", c.rotation_weight}, {"rotation_batch", c.rotation_batch},
           {"rotation_pass", c.rotation_pass},
           {"sinkhorn_max_iters", c.sinkhorn_max_iters},
@@ -312,7 +313,7 @@ void Run::resume_from_checkpoint() {
   if (!saved.contains("rotation_weight")) saved["rotation_weight"] = 0.0;
   if (!saved.contains("rotation_batch")) saved["rotation_batch"] = TrainConfig().rotation_batch;
   if (!saved.contains("rotation_pass")) saved["rotation_pass"] = "separate";  // the only one then
-  if (!saved.contains("fc_batch_norm")) saved["fc_batch_norm"] = false;  // nor BatchNorm in the fc layers
+  if (!saved.contains("fc_batch_norm")) saved["fc_batch_norm"] = false;  // nor fc BatchNorm
   std::ostringstream differences;
   for (auto& item : expected.items()) {
     if (saved[item.key()] != item.value()) {
@@ -707,6 +708,15 @@ TrainSummary Run::go() {
   }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   rotation_pass_ = parse_rotation_pass(config_.rotation_pass, "sela train");
+  // The fc layers' BatchNorm normalises each of a vector's values over the rows of its group:
+  // one turned image alone has no statistics (conv BatchNorm still has its H x W values).
+  SELA_CHECK(!config_.fc_batch_norm || config_.rotation_weight <= 0 ||
+                 rotation_pass_ == RotationPass::joint || config_.rotation_batch >= 2,
+             "sela train",
+             "--fc-batch-norm on needs --rotation-batch >= 2 with --rotation-pass "
+                 << config_.rotation_pass
+                 << " (the turned images are normalised as a group of their own), got "
+                 << config_.rotation_batch);
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
              "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");
@@ -726,10 +736,11 @@ TrainSummary Run::go() {
                               "another --out");
     start_fresh();
   }
-  std::printf("sela train: %s, %lld samples, %s width %.3g (%lld parameters), heads K=%s, "
+  std::printf("sela train: %s, %lld samples, %s%s width %.3g (%lld parameters), heads K=%s, "
               "%lld epochs, batch %lld, %zu label steps (%s), lambda %.3g, %d threads, gemm %s, "
               "device %s\n",
               train_->info().spec.c_str(), static_cast<long long>(n_), config_.arch.c_str(),
+              config_.fc_batch_norm ? " with BatchNorm in the fc layers," : "",
               config_.width_mult, static_cast<long long>(model_->parameter_count()),
               json(config_.clusters).dump().c_str(), static_cast<long long>(config_.epochs),
               static_cast<long long>(config_.batch_size), schedule_.size(),

@@ -16,6 +16,15 @@
 // `lane += d * d` by default), so the sums are bit for bit those of the loops. (+0.0
 // leaves a lane unchanged: a lane starts at +0.0 and a round-to-nearest sum is never -0.0
 // unless both terms are.)
+//
+// spatial = 1 (BatchNorm1d on (N, C) rows, the fc layers' BatchNorm) has its own loops: a
+// channel's N values lie C apart, so walking one channel at a time reads one value per
+// cache line and costs about 20x the same number of values in the conv layout. Those loops
+// walk the rows instead and keep one double sum per channel of a block of channels (split
+// over threads). Each channel's sum still adds its values in row order into a single
+// accumulator, which is what the channel walk does at spatial = 1 (every run's single value
+// goes to lane 0; the other lanes stay +0.0), with the same fused multiply-adds: the
+// results are the channel walk's, bit for bit (tests/kernels/test_batchnorm.cpp).
 #include "kernels/cpu/batchnorm.h"
 
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -181,6 +190,133 @@ void affine_channel(std::int64_t batch, std::int64_t channels, std::int64_t spat
   }
 }
 
+// --- spatial = 1: rows of C values -------------------------------------------------------
+
+// Channels per block of the row loops: their double sums stay in L1.
+constexpr std::int64_t kRowChannelBlock = 256;
+
+// Runs body(c_begin, c_end) over blocks of at most kRowChannelBlock channels, split over
+// threads.
+template <typename Body>
+void for_each_channel_block(std::int64_t batch, std::int64_t channels, const Body& body) {
+  const std::int64_t channel_grain =
+      std::max<std::int64_t>(kRowChannelBlock, kBatchNormGrain / (batch + 1) + 1);
+  parallel_for(0, channels, channel_grain, [&](std::int64_t c_begin, std::int64_t c_end) {
+    for (std::int64_t c0 = c_begin; c0 < c_end; c0 += kRowChannelBlock)
+      body(c0, std::min(c_end, c0 + kRowChannelBlock));
+  });
+}
+
+// d * d + sum (or a * b + sum) with one rounding, as the channel walk's contracted loops and
+// its AVX-512 form compute it.
+inline double fused(double a, double b, double sum) { return std::fma(a, b, sum); }
+
+template <typename T>
+void forward_train_rows(std::int64_t batch, std::int64_t channels, const T* x, const T* gamma,
+                        const T* beta, T momentum, T* running_mean, T* running_var, T eps, T* y,
+                        T* save_mean, T* save_invstd) {
+  const std::int64_t count = batch;
+  for_each_channel_block(batch, channels, [&](std::int64_t c0, std::int64_t c1) {
+    const std::int64_t width = c1 - c0;
+    double sum[kRowChannelBlock] = {}, mean[kRowChannelBlock], squares[kRowChannelBlock] = {};
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* row = x + n * channels + c0;  // (width)
+      for (std::int64_t j = 0; j < width; ++j) sum[j] += static_cast<double>(row[j]);
+    }
+    for (std::int64_t j = 0; j < width; ++j) mean[j] = sum[j] / static_cast<double>(count);
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* row = x + n * channels + c0;
+      for (std::int64_t j = 0; j < width; ++j) {
+        const double d = static_cast<double>(row[j]) - mean[j];
+        squares[j] = fused(d, d, squares[j]);
+      }
+    }
+    T center[kRowChannelBlock], scale[kRowChannelBlock], shift[kRowChannelBlock];
+    for (std::int64_t j = 0; j < width; ++j) {
+      const std::int64_t c = c0 + j;
+      const double var_biased = squares[j] / static_cast<double>(count);
+      const double var_unbiased = squares[j] / static_cast<double>(count - 1);
+      const double invstd = 1.0 / std::sqrt(var_biased + static_cast<double>(eps));
+      save_mean[c] = static_cast<T>(mean[j]);
+      save_invstd[c] = static_cast<T>(invstd);
+      if (running_mean != nullptr) {
+        running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * static_cast<T>(mean[j]);
+        running_var[c] =
+            (T(1) - momentum) * running_var[c] + momentum * static_cast<T>(var_unbiased);
+      }
+      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+      center[j] = static_cast<T>(mean[j]);
+      scale[j] = static_cast<T>(g * invstd);
+      shift[j] = static_cast<T>(beta != nullptr ? static_cast<double>(beta[c]) : 0.0);
+    }
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* row = x + n * channels + c0;
+      T* out = y + n * channels + c0;
+      for (std::int64_t j = 0; j < width; ++j) out[j] = (row[j] - center[j]) * scale[j] + shift[j];
+    }
+  });
+}
+
+// out[n, c] = (in[n, c] - center[c]) * scale[c] + shift[c], the constants from constants(c).
+template <typename T, typename Constants>
+void affine_rows(std::int64_t batch, std::int64_t channels, const T* in, const Constants& constants,
+                 T* out) {
+  for_each_channel_block(batch, channels, [&](std::int64_t c0, std::int64_t c1) {
+    const std::int64_t width = c1 - c0;
+    T center[kRowChannelBlock], scale[kRowChannelBlock], shift[kRowChannelBlock];
+    for (std::int64_t j = 0; j < width; ++j) constants(c0 + j, &center[j], &scale[j], &shift[j]);
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* row = in + n * channels + c0;
+      T* dst = out + n * channels + c0;
+      for (std::int64_t j = 0; j < width; ++j) dst[j] = (row[j] - center[j]) * scale[j] + shift[j];
+    }
+  });
+}
+
+template <typename T>
+void backward_train_rows(std::int64_t batch, std::int64_t channels, const T* x, const T* grad_y,
+                         const T* gamma, const T* save_mean, const T* save_invstd, T* grad_x,
+                         T* grad_gamma, T* grad_beta) {
+  const std::int64_t count = batch;
+  for_each_channel_block(batch, channels, [&](std::int64_t c0, std::int64_t c1) {
+    const std::int64_t width = c1 - c0;
+    double mean[kRowChannelBlock], sum_dy[kRowChannelBlock] = {}, sum_dy_x[kRowChannelBlock] = {};
+    for (std::int64_t j = 0; j < width; ++j) mean[j] = static_cast<double>(save_mean[c0 + j]);
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* dy = grad_y + n * channels + c0;  // (width)
+      const T* xs = x + n * channels + c0;       // (width)
+      for (std::int64_t j = 0; j < width; ++j) {
+        const double gi = static_cast<double>(dy[j]);
+        sum_dy[j] += gi;
+        sum_dy_x[j] = fused(gi, static_cast<double>(xs[j]) - mean[j], sum_dy_x[j]);
+      }
+    }
+    T k_t[kRowChannelBlock], a_t[kRowChannelBlock], b_t[kRowChannelBlock], mean_t[kRowChannelBlock];
+    for (std::int64_t j = 0; j < width; ++j) {
+      const std::int64_t c = c0 + j;
+      const double invstd = static_cast<double>(save_invstd[c]);
+      const double sum_dy_xhat = sum_dy_x[j] * invstd;
+      if (grad_gamma != nullptr) grad_gamma[c] = static_cast<T>(sum_dy_xhat);
+      if (grad_beta != nullptr) grad_beta[c] = static_cast<T>(sum_dy[j]);
+      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+      const double k = g * invstd;
+      const double mean_dy = sum_dy[j] / static_cast<double>(count);
+      const double mean_dy_xhat = sum_dy_xhat / static_cast<double>(count);
+      k_t[j] = static_cast<T>(k);
+      a_t[j] = static_cast<T>(-k * invstd * mean_dy_xhat);
+      b_t[j] = static_cast<T>(-k * mean_dy);
+      mean_t[j] = save_mean[c];
+    }
+    for (std::int64_t n = 0; n < batch; ++n) {
+      const T* dy = grad_y + n * channels + c0;
+      const T* xs = x + n * channels + c0;
+      T* dx = grad_x + n * channels + c0;
+      for (std::int64_t j = 0; j < width; ++j)
+        dx[j] = dy[j] * k_t[j] + (xs[j] - mean_t[j]) * a_t[j] + b_t[j];
+    }
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -197,6 +333,11 @@ void batch_norm_forward_train(std::int64_t batch, std::int64_t channels, std::in
   SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
   SELA_CHECK((running_mean == nullptr) == (running_var == nullptr), op,
              "running_mean and running_var must both be given or both be nullptr");
+  if (spatial == 1) {
+    forward_train_rows(batch, channels, x, gamma, beta, momentum, running_mean, running_var, eps,
+                       y, save_mean, save_invstd);
+    return;
+  }
 
   for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
     double lanes[kLanes] = {};
@@ -236,6 +377,17 @@ void batch_norm_forward_eval(std::int64_t batch, std::int64_t channels, std::int
   const char* op = "batch_norm_forward_eval";
   check_sizes(op, batch, channels, spatial);
   SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
+  if (spatial == 1) {
+    affine_rows(batch, channels, x, [&](std::int64_t c, T* center, T* scale, T* shift) {
+      const double invstd =
+          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+      *center = running_mean[c];
+      *scale = static_cast<T>(g * invstd);
+      *shift = static_cast<T>(beta != nullptr ? static_cast<double>(beta[c]) : 0.0);
+    }, y);
+    return;
+  }
   for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
     const double invstd =
         1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
@@ -261,6 +413,11 @@ void batch_norm_backward_train(std::int64_t batch, std::int64_t channels, std::i
   SELA_CHECK(count > 0, op,
              "no values per channel: (N, C, spatial) = (" << batch << ", " << channels << ", "
                                                           << spatial << ")");
+  if (spatial == 1) {
+    backward_train_rows(batch, channels, x, grad_y, gamma, save_mean, save_invstd, grad_x,
+                        grad_gamma, grad_beta);
+    return;
+  }
 
   for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
     const double mean = static_cast<double>(save_mean[c]);
@@ -306,6 +463,17 @@ void batch_norm_backward_eval(std::int64_t batch, std::int64_t channels, std::in
   const char* op = "batch_norm_backward_eval";
   check_sizes(op, batch, channels, spatial);
   SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
+  if (spatial == 1) {
+    affine_rows(batch, channels, grad_y, [&](std::int64_t c, T* center, T* scale, T* shift) {
+      const double invstd =
+          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+      *center = T(0);
+      *scale = static_cast<T>(g * invstd);
+      *shift = T(0);
+    }, grad_x);
+    return;
+  }
   for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
     const double invstd =
         1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));

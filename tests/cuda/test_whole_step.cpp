@@ -5,8 +5,8 @@
 // the loss, the gradient of every parameter, every parameter after the update, and the
 // BatchNorm running statistics; again with BatchNorm1d after both fc layers
 // (ModelConfig::fc_batch_norm: the BatchNorm kernels on (N, C, 1, 1) views; the fc biases
-// before them have zero gradients, as the conv biases). Then the steady state of the caching allocator: three steps
-// on the GPU, and no cudaMalloc after the first. Skipped, loudly and by name, without a GPU.
+// before them have zero gradients, as the conv biases). Then the steady state of the
+// caching allocator: three steps on the GPU, and no cudaMalloc after the first. Skipped, loudly and by name, without a GPU.
 //
 // TF32 is off for convolutions and matmuls in this test: TF32 rounds every product's inputs
 // to a 10-bit mantissa (~5e-4 relative), which after eight layers would force tolerances too

@@ -7,6 +7,9 @@
 // batch_norm2d_grouped (two row groups, each with its own statistics) against the ops run on
 // each group's rows (slice_rows, then concat_rows of the two outputs): the same bits for the
 // output, the running statistics and every gradient; and Sequential::forward_grouped.
+// BatchNorm1d (the same ops on an (N, C, 1, 1) view of (N, C) rows) against PyTorch's
+// BatchNorm1d formulas in float64, fused with its ReLU in a Sequential, grouped in training
+// and in eval mode.
 // The CUDA kernels are compared with this CPU op in tests/cuda/test_engine_ops.cpp.
 #include <doctest/doctest.h>
 
@@ -320,4 +323,94 @@ TEST_CASE("Sequential::forward_grouped: per-group BatchNorm, two counts, eval mo
   auto net = small_network(23);
   Rng rng(24);
   CHECK_THROWS_AS(net->forward_grouped(randn({4, 3, 9, 9}, rng), 4), Error);
+}
+
+namespace {
+
+// Linear -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d, as the classifier with
+// fc_batch_norm (the second without its ReLU, so that both Sequential paths run).
+std::shared_ptr<Sequential> fc_network(std::uint64_t seed) {
+  auto net = std::make_shared<Sequential>();
+  net->add(std::make_shared<Linear>(7, 6));
+  net->add(std::make_shared<BatchNorm1d>(6));
+  net->add(std::make_shared<ReLU>());
+  net->add(std::make_shared<Linear>(6, 5));
+  net->add(std::make_shared<BatchNorm1d>(5));
+  Rng rng(seed);
+  for (auto& [name, p] : net->named_parameters()) p.copy_from(randn(p.shape(), rng));
+  return net;
+}
+
+}  // namespace
+
+TEST_CASE("BatchNorm1d on (N, C) rows: BatchNorm1d's formulas, fused with ReLU, grouped, eval") {
+  // One module against the formulas in float64: per feature, the batch mean and biased
+  // variance normalise; the running variance takes the unbiased one (momentum 0.1).
+  BatchNorm1d norm(4);
+  Rng rng(41);
+  norm.weight.copy_from(randn({4}, rng));
+  norm.bias.copy_from(randn({4}, rng));
+  const Tensor x = randn({6, 4}, rng);
+  const Tensor y = norm.forward(x);
+  REQUIRE(y.shape() == Shape{6, 4});
+  const std::vector<double> xs = x.to_vector<double>(), ys = y.to_vector<double>();
+  const std::vector<double> gamma = norm.weight.to_vector<double>(), beta = norm.bias.to_vector<double>();
+  const std::vector<double> running_mean = norm.running_mean.to_vector<double>();
+  const std::vector<double> running_var = norm.running_var.to_vector<double>();
+  for (int c = 0; c < 4; ++c) {
+    double mean = 0, squares = 0;
+    for (int n = 0; n < 6; ++n) mean += xs[n * 4 + c] / 6;
+    for (int n = 0; n < 6; ++n) squares += (xs[n * 4 + c] - mean) * (xs[n * 4 + c] - mean);
+    for (int n = 0; n < 6; ++n) {
+      const double want = (xs[n * 4 + c] - mean) / std::sqrt(squares / 6 + 1e-5) * gamma[c] + beta[c];
+      CHECK(std::abs(ys[n * 4 + c] - want) <= 1e-5 * (1 + std::abs(want)));
+    }
+    CHECK(std::abs(running_mean[c] - 0.1 * mean) <= 1e-6);
+    CHECK(std::abs(running_var[c] - (0.9 + 0.1 * squares / 5)) <= 1e-6);
+  }
+  CHECK(*norm.num_batches_tracked.data<std::int64_t>() == 1);
+  CHECK_THROWS_AS(norm.forward(randn({6, 4, 1, 1}, rng)), Error);  // rows only
+  CHECK_THROWS_AS(norm.forward(randn({6, 3}, rng)), Error);        // 4 features
+
+  // In a Sequential: fused with the ReLU or not, the same bits.
+  auto fused_net = fc_network(42), plain_net = fc_network(42);
+  const Tensor rows = randn({8, 7}, rng), grad_output = randn({8, 5}, rng);
+  Tensor y_fused = fused_net->forward(rows);
+  Tensor y_plain;
+  {
+    FusionOff off;
+    y_plain = plain_net->forward(rows);
+  }
+  check_same_bits<float>(y_fused, y_plain, "output");
+  y_fused.backward(grad_output);
+  y_plain.backward(grad_output);
+  const NamedTensors a = fused_net->named_parameters(), b = plain_net->named_parameters();
+  for (std::size_t i = 0; i < a.size(); ++i)
+    check_same_bits<float>(a[i].second.grad(), b[i].second.grad(), "gradient of " + a[i].first);
+
+  // Grouped in training mode: the two groups' forwards one after the other, the same bits,
+  // two batches counted; in eval mode the plain forward.
+  auto grouped_net = fc_network(43), split_net = fc_network(43);
+  Tensor y_grouped = grouped_net->forward_grouped(rows, 3);
+  Tensor y_split = concat_rows({split_net->forward(slice_rows(rows, 0, 3)),
+                                split_net->forward(slice_rows(rows, 3, 8))});
+  check_same_bits<float>(y_grouped, y_split, "grouped output");
+  const NamedTensors buffers_a = grouped_net->named_buffers(), buffers_b = split_net->named_buffers();
+  for (std::size_t i = 0; i < buffers_a.size(); ++i) {
+    if (buffers_a[i].second.dtype() == DType::i64) {
+      CHECK(buffers_a[i].second.item() == 2.0);
+    } else {
+      check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
+    }
+  }
+  grouped_net->eval();
+  check_same_bits<float>(grouped_net->forward_grouped(rows, 3), grouped_net->forward(rows),
+                         "eval output");
+  // And the module's own grouped call in eval mode (Sequential does not reach it there).
+  auto* first_norm = static_cast<BatchNorm1d*>(grouped_net->layers()[1].get());
+  const Tensor h = static_cast<Linear&>(*grouped_net->layers()[0]).forward(rows);
+  check_same_bits<float>(first_norm->forward_grouped(h, 3, true), first_norm->forward_relu(h),
+                         "eval grouped with relu");
+  check_same_bits<float>(first_norm->forward_grouped(h, 3, false), first_norm->forward(h),
+                         "eval grouped");
 }

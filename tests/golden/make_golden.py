@@ -11,7 +11,8 @@ the `safetensors` package comes from PyPI:
 ):
     /usr/bin/python3 tests/golden/make_golden.py [--fc-batch-norm] [--out PATH]
 It is deterministic (fixed seeds, one thread, deterministic algorithms): running it twice on
-one machine gives the same bytes (it prints the file's sha256).
+one machine gives the same tensors, bit for bit (the bytes of the file may differ: the
+safetensors package writes the metadata keys in varying order; it prints the sha256).
 
 What it builds is exactly the network the C++ engine builds, `alexnet-32` at width
 multiplier 0.0625, in_channels 3, T = 3 heads with K = (10, 16, 7), with PyTorch-style
@@ -31,6 +32,7 @@ seed only makes the file reproducible; sela does not re-create PyTorch's random 
     with --fc-batch-norm (width 0.03125: conv widths 2, 6, 12, 8, 8, fc 128):
     classifier = Sequential(0 Dropout(p) 1 Linear(72, 128) 2 BatchNorm1d 3 ReLU 4 Dropout(p)
                             5 Linear(128, 128) 6 BatchNorm1d 7 ReLU)
+    top_layer0 = Linear(128, 10); top_layer1 = Linear(128, 16); top_layer2 = Linear(128, 7)
     top_layer0 = Linear(256, 10); top_layer1 = Linear(256, 16); top_layer2 = Linear(256, 7)
 
 The width is 0.0625 (not 0.125) so that the committed file stays under 5 MB.

@@ -3,6 +3,10 @@
 // the unbiased variance), the full training-mode backward through the batch statistics and
 // the eval backward against central finite differences in float64, float against double,
 // affine = false and untracked statistics (nullptr), and a float input with a large mean.
+// spatial = 1 (BatchNorm1d's rows, a loop of its own in the kernel) is among the shapes,
+// with channel counts across several of its channel blocks (256) and a partial last block,
+// and on its own at the fc layers' size: against the closed form, float against double, and
+// the same bits with 1 and 2 threads.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -101,7 +105,7 @@ void check_forward_train(const BnShape& s, bool affine, bool track, std::uint64_
   }
 }
 
-const BnShape kShapes[] = {{2, 1, 1},  {3, 2, 5},    {1, 3, 7},   {33, 3, 1},
+const BnShape kShapes[] = {{2, 1, 1},  {3, 2, 5},    {1, 3, 7},     {33, 3, 1},  {20, 700, 1},
                            {4, 7, 33}, {8, 16, 169}, {2, 5, 3025}};
 
 }  // namespace
@@ -203,7 +207,7 @@ double train_loss(const BnShape& s, const std::vector<double>& x, const std::vec
 }  // namespace
 
 TEST_CASE("batch_norm_backward_train matches finite differences through the batch statistics") {
-  const BnShape shapes[] = {{3, 2, 5}, {2, 3, 1}, {1, 2, 7}, {4, 3, 6}};
+  const BnShape shapes[] = {{3, 2, 5}, {2, 3, 1}, {1, 2, 7}, {4, 3, 6}, {3, 520, 1}};
   std::uint64_t seed = 300;
   for (const auto& s : shapes) {
     CAPTURE(s.batch);
@@ -317,35 +321,99 @@ TEST_CASE("batch_norm_backward_train large shape: float vs double, 1 and 2 threa
   sela::cpu::set_num_threads(0);
 }
 
-TEST_CASE("batch_norm_backward_eval matches finite differences of the eval forward") {
-  const BnShape s{3, 4, 5};
-  auto x = random_values(s.size(), 81, -2.0, 2.0);
-  const auto gamma = random_values(s.channels, 82, -2.0, 2.0),
-             beta = random_values(s.channels, 83, -2.0, 2.0);
-  const auto rm = random_values(s.channels, 84, -2.0, 2.0),
-             rv = random_values(s.channels, 85, 0.1, 2.0);
-  const auto weight = random_values(s.size(), 86, -2.0, 2.0);
-  const double eps = 1e-5;
-  auto grad_x = poisoned<double>(s.size());
-  sela::cpu::batch_norm_backward_eval<double>(s.batch, s.channels, s.spatial, weight.data(),
-                                              gamma.data(), rv.data(), eps, grad_x.data());
-  auto eval_loss = [&] {  // sum(weight * batch_norm_forward_eval(x))
-    std::vector<double> y(x.size());
-    sela::cpu::batch_norm_forward_eval<double>(s.batch, s.channels, s.spatial, x.data(),
-                                               gamma.data(), beta.data(), rm.data(), rv.data(), eps,
-                                               y.data());
-    double total = 0;
-    for (std::size_t i = 0; i < y.size(); ++i) total += weight[i] * y[i];
-    return total;
-  };
-  const auto numeric = central_differences(&x, eval_loss, 1e-6);
-  CHECK(count_bad(grad_x, numeric, 1e-7, 1e-6) == 0);
+TEST_CASE("batch_norm spatial = 1 at the fc layers' size: closed form, 1 and 2 threads the same bits") {
+  const BnShape s{160, 1100, 1};  // 4 full channel blocks and a partial one
+  const auto x = random_values(s.size(), 91, -1.0, 3.0), w = random_values(s.size(), 92, -2.0, 2.0);
+  const auto gamma = random_values(s.channels, 93, 0.5, 1.5), beta = random_values(s.channels, 94, -1.0, 1.0);
+  // The closed form in plain loops, in double.
+  std::vector<double> want_y(x.size()), want_gx(x.size()), want_gg(s.channels), want_gb(s.channels);
+  const double count = static_cast<double>(s.batch);
+  for (std::int64_t c = 0; c < s.channels; ++c) {
+    double m = 0, v = 0, sum_dy = 0, sum_dy_xhat = 0;
+    reference_stats(s, x, c, &m, &v);
+    const double is = 1.0 / std::sqrt(v + 1e-5);
+    for (std::int64_t n = 0; n < s.batch; ++n) {
+      const std::int64_t k = n * s.channels + c;
+      want_y[k] = (x[k] - m) * is * gamma[c] + beta[c];
+      sum_dy += w[k];
+      sum_dy_xhat += w[k] * (x[k] - m) * is;
+    }
+    want_gg[c] = sum_dy_xhat;
+    want_gb[c] = sum_dy;
+    for (std::int64_t n = 0; n < s.batch; ++n) {
+      const std::int64_t k = n * s.channels + c;
+      const double xhat = (x[k] - m) * is;
+      want_gx[k] = gamma[c] * is / count * (count * w[k] - sum_dy - xhat * sum_dy_xhat);
+    }
+  }
+  const auto x_f = as<float>(x), w_f = as<float>(w), g_f = as<float>(gamma), b_f = as<float>(beta);
+  std::vector<std::vector<float>> outputs;  // per thread count: y, then grad_x
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    sela::cpu::set_num_threads(threads);
+    std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
+    sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(),
+                                                gamma.data(), beta.data(), 1e-5, 0.1, nullptr,
+                                                nullptr, y.data(), mean.data(), invstd.data());
+    CHECK(count_bad(y, want_y, 1e-12, 1e-10) == 0);
+    auto gx = poisoned<double>(s.size());
+    auto gg = poisoned<double>(s.channels), gb = poisoned<double>(s.channels);
+    sela::cpu::batch_norm_backward_train<double>(s.batch, s.channels, s.spatial, x.data(), w.data(),
+                                                 gamma.data(), mean.data(), invstd.data(),
+                                                 gx.data(), gg.data(), gb.data());
+    CHECK(count_bad(gx, want_gx, 1e-12, 1e-10) == 0);
+    CHECK(count_bad(gg, want_gg, 1e-10, 1e-10) == 0);
+    CHECK(count_bad(gb, want_gb, 1e-10, 1e-10) == 0);
 
-  const auto w_f = as<float>(weight), g_f = as<float>(gamma), rv_f = as<float>(rv);
-  auto gx_f = poisoned<float>(s.size());
-  sela::cpu::batch_norm_backward_eval<float>(s.batch, s.channels, s.spatial, w_f.data(), g_f.data(),
-                                             rv_f.data(), float(eps), gx_f.data());
-  CHECK(count_bad(gx_f, grad_x, 1e-6, 1e-6) == 0);
+    std::vector<float> y_f(x.size()), mean_f(s.channels), invstd_f(s.channels);
+    sela::cpu::batch_norm_forward_train<float>(s.batch, s.channels, s.spatial, x_f.data(),
+                                               g_f.data(), b_f.data(), 1e-5f, 0.1f, nullptr,
+                                               nullptr, y_f.data(), mean_f.data(), invstd_f.data());
+    CHECK(count_bad(y_f, want_y, 2e-5, 2e-5) == 0);
+    auto gx_f = poisoned<float>(s.size());
+    sela::cpu::batch_norm_backward_train<float>(s.batch, s.channels, s.spatial, x_f.data(),
+                                                w_f.data(), g_f.data(), mean_f.data(),
+                                                invstd_f.data(), gx_f.data(), nullptr, nullptr);
+    CHECK(count_bad(gx_f, want_gx, 2e-5, 2e-4) == 0);
+    outputs.push_back(y_f);
+    outputs.push_back(gx_f);
+  }
+  sela::cpu::set_num_threads(0);
+  CHECK(count_bad(outputs[2], widen(outputs[0]), 0, 0) == 0);  // y: 2 threads = 1 thread
+  CHECK(count_bad(outputs[3], widen(outputs[1]), 0, 0) == 0);  // grad_x
+}
+
+TEST_CASE("batch_norm_backward_eval matches finite differences of the eval forward") {
+  for (const BnShape s : {BnShape{3, 4, 5}, BnShape{3, 300, 1}}) {
+    CAPTURE(s.spatial);
+    auto x = random_values(s.size(), 81, -2.0, 2.0);
+    const auto gamma = random_values(s.channels, 82, -2.0, 2.0),
+               beta = random_values(s.channels, 83, -2.0, 2.0);
+    const auto rm = random_values(s.channels, 84, -2.0, 2.0),
+               rv = random_values(s.channels, 85, 0.1, 2.0);
+    const auto weight = random_values(s.size(), 86, -2.0, 2.0);
+    const double eps = 1e-5;
+    auto grad_x = poisoned<double>(s.size());
+    sela::cpu::batch_norm_backward_eval<double>(s.batch, s.channels, s.spatial, weight.data(),
+                                                gamma.data(), rv.data(), eps, grad_x.data());
+    auto eval_loss = [&] {  // sum(weight * batch_norm_forward_eval(x))
+      std::vector<double> y(x.size());
+      sela::cpu::batch_norm_forward_eval<double>(s.batch, s.channels, s.spatial, x.data(),
+                                                 gamma.data(), beta.data(), rm.data(), rv.data(), eps,
+                                                 y.data());
+      double total = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) total += weight[i] * y[i];
+      return total;
+    };
+    const auto numeric = central_differences(&x, eval_loss, 1e-6);
+    CHECK(count_bad(grad_x, numeric, 1e-7, 1e-6) == 0);
+
+    const auto w_f = as<float>(weight), g_f = as<float>(gamma), rv_f = as<float>(rv);
+    auto gx_f = poisoned<float>(s.size());
+    sela::cpu::batch_norm_backward_eval<float>(s.batch, s.channels, s.spatial, w_f.data(), g_f.data(),
+                                               rv_f.data(), float(eps), gx_f.data());
+    CHECK(count_bad(gx_f, grad_x, 1e-6, 1e-6) == 0);
+  }
 }
 
 TEST_CASE("batch_norm_forward_train rejects a single value per channel") {

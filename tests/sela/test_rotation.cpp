@@ -256,7 +256,7 @@ TEST_CASE("forward_with_rotation: joint equals separate in eval mode, differs in
 // With fc_batch_norm the classifier's two BatchNorm1d take statistics per group as well.
 TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNorm buffers too") {
   const bool fused_before = fuse_batch_norm_relu();
-  for (bool fc_batch_norm : {false, true})
+  for (bool fc_batch_norm : {false, true}) {
   for (bool fuse : {true, false}) {
     CAPTURE(fc_batch_norm);
     CAPTURE(fuse);
@@ -296,7 +296,7 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
           // arithmetic (the batch mean absorbs it), so both are rounding noise; measured
           // within 1e-8 of the largest gradient, 2.2e-7 with BatchNorm in the fc layers
           // (whose larger gradients reach the first conv layer).
-          CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= 1e-6 * largest);
+          CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= (fc_batch_norm ? 1e-6 : 1e-7) * largest);
           continue;
         }
         CHECK(max_abs_difference(grads_a[i], grads_b[i]) <= 1e-5 * scale_b);
@@ -324,6 +324,7 @@ TEST_CASE("forward_with_rotation: grouped equals separate in train mode, BatchNo
         forward_with_rotation(*grouped_model, grouped_head, images, turned, RotationPass::grouped);
     CHECK(max_abs_difference(joint.turn_logits.to_vector<float>(),
                              grouped.turn_logits.to_vector<float>()) > 1e-3);
+  }
   }
   set_fuse_batch_norm_relu(fused_before);
 }

@@ -420,4 +420,12 @@ TEST_CASE("--fc-batch-norm: exact resume, recorded for the run folder's readers,
   other.resume = true;
   std::string message = sela::test::train_error(other);
   CHECK(message.find("fc_batch_norm: checkpoint true, flags false") != std::string::npos);
+
+  // One turned image alone has no fc statistics: refused before anything is written.
+  TrainConfig lone = normed("lone");
+  lone.rotation_weight = 1;
+  lone.rotation_batch = 1;
+  CHECK(sela::test::train_error(lone).find("--fc-batch-norm on needs --rotation-batch >= 2") !=
+        std::string::npos);
+  CHECK_FALSE(std::ifstream(folder.path + "/lone/config.json").good());
 }

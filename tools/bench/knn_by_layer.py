@@ -23,15 +23,21 @@ xte = idx('t10k-images-idx3-ubyte.gz', 16).reshape(-1, 28, 28); yte = idx('t10k-
 def prep(x):
     t = torch.zeros(len(x), 1, 32, 32); t[:, 0, 2:30, 2:30] = torch.from_numpy(x.astype(np.float32) / 255)
     return (t - 0.2860) / 0.3530
-model = SelaNet(cfg['arch'], cfg['width_mult'], 1, cfg['clusters'], cfg['dropout'])
+model = SelaNet(cfg['arch'], cfg['width_mult'], 1, cfg['clusters'], cfg['dropout'],
+                cfg.get('fc_batch_norm', False))
 model.load_state_dict(load_file(run + '/weights.safetensors'), strict=True); model.eval()
 def feats(x):
     out = {'pool5': [], 'fc6': [], 'fc7': []}
     with torch.no_grad():
         for i in range(0, len(x), 500):
             h = torch.flatten(model.features(prep(x[i:i+500])), 1); out['pool5'].append(h)
-            h6 = model.classifier[2](model.classifier[1](h)); out['fc6'].append(h6)
-            out['fc7'].append(model.classifier[5](model.classifier[4](h6)))
+            # fc6 and fc7: the outputs of the classifier's first and second ReLU (dropout is
+            # off in eval mode; with fc_batch_norm a BatchNorm1d precedes each ReLU).
+            relus = []
+            for layer in model.classifier:
+                h = layer(h)
+                if isinstance(layer, torch.nn.ReLU): relus.append(h)
+            out['fc6'].append(relus[0]); out['fc7'].append(relus[1])
     return {k: torch.cat(v) for k, v in out.items()}
 def knn(ftr, fte, ks=(200, 10), sigma=0.1):
     ftr = torch.nn.functional.normalize(ftr, dim=1); fte = torch.nn.functional.normalize(fte, dim=1)

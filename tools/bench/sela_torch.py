@@ -24,7 +24,7 @@ def scaled(width, mult):
 
 class SelaNet(nn.Module):
     def __init__(self, arch="alexnet-32", width_mult=1.0, in_channels=3, clusters=(128,),
-                 dropout=0.5):
+                 dropout=0.5, fc_batch_norm=False):
         super().__init__()
         self.input_size = 32 if arch == "alexnet-32" else 224
         layers, channels, size = [], in_channels, self.input_size
@@ -39,9 +39,12 @@ class SelaNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         fc = scaled(4096, width_mult)
+        def fc_norm():  # sela train --fc-batch-norm on: BatchNorm1d after each fc layer
+            return [nn.BatchNorm1d(fc)] if fc_batch_norm else []
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(channels * size * size, fc), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(fc, fc), nn.ReLU(inplace=True))
+            nn.Dropout(dropout), nn.Linear(channels * size * size, fc), *fc_norm(),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(fc, fc), *fc_norm(), nn.ReLU(inplace=True))
         self.heads = len(clusters)
         for t, k in enumerate(clusters):
             setattr(self, "top_layer%d" % t, nn.Linear(fc, k))
@@ -53,7 +56,7 @@ class SelaNet(nn.Module):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
                 m.weight.data.normal_(0, (2.0 / n) ** 0.5)
                 m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 m.weight.data.fill_(1)
                 m.bias.data.zero_()
             elif isinstance(m, nn.Linear):
