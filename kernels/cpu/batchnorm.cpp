@@ -257,10 +257,19 @@ void forward_train_rows(std::int64_t batch, std::int64_t channels, const T* x, c
   });
 }
 
-// out[n, c] = (in[n, c] - center[c]) * scale[c] + shift[c], the constants from constants(c).
+// out = (in - center) * scale + shift over every value of channel c, for every c, with
+// constants(c, &center, &scale, &shift): the channel walk, or rows when spatial = 1.
 template <typename T, typename Constants>
-void affine_rows(std::int64_t batch, std::int64_t channels, const T* in, const Constants& constants,
-                 T* out) {
+void affine_per_channel(std::int64_t batch, std::int64_t channels, std::int64_t spatial,
+                        const T* in, const Constants& constants, T* out) {
+  if (spatial != 1) {
+    for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
+      T center, scale, shift;
+      constants(c, &center, &scale, &shift);
+      affine_channel(batch, channels, spatial, c, in, center, scale, shift, out);
+    });
+    return;
+  }
   for_each_channel_block(batch, channels, [&](std::int64_t c0, std::int64_t c1) {
     const std::int64_t width = c1 - c0;
     T center[kRowChannelBlock], scale[kRowChannelBlock], shift[kRowChannelBlock];
@@ -271,6 +280,15 @@ void affine_rows(std::int64_t batch, std::int64_t channels, const T* in, const C
       for (std::int64_t j = 0; j < width; ++j) dst[j] = (row[j] - center[j]) * scale[j] + shift[j];
     }
   });
+}
+
+// gamma / sqrt(running_var + eps) of channel c, the eval mode's scale (gamma 1 when absent).
+template <typename T>
+T eval_scale(const T* gamma, const T* running_var, T eps, std::int64_t c) {
+  const double invstd =
+      1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
+  const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
+  return static_cast<T>(g * invstd);
 }
 
 template <typename T>
@@ -377,25 +395,11 @@ void batch_norm_forward_eval(std::int64_t batch, std::int64_t channels, std::int
   const char* op = "batch_norm_forward_eval";
   check_sizes(op, batch, channels, spatial);
   SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
-  if (spatial == 1) {
-    affine_rows(batch, channels, x, [&](std::int64_t c, T* center, T* scale, T* shift) {
-      const double invstd =
-          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
-      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
-      *center = running_mean[c];
-      *scale = static_cast<T>(g * invstd);
-      *shift = static_cast<T>(beta != nullptr ? static_cast<double>(beta[c]) : 0.0);
-    }, y);
-    return;
-  }
-  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
-    const double invstd =
-        1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
-    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
-    const double b = beta != nullptr ? static_cast<double>(beta[c]) : 0.0;
-    affine_channel(batch, channels, spatial, c, x, running_mean[c], static_cast<T>(g * invstd),
-                   static_cast<T>(b), y);
-  });
+  affine_per_channel(batch, channels, spatial, x, [&](std::int64_t c, T* center, T* scale, T* shift) {
+    *center = running_mean[c];
+    *scale = eval_scale(gamma, running_var, eps, c);
+    *shift = beta != nullptr ? beta[c] : T(0);
+  }, y);
 }
 
 // With xhat = (x - mean) * invstd, y = gamma * xhat + beta and M = N * spatial values per
@@ -463,24 +467,13 @@ void batch_norm_backward_eval(std::int64_t batch, std::int64_t channels, std::in
   const char* op = "batch_norm_backward_eval";
   check_sizes(op, batch, channels, spatial);
   SELA_CHECK(eps >= T(0), op, "eps must be >= 0, got " << eps);
-  if (spatial == 1) {
-    affine_rows(batch, channels, grad_y, [&](std::int64_t c, T* center, T* scale, T* shift) {
-      const double invstd =
-          1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
-      const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
-      *center = T(0);
-      *scale = static_cast<T>(g * invstd);
-      *shift = T(0);
-    }, grad_x);
-    return;
-  }
-  for_each_channel(batch, channels, spatial, [&](std::int64_t c) {
-    const double invstd =
-        1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
-    const double g = gamma != nullptr ? static_cast<double>(gamma[c]) : 1.0;
-    affine_channel(batch, channels, spatial, c, grad_y, T(0), static_cast<T>(g * invstd), T(0),
-                   grad_x);
-  });
+  affine_per_channel(batch, channels, spatial, grad_y,
+                     [&](std::int64_t c, T* center, T* scale, T* shift) {
+                       *center = T(0);
+                       *scale = eval_scale(gamma, running_var, eps, c);
+                       *shift = T(0);
+                     },
+                     grad_x);
 }
 
 #define SELA_INSTANTIATE_BATCHNORM(T)                                                             \
