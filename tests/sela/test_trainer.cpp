@@ -270,7 +270,7 @@ TEST_CASE("--precise-bn: only the final BatchNorm statistics change, to the re-e
           tensor_from_file(off_weights, name).to_vector<float>());
     ++weights;
   }
-  CHECK(statistics == 10);  // running mean and variance of conv1..conv5's BatchNorms
+  CHECK(statistics == 14);  // running mean and variance of conv1..conv5's and fc6, fc7's BatchNorms
   CHECK(weights > 0);
   std::ifstream metrics(folder.path + "/on/metrics.jsonl");
   int events = 0;
@@ -394,8 +394,13 @@ TEST_CASE("--fc-batch-norm: exact resume, recorded for the run folder's readers,
     config.fc_batch_norm = true;
     return config;
   };
+  auto plain_config = [&](const std::string& out) {
+    TrainConfig config = tiny_config(spec, folder.path + "/" + out);
+    config.fc_batch_norm = false;
+    return config;
+  };
   TrainSummary whole = train(normed("whole"));
-  TrainSummary plain = train(tiny_config(spec, folder.path + "/plain"));
+  TrainSummary plain = train(plain_config("plain"));
   REQUIRE(whole.epoch_losses.size() == 3);
   CHECK(whole.epoch_losses[0] != plain.epoch_losses[0]);
   sela::test::check_resumed_run_matches(normed("split"), whole);
@@ -416,7 +421,7 @@ TEST_CASE("--fc-batch-norm: exact resume, recorded for the run folder's readers,
   CHECK(model->config().fc_batch_norm);
   CHECK_FALSE(read_run_folder(folder.path + "/plain", "sela eval").model.fc_batch_norm);
 
-  TrainConfig other = tiny_config(spec, folder.path + "/split");  // without the flag
+  TrainConfig other = plain_config("split");  // without BatchNorm in the fc layers
   other.resume = true;
   std::string message = sela::test::train_error(other);
   CHECK(message.find("fc_batch_norm: checkpoint true, flags false") != std::string::npos);
