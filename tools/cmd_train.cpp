@@ -63,7 +63,8 @@ int run_train(const Args& args) {
   flags.add("lr-drops", "", "epochs at which the lr is multiplied by 0.1, e.g. 150,300");
   flags.add("dropout", number(defaults.dropout), "dropout probability in the classifier");
   flags.add("fc-batch-norm", defaults.fc_batch_norm ? "on" : "off",
-            "BatchNorm after both fc layers, before their ReLUs, as RotNet's AlexNet (on|off)");
+            "BatchNorm after both fc layers, before their ReLUs, as RotNet's AlexNet (on|off; "
+            "off to resume a run made before it became the default)");
   flags.add("crop-min-scale", "0", "random-resized-crop minimum area share, in (0, 1] (0 = the "
                                    "data source's default: 0.2 for 32x32 sources, 0.08 for folders)");
   flags.add("jitter", "-1",
