@@ -269,6 +269,25 @@ TEST_CASE("batch_norm2d_grouped is the ops on each group's rows, bit for bit on 
   }
 }
 
+namespace {
+
+// After one grouped forward and the two groups' forwards one after the other: the same
+// running statistics, bit for bit, and every batch counter at 2 (two groups, two batches).
+void check_two_group_buffers(Sequential& grouped, Sequential& split) {
+  const NamedTensors buffers_a = grouped.named_buffers(), buffers_b = split.named_buffers();
+  REQUIRE(buffers_a.size() == buffers_b.size());
+  for (std::size_t i = 0; i < buffers_a.size(); ++i) {
+    if (buffers_a[i].second.dtype() == DType::i64) {
+      CHECK(buffers_a[i].second.item() == 2.0);
+      CHECK(buffers_b[i].second.item() == 2.0);
+    } else {
+      check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
+    }
+  }
+}
+
+}  // namespace
+
 TEST_CASE("Sequential::forward_grouped: per-group BatchNorm, two counts, eval mode unchanged") {
   for (bool fuse : {true, false}) {
     CAPTURE(fuse);
@@ -305,15 +324,7 @@ TEST_CASE("Sequential::forward_grouped: per-group BatchNorm, two counts, eval mo
       const bool conv_bias_before_norm = a[i].first == "0.bias" || a[i].first == "4.bias";
       CHECK(difference[i] <= 1e-5 * (conv_bias_before_norm ? 0.1 * overall : largest[i]));
     }
-    const NamedTensors buffers_a = grouped_net->named_buffers(), buffers_b = split_net->named_buffers();
-    for (std::size_t i = 0; i < buffers_a.size(); ++i) {
-      if (buffers_a[i].second.dtype() == DType::i64) {
-        CHECK(buffers_a[i].second.item() == 2.0);  // two groups count as two batches
-        CHECK(buffers_b[i].second.item() == 2.0);
-      } else {
-        check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
-      }
-    }
+    check_two_group_buffers(*grouped_net, *split_net);
     // Eval mode: running statistics, no groups.
     grouped_net->eval();
     check_same_bits<float>(grouped_net->forward_grouped(images, 3), grouped_net->forward(images),
@@ -395,14 +406,7 @@ TEST_CASE("BatchNorm1d on (N, C) rows: BatchNorm1d's formulas, fused with ReLU, 
   Tensor y_split = concat_rows({split_net->forward(slice_rows(rows, 0, 3)),
                                 split_net->forward(slice_rows(rows, 3, 8))});
   check_same_bits<float>(y_grouped, y_split, "grouped output");
-  const NamedTensors buffers_a = grouped_net->named_buffers(), buffers_b = split_net->named_buffers();
-  for (std::size_t i = 0; i < buffers_a.size(); ++i) {
-    if (buffers_a[i].second.dtype() == DType::i64) {
-      CHECK(buffers_a[i].second.item() == 2.0);
-    } else {
-      check_same_bits<float>(buffers_a[i].second, buffers_b[i].second, buffers_a[i].first);
-    }
-  }
+  check_two_group_buffers(*grouped_net, *split_net);
   grouped_net->eval();
   check_same_bits<float>(grouped_net->forward_grouped(rows, 3), grouped_net->forward(rows),
                          "eval output");

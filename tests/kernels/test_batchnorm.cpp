@@ -321,6 +321,34 @@ TEST_CASE("batch_norm_backward_train large shape: float vs double, 1 and 2 threa
   sela::cpu::set_num_threads(0);
 }
 
+namespace {
+
+template <typename T>
+struct TrainPass {
+  std::vector<T> y, grad_x, grad_gamma, grad_beta;
+};
+
+// batch_norm_forward_train (no running statistics), then batch_norm_backward_train with
+// grad_y = w, on the inputs rounded to T.
+template <typename T>
+TrainPass<T> train_pass(const BnShape& s, const std::vector<double>& x, const std::vector<double>& w,
+                        const std::vector<double>& gamma, const std::vector<double>& beta) {
+  const auto x_t = as<T>(x), w_t = as<T>(w), g_t = as<T>(gamma), b_t = as<T>(beta);
+  TrainPass<T> out{poisoned<T>(s.size()), poisoned<T>(s.size()), poisoned<T>(s.channels),
+                   poisoned<T>(s.channels)};
+  std::vector<T> mean(s.channels), invstd(s.channels);
+  sela::cpu::batch_norm_forward_train<T>(s.batch, s.channels, s.spatial, x_t.data(), g_t.data(),
+                                         b_t.data(), T(1e-5), T(0.1), nullptr, nullptr,
+                                         out.y.data(), mean.data(), invstd.data());
+  sela::cpu::batch_norm_backward_train<T>(s.batch, s.channels, s.spatial, x_t.data(), w_t.data(),
+                                          g_t.data(), mean.data(), invstd.data(),
+                                          out.grad_x.data(), out.grad_gamma.data(),
+                                          out.grad_beta.data());
+  return out;
+}
+
+}  // namespace
+
 TEST_CASE("batch_norm spatial = 1 at the fc layers' size: closed form, 1 and 2 threads the same bits") {
   const BnShape s{160, 1100, 1};  // 4 full channel blocks and a partial one
   const auto x = random_values(s.size(), 91, -1.0, 3.0), w = random_values(s.size(), 92, -2.0, 2.0);
@@ -346,37 +374,20 @@ TEST_CASE("batch_norm spatial = 1 at the fc layers' size: closed form, 1 and 2 t
       want_gx[k] = gamma[c] * is / count * (count * w[k] - sum_dy - xhat * sum_dy_xhat);
     }
   }
-  const auto x_f = as<float>(x), w_f = as<float>(w), g_f = as<float>(gamma), b_f = as<float>(beta);
   std::vector<std::vector<float>> outputs;  // per thread count: y, then grad_x
   for (int threads : {1, 2}) {
     CAPTURE(threads);
     sela::cpu::set_num_threads(threads);
-    std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
-    sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(),
-                                                gamma.data(), beta.data(), 1e-5, 0.1, nullptr,
-                                                nullptr, y.data(), mean.data(), invstd.data());
-    CHECK(count_bad(y, want_y, 1e-12, 1e-10) == 0);
-    auto gx = poisoned<double>(s.size());
-    auto gg = poisoned<double>(s.channels), gb = poisoned<double>(s.channels);
-    sela::cpu::batch_norm_backward_train<double>(s.batch, s.channels, s.spatial, x.data(), w.data(),
-                                                 gamma.data(), mean.data(), invstd.data(),
-                                                 gx.data(), gg.data(), gb.data());
-    CHECK(count_bad(gx, want_gx, 1e-12, 1e-10) == 0);
-    CHECK(count_bad(gg, want_gg, 1e-10, 1e-10) == 0);
-    CHECK(count_bad(gb, want_gb, 1e-10, 1e-10) == 0);
-
-    std::vector<float> y_f(x.size()), mean_f(s.channels), invstd_f(s.channels);
-    sela::cpu::batch_norm_forward_train<float>(s.batch, s.channels, s.spatial, x_f.data(),
-                                               g_f.data(), b_f.data(), 1e-5f, 0.1f, nullptr,
-                                               nullptr, y_f.data(), mean_f.data(), invstd_f.data());
-    CHECK(count_bad(y_f, want_y, 2e-5, 2e-5) == 0);
-    auto gx_f = poisoned<float>(s.size());
-    sela::cpu::batch_norm_backward_train<float>(s.batch, s.channels, s.spatial, x_f.data(),
-                                                w_f.data(), g_f.data(), mean_f.data(),
-                                                invstd_f.data(), gx_f.data(), nullptr, nullptr);
-    CHECK(count_bad(gx_f, want_gx, 2e-5, 2e-4) == 0);
-    outputs.push_back(y_f);
-    outputs.push_back(gx_f);
+    const TrainPass<double> d = train_pass<double>(s, x, w, gamma, beta);
+    CHECK(count_bad(d.y, want_y, 1e-12, 1e-10) == 0);
+    CHECK(count_bad(d.grad_x, want_gx, 1e-12, 1e-10) == 0);
+    CHECK(count_bad(d.grad_gamma, want_gg, 1e-10, 1e-10) == 0);
+    CHECK(count_bad(d.grad_beta, want_gb, 1e-10, 1e-10) == 0);
+    const TrainPass<float> f = train_pass<float>(s, x, w, gamma, beta);
+    CHECK(count_bad(f.y, want_y, 2e-5, 2e-5) == 0);
+    CHECK(count_bad(f.grad_x, want_gx, 2e-5, 2e-4) == 0);
+    outputs.push_back(f.y);
+    outputs.push_back(f.grad_x);
   }
   sela::cpu::set_num_threads(0);
   CHECK(count_bad(outputs[2], widen(outputs[0]), 0, 0) == 0);  // y: 2 threads = 1 thread
