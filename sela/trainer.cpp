@@ -318,7 +318,12 @@ void Run::resume_from_checkpoint() {
   for (auto& item : expected.items()) {
     if (saved[item.key()] != item.value()) {
       differences << " " << item.key() << ": checkpoint " << saved[item.key()].dump()
-                  << ", flags " << item.value().dump() << ";";
+                  << ", flags " << item.value().dump();
+      // Runs made before the fc BatchNorm became the default resume with it off.
+      if (item.key() == "fc_batch_norm") {
+        differences << " (--fc-batch-norm " << (saved[item.key()] == true ? "on" : "off") << ")";
+      }
+      differences << ";";
     }
   }
   SELA_CHECK(differences.str().empty(), "sela train --resume",

@@ -65,9 +65,9 @@ struct TrainConfig {
   // in its place the K = 10 heads and kNN both rose (docs/results.md, seventh session).
   double dropout = 0.0;
   // BatchNorm1d after both fc layers (ModelConfig::fc_batch_norm), as RotNet's AlexNet: kNN
-  // on fc7 about +2 points (86.2% and 86.4% at k = 10 in two seeds, against 83.9-84.7% for
-  // the recipe without it), the chosen K = 10 heads unchanged, at the same cost per step
-  // (docs/results.md, fourteenth session).
+  // on fc7 about +2 points (85.8-86.4% at k = 10 in three runs, against 83.9-84.3% for the
+  // recipe without it, 84.7% with R = 48), the chosen K = 10 heads within their earlier
+  // spread, at the same cost per step (docs/results.md, fourteenth session).
   bool fc_batch_norm = true;
   double crop_min_scale = 0;     // random-resized-crop minimum area share (0 = the source's)
   // Brightness and contrast jitter strength (and saturation for colour images): each factor

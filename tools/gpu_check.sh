@@ -162,14 +162,15 @@ for r in [head] + rows:
 PY
 
   # The default run's step with its rotation task in each pass (sela/rotation.h; grouped keeps
-  # BatchNorm statistics per group on row views), eager and replayed.
+  # BatchNorm statistics per group on row views) and BatchNorm in the fc layers, eager and
+  # replayed.
   echo "== the default run's step with the rotation task (32 turned images), by pass"
   for pass in joint grouped separate; do
     for graph in off on; do
       # shellcheck disable=SC2086
       with_sela_libs timeout 120 "$build/sela" bench train-step --width-mult 0.25 --batch 128 \
         --heads 6 --clusters 30 --rotation-batch 32 --rotation-pass $pass --cuda-graph $graph \
-        $bench_flags | grep '^{' | tail -n 1 | tee -a "$out/rotation_step.jsonl" || true
+        --fc-batch-norm on $bench_flags | grep '^{' | tail -n 1 | tee -a "$out/rotation_step.jsonl" || true
     done
   done
 

@@ -7,7 +7,8 @@
 # after FULL_RUN_S seconds (default 300): a run cut short keeps its last checkpoint's
 # metrics, and the log says so. FULL_RUN_FLAGS adds flags to `sela train` (e.g.
 # "--cuda-graph on"). Before the run, the training step of this recipe (alexnet-32 width 1,
-# batch 128, 6 heads, here all of K = 300, the rotation task on 32 turned images) is timed
+# batch 128, 6 heads, here all of K = 300, BatchNorm in the fc layers, the rotation task on
+# 32 turned images) is timed
 # in one call each (`sela bench train-step`): the default --rotation-pass grouped eagerly and
 # as a CUDA-graph replay, then joint and separate replayed, into $OUT/full_run.log and
 # $OUT/full_step.jsonl. STEP_TIMES=0 skips them.
@@ -35,7 +36,7 @@ source "$root/tools/gpu_lib.sh"
       step=$(LD_LIBRARY_PATH="$(sela_library_path "$build")" timeout 60 "$build/sela" bench train-step \
         --device cuda --arch alexnet-32 --width-mult 1 --batch 128 --heads 6 --clusters 300 \
         --rotation-batch 32 --rotation-pass "${pass_graph%:*}" --cuda-graph "${pass_graph#*:}" \
-        --warmup 5 --steps 50 --json)
+        --fc-batch-norm on --warmup 5 --steps 50 --json)
       echo "$step" | grep "median step"
       echo "$step" | grep '^{' | tee -a "$out/full_step.jsonl"
     done

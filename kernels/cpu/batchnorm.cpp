@@ -27,7 +27,9 @@
 // results are the channel walk's, bit for bit (checked once: `sela train --quick
 // --fc-batch-norm on --threads 1` wrote the same checkpoint tensors and labels with the
 // channel walk, commit 82c8b4e, and with these loops; tests/kernels/test_batchnorm.cpp
-// holds them to the closed form and to the same bits at 1 and 2 threads).
+// holds them to the closed form and to the same bits at 1 and 2 threads). That equality
+// needs the hardware FMA of a -march=native build (SELA_NATIVE, the default); without it
+// std::fma is a library call and the channel walk's loops are not contracted.
 #include "kernels/cpu/batchnorm.h"
 
 #if defined(__AVX512F__) && defined(__AVX512VL__)

@@ -254,21 +254,23 @@ TEST_CASE("batch_norm_backward_train matches finite differences through the batc
 }
 
 TEST_CASE("batch_norm_backward_train without gamma and without parameter gradients") {
-  const BnShape s{3, 4, 5};
-  auto x = random_values(s.size(), 61, -2.0, 2.0);
-  const auto weight = random_values(s.size(), 62, -2.0, 2.0);
-  std::vector<double> ones(s.channels, 1.0), zeros(s.channels, 0.0);
-  std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
-  sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(), nullptr,
-                                              nullptr, 1e-5, 0.1, nullptr, nullptr, y.data(),
-                                              mean.data(), invstd.data());
-  auto grad_x = poisoned<double>(s.size());
-  sela::cpu::batch_norm_backward_train<double>(s.batch, s.channels, s.spatial, x.data(),
-                                               weight.data(), nullptr, mean.data(), invstd.data(),
-                                               grad_x.data(), nullptr, nullptr);
-  auto loss = [&] { return train_loss(s, x, ones, zeros, weight); };
-  const auto num_x = central_differences(&x, loss, 1e-6);
-  CHECK(count_bad(grad_x, num_x, 1e-7, 1e-5) == 0);
+  for (const BnShape s : {BnShape{3, 4, 5}, BnShape{4, 300, 1}}) {  // the channel walk, rows
+    CAPTURE(s.spatial);
+    auto x = random_values(s.size(), 61, -2.0, 2.0);
+    const auto weight = random_values(s.size(), 62, -2.0, 2.0);
+    std::vector<double> ones(s.channels, 1.0), zeros(s.channels, 0.0);
+    std::vector<double> y(x.size()), mean(s.channels), invstd(s.channels);
+    sela::cpu::batch_norm_forward_train<double>(s.batch, s.channels, s.spatial, x.data(), nullptr,
+                                                nullptr, 1e-5, 0.1, nullptr, nullptr, y.data(),
+                                                mean.data(), invstd.data());
+    auto grad_x = poisoned<double>(s.size());
+    sela::cpu::batch_norm_backward_train<double>(s.batch, s.channels, s.spatial, x.data(),
+                                                 weight.data(), nullptr, mean.data(), invstd.data(),
+                                                 grad_x.data(), nullptr, nullptr);
+    auto loss = [&] { return train_loss(s, x, ones, zeros, weight); };
+    const auto num_x = central_differences(&x, loss, 1e-6);
+    CHECK(count_bad(grad_x, num_x, 1e-7, 1e-5) == 0);
+  }
 }
 
 TEST_CASE("batch_norm_backward_train large shape: float vs double, 1 and 2 threads") {
@@ -374,7 +376,7 @@ TEST_CASE("batch_norm spatial = 1 at the fc layers' size: closed form, 1 and 2 t
       want_gx[k] = gamma[c] * is / count * (count * w[k] - sum_dy - xhat * sum_dy_xhat);
     }
   }
-  std::vector<std::vector<float>> outputs;  // per thread count: y, then grad_x
+  std::vector<std::vector<float>> outputs;  // per thread count: y, grad_x, grad_gamma, grad_beta
   for (int threads : {1, 2}) {
     CAPTURE(threads);
     sela::cpu::set_num_threads(threads);
@@ -386,12 +388,13 @@ TEST_CASE("batch_norm spatial = 1 at the fc layers' size: closed form, 1 and 2 t
     const TrainPass<float> f = train_pass<float>(s, x, w, gamma, beta);
     CHECK(count_bad(f.y, want_y, 2e-5, 2e-5) == 0);
     CHECK(count_bad(f.grad_x, want_gx, 2e-5, 2e-4) == 0);
-    outputs.push_back(f.y);
-    outputs.push_back(f.grad_x);
+    outputs.insert(outputs.end(), {f.y, f.grad_x, f.grad_gamma, f.grad_beta});
   }
   sela::cpu::set_num_threads(0);
-  CHECK(count_bad(outputs[2], widen(outputs[0]), 0, 0) == 0);  // y: 2 threads = 1 thread
-  CHECK(count_bad(outputs[3], widen(outputs[1]), 0, 0) == 0);  // grad_x
+  for (std::size_t i = 0; i < 4; ++i) {  // 2 threads = 1 thread, to the bit
+    CAPTURE(i);
+    CHECK(count_bad(outputs[4 + i], widen(outputs[i]), 0, 0) == 0);
+  }
 }
 
 TEST_CASE("batch_norm_backward_eval matches finite differences of the eval forward") {

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <fstream>
 #include <random>
 #include <string>
@@ -425,6 +426,35 @@ TEST_CASE("--fc-batch-norm: exact resume, recorded for the run folder's readers,
   other.resume = true;
   std::string message = sela::test::train_error(other);
   CHECK(message.find("fc_batch_norm: checkpoint true, flags false") != std::string::npos);
+
+  // A run folder from before the flag existed (no "fc_batch_norm" in config.json nor in the
+  // checkpoint's fingerprint) reads as without it, and resuming it under the default (on)
+  // is refused with the flag to use.
+  {
+    const std::string old_run = folder.path + "/plain";
+    nlohmann::json old_config;
+    std::ifstream(old_run + "/config.json") >> old_config;
+    old_config.erase("fc_batch_norm");
+    std::ofstream(old_run + "/config.json") << old_config.dump();
+    CHECK_FALSE(read_run_folder(old_run, "sela eval").model.fc_batch_norm);
+    CHECK(load_run_model(read_run_folder(old_run, "sela eval"), "sela eval") != nullptr);
+    SafetensorsFile checkpoint(old_run + "/checkpoint.safetensors");
+    nlohmann::json state = nlohmann::json::parse(checkpoint.metadata().at("sela_state"));
+    REQUIRE(state["fingerprint"].contains("fc_batch_norm"));
+    state["fingerprint"].erase("fc_batch_norm");
+    NamedTensors tensors;
+    for (const std::string& name : checkpoint.names()) tensors.emplace_back(name, tensor_from_file(checkpoint, name));
+    std::map<std::string, std::string> metadata = checkpoint.metadata();
+    metadata["sela_state"] = state.dump();
+    save_tensors(tensors, old_run + "/checkpoint.safetensors", metadata);
+    TrainConfig resumed = tiny_config(spec, old_run);  // the default: fc BatchNorm on
+    resumed.resume = true;
+    CHECK(sela::test::train_error(resumed).find(
+              "fc_batch_norm: checkpoint false, flags true (--fc-batch-norm off)") != std::string::npos);
+    resumed.fc_batch_norm = false;
+    resumed.epochs = 4;  // one more epoch than the run had
+    CHECK(train(resumed).epoch_losses.size() == 1);
+  }
 
   // One turned image alone has no fc statistics: refused before anything is written.
   TrainConfig lone = normed("lone");
