@@ -37,6 +37,14 @@ RotationPass parse_rotation_pass(const std::string& name, const char* command) {
                  "see `sela train --help`");
 }
 
+void check_rotation_batch(bool fc_batch_norm, RotationPass pass, std::int64_t rotation_batch,
+                          const char* command) {
+  SELA_CHECK(!fc_batch_norm || pass == RotationPass::joint || rotation_batch != 1, command,
+             "--fc-batch-norm on needs --rotation-batch >= 2 with --rotation-pass "
+                 << (pass == RotationPass::grouped ? "grouped" : "separate")
+                 << " (the turned images are normalised as a group of their own), got 1");
+}
+
 RotationForward forward_with_rotation(SelaNet& model, Linear& rotation_head, const Tensor& images,
                                       const Tensor& turned, RotationPass pass) {
   RotationForward out;

@@ -49,6 +49,13 @@ enum class RotationPass { separate, joint, grouped };
 // `command` (e.g. "sela train").
 RotationPass parse_rotation_pass(const std::string& name, const char* command);
 
+// With BatchNorm in the fc layers (ModelConfig::fc_batch_norm) the grouped and separate
+// passes normalise the R turned images as a batch of their own, and one image alone has no
+// fc statistics (a conv BatchNorm still has its H x W values): a clear error naming `command`
+// for R = 1 there, before anything runs. R = 0 (no rotation task) and the joint pass pass.
+void check_rotation_batch(bool fc_batch_norm, RotationPass pass, std::int64_t rotation_batch,
+                          const char* command);
+
 // The clustering heads' logits of `images` (B, C, S, S) -> (B, K_t) per head, and the
 // rotation head's of `turned` (R, C, S, S) -> (R, 4), differentiable. `separate` runs the
 // network twice; `joint` once over concat_rows(images, turned), slicing fc7 (B + R, F) into

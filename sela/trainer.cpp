@@ -713,15 +713,10 @@ TrainSummary Run::go() {
   }
   SELA_CHECK(!config_.clusters.empty(), "sela train", "--clusters needs at least one head");
   rotation_pass_ = parse_rotation_pass(config_.rotation_pass, "sela train");
-  // The fc layers' BatchNorm normalises each of a vector's values over the rows of its group:
-  // one turned image alone has no statistics (conv BatchNorm still has its H x W values).
-  SELA_CHECK(!config_.fc_batch_norm || config_.rotation_weight <= 0 ||
-                 rotation_pass_ == RotationPass::joint || config_.rotation_batch >= 2,
-             "sela train",
-             "--fc-batch-norm on needs --rotation-batch >= 2 with --rotation-pass "
-                 << config_.rotation_pass
-                 << " (the turned images are normalised as a group of their own), got "
-                 << config_.rotation_batch);
+  if (config_.rotation_weight > 0) {
+    check_rotation_batch(config_.fc_batch_norm, rotation_pass_, config_.rotation_batch,
+                         "sela train");
+  }
   SELA_CHECK(config_.epochs >= 1, "sela train", "--epochs must be >= 1");
   SELA_CHECK(config_.label_logits == "fresh" || config_.label_logits == "recorded", "sela train",
              "--label-logits must be fresh or recorded, got '" << config_.label_logits << "'");

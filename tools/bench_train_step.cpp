@@ -209,12 +209,8 @@ int run_bench_train_step(const Args& args) {
   config.clusters.assign(static_cast<std::size_t>(heads), clusters);
   config.seed = static_cast<std::uint64_t>(flags.get_int("seed"));
   config.fc_batch_norm = flags.get_on_off("fc-batch-norm");
-  SELA_CHECK(!config.fc_batch_norm || rotation_batch != 1 ||
-                 flags.get("rotation-pass") == "joint",
-             "sela bench train-step",
-             "--fc-batch-norm on needs --rotation-batch >= 2 with --rotation-pass "
-                 << flags.get("rotation-pass")
-                 << " (the turned images are normalised as a group of their own), got 1");
+  check_rotation_batch(config.fc_batch_norm, rotation_pass, rotation_batch,
+                       "sela bench train-step");
   auto model = make_model(config);
   model->train();
   if (device.is_cuda()) model->to(device);

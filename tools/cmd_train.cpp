@@ -1,8 +1,8 @@
 // `sela train`: the SeLa method end to end (sela/trainer.h). With no flags it runs the
 // default job: Fashion-MNIST (Debian's dataset-fashion-mnist), alexnet-32 at width 0.25,
 // BatchNorm in its fc layers, heads K = 10,10,10,10,300,300, no dropout and the rotation
-// task (its turned images in the batch's pass), 40 epochs with 80 label steps from recorded logits, on the CPU when no GPU
-// is present, then evaluates on the test split (and names the most stable K = 10 head). The
+// task (its turned images in the batch's pass), 40 epochs with 80 label steps from recorded
+// logits, on the CPU when no GPU is present, then evaluates on the test split (and names the most stable K = 10 head). The
 // defaults live in TrainConfig (sela/trainer.h); the flags show them.
 #include <cmath>
 #include <iostream>

@@ -129,4 +129,16 @@ inline std::vector<nlohmann::json> label_step_solves(const std::string& run_fold
   return solves;
 }
 
+// A warm-started run's solves: `count` of them, each of the first `heads` (every head's
+// first solve) cold, every later one warm.
+inline void check_warm_after_first_solve(const std::string& run_folder, std::size_t heads,
+                                         std::size_t count) {
+  const std::vector<nlohmann::json> solves = label_step_solves(run_folder);
+  REQUIRE(solves.size() == count);
+  for (std::size_t i = 0; i < solves.size(); ++i) {
+    CAPTURE(i);
+    CHECK(solves[i]["warm_started"].get<bool>() == (i >= heads));
+  }
+}
+
 }  // namespace sela::test
